@@ -1,0 +1,44 @@
+# quanta: make demo | make test | make ui | make bench | make setup
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.quanta-installed
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export QUANTA_PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_HOME ?= $(QUANTA_PREFECT_HOME)
+
+.PHONY: setup demo test ui bench clean-store
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; `pip check` must be clean.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/quanta run sparse-parity --config configs/sparse_parity/demo.toml
+	@if [ -f configs/lm/demo.toml ] && $(BIN)/quanta studies | grep -q '^lm-losses *available'; then \
+	  $(BIN)/quanta run lm-losses --config configs/lm/demo.toml; fi
+	@echo
+	@echo "Results: ./quanta-store (reports under quanta-store/report/*/report.md)."
+	@echo "Open them in the Prefect UI: run 'make ui', then browse http://127.0.0.1:4200 (Runs, Artifacts)."
+	@echo "Lineage of any artifact: .venv/bin/quanta lineage <content-hash-prefix>"
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+ui: setup
+	@echo "Prefect UI on http://127.0.0.1:4200 (Prefect home: $(PREFECT_HOME)); Ctrl-C to stop."
+	@echo "To send new runs to this server: export PREFECT_API_URL=http://127.0.0.1:4200/api"
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean-store:
+	rm -rf quanta-store

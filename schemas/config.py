@@ -1,0 +1,105 @@
+"""Config plumbing shared by every study: strict pydantic models, TOML loading, `--set a.b=v` overrides.
+
+Every config model forbids unknown keys, so a typo in a TOML file or in `--set` fails before anything runs,
+with a message naming the field.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from schemas.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=v` -> (["a", "b"], v) with v parsed as a TOML value (numbers, bools, arrays), else a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    path = [p.strip() for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {item!r}: empty key part in {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None, model: type[BaseModel] | None = None) -> dict:
+    """Apply `--set` overrides to a raw config dict. Unknown sections/keys are rejected here when `model`
+    is given (so the message says which --set was wrong), and again by the model's validation."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides or []:
+        path, value = parse_override(item)
+        if model is not None:
+            _check_path(model, path, item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def _check_path(model: type[BaseModel], path: list[str], item: str) -> None:
+    current: Any = model
+    for i, part in enumerate(path):
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])!r} is not a section")
+        if part not in fields:
+            where = ".".join(path[:i]) or "top level"
+            raise ConfigError(f"--set {item!r}: unknown key {part!r} in {where}; known: {sorted(fields)}")
+        ann = fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if current is None and i < len(path) - 1:
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+
+
+def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> M:
+    """Load a TOML file (or a dict), apply overrides, validate. Raises ConfigError naming the bad field."""
+    source = str(path) if path is not None else "<dict>"
+    if data is None:
+        if path is None:
+            data = {}
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            try:
+                data = tomllib.loads(p.read_text())
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    data = apply_overrides(data, overrides, model)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

@@ -1,0 +1,335 @@
+"""The artifact store.
+
+Every artifact lives at `<root>/<kind>/<content-hash prefix>.<ext>` and is described by a lineage record
+(`<root>/_lineage/<content-hash>.json`, also embedded in the Zarr attrs / Parquet key-value metadata).
+Writes go to `<root>/_tmp/<uuid>`, are validated and hashed there, then renamed into place; the lineage record
+is written last and is what marks an artifact complete, so a crash never leaves something a later run trusts.
+Reads check the ref's schema version, that the artifact is complete, and validate it against its schema.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from schemas import ArtifactValidationError, get_schema
+from storage import lineage as lineage_mod
+from storage.refs import ArtifactRef
+from storage.settings import default_store_root
+
+EXT = {"zarr": "zarr", "parquet": "parquet", "dir": "d", "json": "json"}
+_HASH_PREFIX = 24
+
+
+class ArtifactMissingError(FileNotFoundError):
+    """A ref points at an artifact that is not (or not completely) in the store."""
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "model_dump"):
+        return _json_safe(value.model_dump(mode="json"))
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def hash_arrays(arrays: dict[str, Any], attrs: dict[str, Any] | None = None, block_bytes: int = 1 << 26) -> str:
+    """sha256 over (name, dtype, shape, bytes) of each array in name order, plus the JSON of `attrs`.
+    Streams along the first axis so it works on zarr arrays larger than memory."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = arrays[name]
+        dt = np.dtype(arr.dtype)
+        h.update(f"{name}|{dt.str}|{tuple(arr.shape)}|".encode())
+        if len(arr.shape) == 0:
+            h.update(np.ascontiguousarray(np.asarray(arr[...])).tobytes())
+            continue
+        row_bytes = max(1, int(np.prod(arr.shape[1:])) * dt.itemsize)
+        step = max(1, block_bytes // row_bytes)
+        for i in range(0, arr.shape[0], step):
+            h.update(np.ascontiguousarray(np.asarray(arr[i:i + step])).tobytes())
+    h.update(json.dumps(_json_safe(attrs or {}), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def hash_table(df: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()
+
+
+def hash_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class ZarrWriter:
+    """Handle yielded by `Store.zarr_writer`: fill `.group`; after the block, `.ref` is the published ref."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self.ref: ArtifactRef | None = None
+
+
+class Store:
+    """A store root (local directory or fsspec URL) holding validated, content-addressed artifacts."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        root = str(root) if root is not None else default_store_root()
+        self.fs, path = fsspec.core.url_to_fs(root)
+        self.is_local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
+        self.url = self.root if self.is_local else f"{self._proto()}://{self.root}"
+        self.fs.makedirs(self._join("_lineage"), exist_ok=True)
+        self.fs.makedirs(self._join("_tmp"), exist_ok=True)
+
+    def _proto(self) -> str:
+        p = self.fs.protocol
+        return p[0] if isinstance(p, (tuple, list)) else p
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _url(self, path: str) -> str:
+        return path if self.is_local else f"{self._proto()}://{path}"
+
+    def _path(self, uri: str) -> str:
+        return fsspec.core.url_to_fs(uri)[1] if "://" in uri else uri
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # ------------------------------------------------------------------------------------------ writing
+    def _finalise(self, kind: str, fmt: str, tmp_path: str, content_hash: str, record: dict) -> ArtifactRef:
+        schema = get_schema(kind)
+        final = self._join(kind, f"{content_hash[:_HASH_PREFIX]}.{EXT[fmt]}")
+        self.fs.makedirs(self._join(kind), exist_ok=True)
+        lineage_path = self._join("_lineage", f"{content_hash}.json")
+        if self.fs.exists(final) and self.fs.exists(lineage_path):
+            # same content already stored (content-addressed): keep it, record this producer as well
+            self.fs.rm(tmp_path, recursive=True)
+            lineage_mod.add_producer(self.fs, lineage_path, record)
+        else:
+            if self.fs.exists(final):  # a leftover without a lineage record is incomplete: replace it
+                self.fs.rm(final, recursive=True)
+            if self.is_local:
+                os.replace(tmp_path, final)
+            else:
+                self.fs.mv(tmp_path, final, recursive=True)
+            record = dict(record, uri=self._url(final), content_hash=content_hash, schema_version=schema.version)
+            lineage_mod.write_record(self.fs, lineage_path, record)
+        return ArtifactRef(kind=kind, uri=self._url(final), content_hash=content_hash,
+                           schema_version=schema.version,
+                           inputs=tuple(r["content_hash"] for r in record["inputs"]))
+
+    def _tmp(self, fmt: str) -> str:
+        return self._join("_tmp", f"{uuid.uuid4().hex}.{EXT[fmt]}")
+
+    def write_zarr(self, kind: str, arrays: dict[str, np.ndarray], attrs: dict | None = None, *,
+                   inputs: list[ArtifactRef] | tuple = (), params: dict | None = None,
+                   chunks: dict[str, tuple[int, ...]] | None = None) -> ArtifactRef:
+        """Validate `arrays` against `kind`'s schema, write them as one Zarr group atomically, return its ref."""
+        with self.zarr_writer(kind, attrs=attrs, inputs=inputs, params=params) as writer:
+            for name, arr in arrays.items():
+                arr = np.asarray(arr)
+                ch = (chunks or {}).get(name)
+                if ch is None:
+                    ch = _default_chunks(arr.shape, arr.dtype)
+                z = writer.group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=ch)
+                if arr.size:
+                    z[...] = arr
+        return writer.ref
+
+    @contextlib.contextmanager
+    def zarr_writer(self, kind: str, attrs: dict | None = None, *, inputs: list[ArtifactRef] | tuple = (),
+                    params: dict | None = None) -> Iterator["ZarrWriter"]:
+        """Yield a writer whose `.group` is a fresh Zarr group in a temp location, to fill incrementally (arrays
+        larger than memory); on exit it is validated, hashed and moved into place, and `.ref` holds its ref.
+        If the body raises, the temp group is deleted and nothing is published."""
+        schema = get_schema(kind)
+        if schema.format != "zarr":
+            raise TypeError(f"artifact kind {kind!r} is {schema.format}, not zarr")
+        tmp = self._tmp("zarr")
+        group = zarr.open_group(self._zarr_target(tmp), mode="w", zarr_format=3)
+        content_attrs = _json_safe(attrs or {})
+        writer = ZarrWriter(group)
+        try:
+            yield writer
+            arrays = {name: arr for name, arr in group.arrays()}
+            schema.schema.validate(f"{kind} (write)", arrays, content_attrs)
+            content_hash = hash_arrays(arrays, content_attrs)
+            record = lineage_mod.new_record(kind, inputs, params)
+            group.attrs.update({**content_attrs, "quanta": _json_safe(record)})
+            ref = self._finalise(kind, "zarr", tmp, content_hash, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp, recursive=True)
+            raise
+        writer.ref = ref
+
+    def _zarr_target(self, path: str):
+        if self.is_local:
+            return zarr.storage.LocalStore(path)
+        return zarr.storage.FsspecStore.from_url(self._url(path))
+
+    def write_table(self, kind: str, df: pd.DataFrame, *, inputs: list[ArtifactRef] | tuple = (),
+                    params: dict | None = None) -> ArtifactRef:
+        """Validate `df` with `kind`'s pandera schema and write it as Parquet atomically."""
+        schema = get_schema(kind)
+        if schema.format != "parquet":
+            raise TypeError(f"artifact kind {kind!r} is {schema.format}, not parquet")
+        df = df.reset_index(drop=True)
+        _validate_table(schema, df, f"{kind} (write)")
+        content_hash = hash_table(df)
+        record = lineage_mod.new_record(kind, inputs, params)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"quanta"] = json.dumps(_json_safe(record)).encode()
+        table = table.replace_schema_metadata(meta)
+        tmp = self._tmp("parquet")
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                pq.write_table(table, f)
+            return self._finalise(kind, "parquet", tmp, content_hash, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp)
+            raise
+
+    def write_dir(self, kind: str, build: Callable[[Path], None], *, inputs: list[ArtifactRef] | tuple = (),
+                  params: dict | None = None) -> ArtifactRef:
+        """`build(path)` fills a fresh local directory (a report: markdown, PNGs, CSVs); it is published atomically."""
+        schema = get_schema(kind)
+        if schema.format != "dir":
+            raise TypeError(f"artifact kind {kind!r} is {schema.format}, not dir")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as local_tmp:
+            build(Path(local_tmp))
+            content_hash = hash_dir(Path(local_tmp))
+            record = lineage_mod.new_record(kind, inputs, params)
+            Path(local_tmp, "lineage.json").write_text(json.dumps(_json_safe(record), indent=2))
+            tmp = self._tmp("dir")
+            if self.is_local:
+                shutil.copytree(local_tmp, tmp)
+            else:
+                self.fs.put(local_tmp, tmp, recursive=True)
+            return self._finalise(kind, "dir", tmp, content_hash, record)
+
+    # ------------------------------------------------------------------------------------------ reading
+    def _check_ref(self, ref: ArtifactRef, fmt: str):
+        schema = get_schema(ref.kind)
+        if schema.format != fmt:
+            raise TypeError(f"artifact {ref.short} is {schema.format}, not {fmt}")
+        if ref.schema_version != schema.version:
+            raise ArtifactValidationError(
+                ref.short, "schema_version",
+                f"artifact was written with schema v{ref.schema_version}, this code expects v{schema.version}; "
+                "rerun the producing study", ref.schema_version)
+        path = self._path(ref.uri)
+        if not self.fs.exists(path) or not self.fs.exists(self._join("_lineage", f"{ref.content_hash}.json")):
+            raise ArtifactMissingError(
+                f"artifact {ref.short} is missing or incomplete at {ref.uri} (store {self.url}); "
+                "it was deleted or its write did not finish: rerun with --refresh to recompute it")
+        return schema, path
+
+    def open_zarr(self, ref: ArtifactRef, *, validate: bool = True, verify_hash: bool | None = None) -> zarr.Group:
+        """Open a Zarr artifact read-only after validating it against its schema (values checked chunk by
+        chunk). The content hash is re-verified for artifacts under 64 MiB unless `verify_hash` says."""
+        schema, path = self._check_ref(ref, "zarr")
+        group = zarr.open_group(self._zarr_target(path), mode="r")
+        arrays = {name: arr for name, arr in group.arrays()}
+        attrs = {k: v for k, v in group.attrs.asdict().items() if k != "quanta"}
+        if validate:
+            schema.schema.validate(f"{ref.short} (read)", arrays, attrs)
+        nbytes = sum(a.nbytes for a in arrays.values())
+        if verify_hash or (verify_hash is None and nbytes < (64 << 20)):
+            got = hash_arrays(arrays, attrs)
+            if got != ref.content_hash:
+                raise ArtifactValidationError(ref.short, "content_hash", "stored content does not match the ref "
+                                              "(artifact was modified after it was written)", got[:12])
+        return group
+
+    def read_zarr(self, ref: ArtifactRef, **kw) -> tuple[dict[str, np.ndarray], dict]:
+        """Read a (small) Zarr artifact fully into memory: ({name: ndarray}, attrs)."""
+        group = self.open_zarr(ref, **kw)
+        arrays = {name: arr[...] for name, arr in group.arrays()}
+        attrs = {k: v for k, v in group.attrs.asdict().items() if k != "quanta"}
+        return arrays, attrs
+
+    def read_table(self, ref: ArtifactRef, *, validate: bool = True) -> pd.DataFrame:
+        schema, path = self._check_ref(ref, "parquet")
+        with self.fs.open(path, "rb") as f:
+            df = pq.read_table(io.BytesIO(f.read())).to_pandas()
+        if validate:
+            _validate_table(schema, df, f"{ref.short} (read)")
+            if hash_table(df) != ref.content_hash:
+                raise ArtifactValidationError(ref.short, "content_hash", "stored table does not match the ref "
+                                              "(artifact was modified after it was written)")
+        return df
+
+    def local_dir(self, ref: ArtifactRef) -> Path:
+        _, path = self._check_ref(ref, "dir")
+        if not self.is_local:
+            raise NotImplementedError("reading a dir artifact needs a local store")
+        return Path(path)
+
+    # ------------------------------------------------------------------------------------------ lineage
+    def lineage(self, content_hash: str) -> dict:
+        return lineage_mod.read_record(self.fs, self._join("_lineage"), content_hash)
+
+    def lineage_index(self) -> list[dict]:
+        return lineage_mod.all_records(self.fs, self._join("_lineage"))
+
+
+def _default_chunks(shape: tuple[int, ...], dtype, target_bytes: int = 4 << 20) -> tuple[int, ...]:
+    """Chunk along the first axis only (rows), ~4 MiB per chunk: aligned with row-blocked Dask reads."""
+    if not shape:
+        return ()
+    itemsize = np.dtype(dtype).itemsize
+    row = max(1, int(np.prod(shape[1:])) * itemsize)
+    rows = max(1, min(shape[0], target_bytes // row)) if shape[0] else 1
+    return (rows, *[max(1, s) for s in shape[1:]])
+
+
+def _validate_table(schema, df: pd.DataFrame, artifact: str) -> None:
+    import pandera.errors as pe
+
+    try:
+        schema.schema.validate(df, lazy=True)
+    except pe.SchemaErrors as err:
+        fc = err.failure_cases
+        row = fc.iloc[0]
+        column = row.get("column") if "column" in fc else None
+        check = row.get("check") if "check" in fc else ""
+        value = row.get("failure_case") if "failure_case" in fc else None
+        index = row.get("index") if "index" in fc else None
+        where = f" at row {index}" if index is not None and not pd.isna(index) else ""
+        raise ArtifactValidationError(artifact, str(column or row.get("schema_context", "table")),
+                                      f"fails check {check}{where} ({len(fc)} failure(s) in all)", value) from None
