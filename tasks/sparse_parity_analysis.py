@@ -1,0 +1,179 @@
+"""From training curves to the study's tables and exponents: runs table, emergence, alpha_N / alpha_S / alpha_D.
+
+All functions here are plain (numpy / pandas in, pandas out); the Prefect tasks at the bottom wrap them with
+store reads and writes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from schemas.sparse_parity import FitConfig
+from storage import ArtifactRef, Store
+from tasks.base import quanta_task
+from tasks.fitting import FitError, fit_loglog_ols, fit_power_law, theory_check
+
+
+def model_ids(curves: dict) -> list[str]:
+    return [f"a{a:g}-w{w}-D{d}-s{s}" for a, w, d, s in
+            zip(curves["alpha"], curves["width"], curves["data_size"], curves["seed"])]
+
+
+def runs_table(curve_sets: list[dict], threshold_bits: float) -> pd.DataFrame:
+    """One row per model per logged step: mean loss (bits) and number of subtasks below threshold."""
+    frames = []
+    for c in curve_sets:
+        n_models, n_steps = c["mean_loss_bits"].shape
+        learned = (c["loss_bits"] < threshold_bits).sum(-1)  # [model, step]
+        frames.append(pd.DataFrame({
+            "model_id": np.repeat(model_ids(c), n_steps),
+            "width": np.repeat(c["width"], n_steps).astype(np.int64),
+            "n_params": np.repeat(c["n_params"], n_steps).astype(np.int64),
+            "data_size": np.repeat(c["data_size"], n_steps).astype(np.int64),
+            "seed": np.repeat(c["seed"], n_steps).astype(np.int64),
+            "alpha": np.repeat(c["alpha"], n_steps).astype(np.float64),
+            "step": np.tile(c["steps"], n_models).astype(np.int64),
+            "mean_loss": c["mean_loss_bits"].reshape(-1).astype(np.float64),
+            "subtasks_learned": learned.reshape(-1).astype(np.int64),
+        }))
+    df = pd.concat(frames, ignore_index=True)
+    df["model_id"] = df["model_id"].astype(str)
+    return df.sort_values(["alpha", "data_size", "seed", "width", "step"]).reset_index(drop=True)
+
+
+def emergence_table(curve_sets: list[dict], probs: np.ndarray, threshold_bits: float) -> pd.DataFrame:
+    """Per (model, subtask): the first logged step from which the subtask's loss stays below threshold."""
+    frames = []
+    for c in curve_sets:
+        below = c["loss_bits"] < threshold_bits  # [model, step, task]
+        # learned from step s on: below at s and at every later logged step
+        stays = np.flip(np.logical_and.accumulate(np.flip(below, axis=1), axis=1), axis=1)
+        any_ = stays.any(axis=1)
+        first = np.argmax(stays, axis=1)
+        step = np.where(any_, c["steps"][first], np.nan).astype(np.float64)  # [model, task]
+        M, T = step.shape
+        ids = model_ids(c)
+        frames.append(pd.DataFrame({
+            "model_id": np.repeat(ids, T),
+            "width": np.repeat(c["width"], T).astype(np.int64),
+            "data_size": np.repeat(c["data_size"], T).astype(np.int64),
+            "seed": np.repeat(c["seed"], T).astype(np.int64),
+            "alpha": np.repeat(c["alpha"], T).astype(np.float64),
+            "task_rank": np.tile(np.arange(1, T + 1), M).astype(np.int64),
+            "frequency": np.tile(probs, M).astype(np.float64),
+            "learned_step": step.reshape(-1),
+        }))
+    df = pd.concat(frames, ignore_index=True)
+    df["model_id"] = df["model_id"].astype(str)
+    return df
+
+
+def _window(x, lo, hi):
+    m = np.ones(len(x), dtype=bool)
+    if lo is not None:
+        m &= x >= lo
+    if hi is not None:
+        m &= x <= hi
+    return m
+
+
+def _fit(x, y, cfg: FitConfig):
+    """(exponent, [lo, hi], method, fit object) by the configured method."""
+    if cfg.method == "ols":
+        f = fit_loglog_ols(x, y, level=cfg.level)
+        return -f.slope, sorted([-f.ci[0], -f.ci[1]]), f.method, f
+    f = fit_power_law(x, y, offset=cfg.offset, huber_delta=cfg.huber_delta, n_bootstrap=cfg.bootstrap,
+                      level=cfg.level, seed=cfg.seed)
+    return f.params["a"], list(f.ci["a"]), f.method, f
+
+
+def scaling_data(runs: pd.DataFrame, cfg: FitConfig) -> dict[str, pd.DataFrame]:
+    """The (x, y) points behind each exponent, for one alpha.
+
+    alpha_N: final mean loss vs parameter count N, models trained on fresh samples (else the largest D),
+             averaged over seeds.
+    alpha_S: mean loss vs step for the widest fresh-data model (seed-averaged).
+    alpha_D: per D, the minimum logged mean loss (early stopping) at width `d_width` (default: widest).
+    """
+    out = {}
+    fresh = runs[runs.data_size == -1]
+    base = fresh if len(fresh) else runs[runs.data_size == runs.data_size.max()]
+    last = base[base.step == base.step.max()]
+    n_pts = last.groupby("n_params", as_index=False)["mean_loss"].mean().rename(columns={"n_params": "x"})
+    out["alpha_N"] = n_pts[_window(n_pts.x.values, cfg.n_min, cfg.n_max)]
+    widest = base[base.width == base.width.max()]
+    s_pts = widest.groupby("step", as_index=False)["mean_loss"].mean().rename(columns={"step": "x"})
+    out["alpha_S"] = s_pts[_window(s_pts.x.values, cfg.step_min, cfg.step_max)]
+    finite = runs[runs.data_size > 0]
+    if len(finite):
+        width = cfg.d_width or int(finite.width.max())
+        per = finite[finite.width == width].groupby(["data_size", "seed"], as_index=False)["mean_loss"].min()
+        d_pts = per.groupby("data_size", as_index=False)["mean_loss"].mean().rename(columns={"data_size": "x"})
+        out["alpha_D"] = d_pts[_window(d_pts.x.values, cfg.d_min, cfg.d_max)]
+    return out
+
+
+def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
+    """Fits alpha_N, alpha_S (and alpha_D when finite-data runs exist) for each alpha in the runs table,
+    each beside its theory value (alpha; alpha/(alpha+1); alpha/(alpha+1))."""
+    rows = []
+    for alpha, sub in runs.groupby("alpha"):
+        theory = {"alpha_N": alpha, "alpha_S": alpha / (alpha + 1), "alpha_D": alpha / (alpha + 1)}
+        for q, pts in scaling_data(sub, cfg).items():
+            row = dict(quantity=q, alpha=float(alpha), theory=theory[q], n_points=int(len(pts)),
+                       method=cfg.method, value=math.nan, ci_lo=math.nan, ci_hi=math.nan, consistent=None, note="")
+            try:
+                value, ci, method, _ = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg)
+                chk = theory_check(q, value, ci, theory[q], level=cfg.level)
+                row.update(value=float(value), ci_lo=float(ci[0]), ci_hi=float(ci[1]), method=method,
+                           consistent=bool(chk.consistent))
+            except FitError as e:
+                row["note"] = f"not fitted: {e}"
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=["quantity", "alpha", "value", "ci_lo", "ci_hi", "theory", "consistent",
+                                     "n_points", "method", "note"])
+    df["consistent"] = df["consistent"].astype("boolean")
+    return df
+
+
+def emergence_slope(emergence: pd.DataFrame, level: float = 0.95) -> dict:
+    """Slope of log(steps-to-learn) vs log(frequency) for the widest fresh-data model (theory -1)."""
+    e = emergence[emergence.data_size == (-1 if (emergence.data_size == -1).any() else emergence.data_size.max())]
+    e = e[e.width == e.width.max()].dropna(subset=["learned_step"])
+    pts = e.groupby("frequency", as_index=False)["learned_step"].mean()
+    out = {"slope": math.nan, "ci": [math.nan, math.nan], "n_points": int(len(pts)), "theory": -1.0}
+    if len(pts) >= 3 and pts.learned_step.nunique() >= 2:
+        f = fit_loglog_ols(pts.frequency.values, pts.learned_step.values, level=level)
+        out.update(slope=f.slope, ci=list(f.ci), r2=f.r2)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ Prefect tasks
+def _load_curves(st: Store, refs: list[ArtifactRef]) -> list[dict]:
+    return [st.read_zarr(r)[0] for r in refs]
+
+
+@quanta_task(name="runs-table")
+def build_runs_table(curves_refs: list[ArtifactRef], threshold_bits: float, store: str) -> ArtifactRef:
+    st = Store(store)
+    df = runs_table(_load_curves(st, curves_refs), threshold_bits)
+    return st.write_table("sparse_parity.runs", df, inputs=curves_refs, params={"threshold_bits": threshold_bits})
+
+
+@quanta_task(name="emergence-table")
+def build_emergence_table(curves_refs: list[ArtifactRef], spec_ref: ArtifactRef, threshold_bits: float,
+                          store: str) -> ArtifactRef:
+    st = Store(store)
+    probs = st.read_zarr(spec_ref)[0]["probs"]
+    df = emergence_table(_load_curves(st, curves_refs), probs, threshold_bits)
+    return st.write_table("sparse_parity.emergence", df, inputs=[*curves_refs, spec_ref],
+                          params={"threshold_bits": threshold_bits})
+
+
+@quanta_task(name="fit-exponents")
+def build_fits(runs_ref: ArtifactRef, fit_cfg: FitConfig, store: str) -> ArtifactRef:
+    st = Store(store)
+    df = fit_exponents(st.read_table(runs_ref), fit_cfg)
+    return st.write_table("sparse_parity.fits", df, inputs=[runs_ref], params=fit_cfg.model_dump())

@@ -1,0 +1,137 @@
+"""The sparse-parity report: plots and tables, in the store and as keyed Prefect artifacts."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from schemas.sparse_parity import FitConfig, ReportConfig
+from storage import ArtifactRef, Store
+from tasks.base import quanta_task
+from tasks.fitting import FitError
+from tasks.reporting import Report, publish
+from tasks.sparse_parity_analysis import _fit, emergence_slope, scaling_data
+
+
+def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str):
+    try:
+        value, ci, _, f = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg)
+    except FitError:
+        return
+    xs = np.geomspace(pts.x.min(), pts.x.max(), 100)
+    ax.plot(xs, f.predict(xs), "k--", lw=1, label=f"{label} = {value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+
+def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
+                 fit_cfg: FitConfig, cfg: ReportConfig) -> Report:
+    rep = Report(cfg.title, dpi=cfg.dpi)
+    alphas = sorted(runs.alpha.unique())
+    lines = ["Exponents (fitted, with CI) beside the quantization model's predictions "
+             "(alpha_N = alpha, alpha_S = alpha_D = alpha/(alpha+1)); losses in bits."]
+    for r in fits.itertuples():
+        if r.value == r.value:
+            lines.append(f"- alpha={r.alpha:g} **{r.quantity} = {r.value:.3f}** [{r.ci_lo:.3f}, {r.ci_hi:.3f}] "
+                         f"vs theory {r.theory:.3f} ({'consistent' if r.consistent else 'NOT consistent'} at "
+                         f"{fit_cfg.level:.0%}, {r.n_points} points, {r.method})")
+        else:
+            lines.append(f"- alpha={r.alpha:g} {r.quantity}: {r.note}")
+    slope = emergence_slope(emergence, fit_cfg.level)
+    if slope["slope"] == slope["slope"]:
+        lines.append(f"- steps-to-learn vs frequency slope = {slope['slope']:.3f} "
+                     f"[{slope['ci'][0]:.3f}, {slope['ci'][1]:.3f}] (theory -1; paper measured -0.81), "
+                     f"{slope['n_points']} subtasks")
+    else:
+        lines.append(f"- steps-to-learn slope: too few learned subtasks ({slope['n_points']})")
+    rep.text("\n".join(lines))
+    rep.table("fits", fits)
+    if cfg.plots:
+        for alpha in alphas:
+            sub = runs[runs.alpha == alpha]
+            data = scaling_data(sub, fit_cfg)
+            # mean loss vs N with fit
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            base = sub[sub.data_size == (-1 if (sub.data_size == -1).any() else sub.data_size.max())]
+            last = base[base.step == base.step.max()]
+            ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
+            _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N")
+            ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="mean test loss (bits)",
+                   title=f"Parameter scaling (alpha={alpha:g}, theory {alpha:.2f})")
+            ax.legend(fontsize=7)
+            rep.figure(f"loss_vs_N_alpha{alpha:g}", fig)
+            # loss vs steps for each width
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            cmap = plt.get_cmap("viridis")
+            widths = sorted(base.width.unique())
+            for i, w in enumerate(widths):
+                g = base[base.width == w].groupby("step").mean_loss.mean()
+                ax.plot(g.index, g.values, color=cmap(i / max(1, len(widths) - 1)), lw=1)
+            _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S")
+            ax.set(xscale="log", yscale="log", xlabel="step", ylabel="mean test loss (bits)",
+                   title="Loss vs steps, widths light = wide")
+            ax.legend(fontsize=7)
+            rep.figure(f"loss_vs_steps_alpha{alpha:g}", fig)
+            if "alpha_D" in data:
+                fig, ax = plt.subplots(figsize=(5, 3.6))
+                ax.scatter(data["alpha_D"].x, data["alpha_D"].mean_loss, s=16)
+                _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D")
+                ax.set(xscale="log", yscale="log", xlabel="training samples D",
+                       ylabel="min test loss (bits)", title="Data scaling (early stopping)")
+                ax.legend(fontsize=7)
+                rep.figure(f"loss_vs_D_alpha{alpha:g}", fig)
+        # emergence picture: per-subtask loss vs step of the widest fresh model, coloured by frequency rank
+        c = next((c for c in curves if (c["data_size"] == -1).any()), curves[0])
+        m = int(np.argmax(np.where(c["data_size"] == c["data_size"].max() if not (c["data_size"] == -1).any()
+                                   else c["data_size"] == -1, c["width"], -1)))
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        T = c["loss_bits"].shape[-1]
+        cmap = plt.get_cmap("plasma")
+        for t in range(T):
+            ax.plot(c["steps"], c["loss_bits"][m, :, t], color=cmap(t / max(1, T - 1)), lw=0.7, alpha=0.8)
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.set(xscale="log", xlabel="step", ylabel="subtask test loss (bits)",
+               title=f"Emergence: width {int(c['width'][m])}, colour = frequency rank (dark = frequent)")
+        rep.figure("emergence_subtask_curves", fig)
+        # steps-to-learn vs frequency
+        e = emergence.dropna(subset=["learned_step"])
+        if len(e):
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            ax.scatter(e.frequency, e.learned_step, s=8, alpha=0.5, c=np.log(e.width), cmap="viridis")
+            if slope["slope"] == slope["slope"]:
+                xs = np.geomspace(e.frequency.min(), e.frequency.max(), 50)
+                w = emergence_slope(emergence, fit_cfg.level)
+                ref = e[e.width == e.width.max()]
+                if len(ref):
+                    k = np.exp(np.mean(np.log(ref.learned_step) - w["slope"] * np.log(ref.frequency)))
+                    ax.plot(xs, k * xs ** w["slope"], "k--", lw=1, label=f"slope {w['slope']:.2f} (theory -1)")
+                    ax.legend(fontsize=7)
+            ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="step learned",
+                   title="Steps to learn a subtask vs its frequency")
+            rep.figure("steps_to_learn_vs_frequency", fig)
+        # subtasks learned vs N
+        last = runs[runs.step == runs.step.max()]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for (alpha, d), g in last.groupby(["alpha", "data_size"]):
+            gg = g.groupby("n_params").subtasks_learned.mean()
+            ax.plot(gg.index, gg.values, marker="o", ms=3, label=f"alpha={alpha:g}, D={'fresh' if d < 0 else d}")
+        ax.set(xscale="log", xlabel="parameters N", ylabel="subtasks learned", title="Quanta learned vs N")
+        ax.legend(fontsize=6)
+        rep.figure("subtasks_learned_vs_N", fig)
+    final = runs[runs.step == runs.step.max()].drop(columns=["model_id"])
+    rep.table("final_losses", final.sort_values(["alpha", "data_size", "seed", "width"]), max_rows=60)
+    rep.table("runs", runs, show=False)
+    rep.table("emergence", emergence, show=False)
+    return rep
+
+
+@quanta_task(name="sparse-parity-report")
+def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, emergence_ref: ArtifactRef,
+                               curves_refs: list[ArtifactRef], fit_cfg: FitConfig, report_cfg: ReportConfig,
+                               store: str, key_prefix: str = "sparse-parity") -> ArtifactRef:
+    st = Store(store)
+    runs, fits, em = st.read_table(runs_ref), st.read_table(fits_ref), st.read_table(emergence_ref)
+    curves = [st.read_zarr(r)[0] for r in curves_refs]
+    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg)
+    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs],
+                   params={"report": report_cfg.model_dump(), "fit": fit_cfg.model_dump()})
