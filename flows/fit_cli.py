@@ -1,0 +1,181 @@
+"""`quanta fit`: fit a scaling law to your own CSV table, with bootstrap confidence intervals.
+
+    quanta fit --csv runs.csv --y loss --x params                 # L = E + A * N^-a
+    quanta fit --csv runs.csv --y loss --x params --x tokens      # L = E + A/N^a + B/D^b
+    quanta fit --csv runs.csv --y loss --x params --no-offset --json
+
+Exit codes: 0 success; 2 bad input (missing file or column, non-numeric/empty/NaN/non-positive
+cell, too few points) or a fit that did not converge, with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+import pandas as pd
+
+from tasks.fitting import FitError, PowerLawFit, fit_chinchilla, fit_power_law
+
+EXIT_BAD_INPUT = 2
+
+
+class _InputError(Exception):
+    """A user-facing input problem: reported on stderr, exit code 2."""
+
+
+def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``fit`` subcommand to an argparse ``subparsers`` object; returns its parser.
+
+    The parser's default ``func`` is :func:`run_fit`.
+    """
+    p = subparsers.add_parser(
+        "fit",
+        help="fit a scaling law (E + A x^-a, or E + A/N^a + B/D^b) to a CSV table",
+        description=(
+            "Fit L(x) = E + A*x^-a (one --x) or L(N, D) = E + A/N^a + B/D^b (two --x: N then D) "
+            "to columns of a CSV file: Huber loss on log residuals, L-BFGS from a grid of "
+            "initialisations, nonparametric bootstrap confidence intervals."
+        ),
+    )
+    p.add_argument("--csv", required=True, metavar="FILE", help="CSV file with a header row")
+    p.add_argument("--y", required=True, metavar="COL", help="column with the loss (positive)")
+    p.add_argument(
+        "--x", required=True, action="append", metavar="COL",
+        help="column with the scale variable (positive); give twice for the 2-D law (N, then D)",
+    )
+    p.add_argument("--no-offset", action="store_true", help="fix the irreducible loss E at 0")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="B",
+                   help="bootstrap resamples for the CIs (default 200; 0 = no CIs)")
+    p.add_argument("--huber-delta", type=float, default=1e-3, metavar="d",
+                   help="Huber threshold on log residuals (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default 0)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the CIs (default 0.95)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run_fit)
+    return p
+
+
+def _read_columns(path: str, y_col: str, x_cols: list[str]) -> dict[str, Any]:
+    """Read the needed columns as floats, validating every cell (rows are 1-based data rows)."""
+    try:
+        # everything as text, so we can name the exact bad cell ourselves
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise _InputError(f"CSV file not found: {path}") from None
+    except IsADirectoryError:
+        raise _InputError(f"--csv {path} is a directory, not a CSV file") from None
+    except PermissionError:
+        raise _InputError(f"cannot read CSV file {path}: permission denied") from None
+    except pd.errors.EmptyDataError:
+        raise _InputError(f"CSV file {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise _InputError(f"cannot parse CSV file {path}: {exc}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    available = ", ".join(repr(c) for c in df.columns)
+    for col in [y_col, *x_cols]:
+        if col not in df.columns:
+            raise _InputError(f"column {col!r} not found in {path}; available columns: {available}")
+    if len(df) == 0:
+        raise _InputError(f"CSV file {path} has a header but no data rows")
+    out = {}
+    for col in dict.fromkeys([*x_cols, y_col]):
+        values = []
+        for i, raw in enumerate(df[col].tolist()):
+            row = i + 1
+            where = f"column {col!r}, row {row} (line {row + 1} of {path})"
+            text = raw.strip() if isinstance(raw, str) else ""  # short rows come back as NaN
+            if text == "":
+                raise _InputError(f"empty cell in {where}")
+            try:
+                v = float(text)
+            except ValueError:
+                raise _InputError(f"non-numeric value {text!r} in {where}") from None
+            if math.isnan(v):
+                raise _InputError(f"NaN value {text!r} in {where}")
+            if math.isinf(v):
+                raise _InputError(f"infinite value {text!r} in {where}")
+            if v <= 0:
+                raise _InputError(f"non-positive value {text} in {where}; the law needs positive values")
+            values.append(v)
+        out[col] = values
+    return out
+
+
+def _format_table(fit: PowerLawFit, y_col: str, x_cols: list[str]) -> str:
+    pct = f"{fit.level * 100:g}%"
+    if fit.law == "1d":
+        head = f"L({x_cols[0]}) = E + A * {x_cols[0]}^-a"
+    else:
+        head = f"L({x_cols[0]}, {x_cols[1]}) = E + A / {x_cols[0]}^a + B / {x_cols[1]}^b"
+    if not fit.offset:
+        head += "   (E fixed at 0)"
+    lines = [
+        f"fit of {y_col!r}:  {head}",
+        f"method {fit.method}, n_points {fit.n_points}, bootstrap {fit.n_bootstrap}"
+        + (f" ({fit.n_bootstrap_failed} failed)" if fit.n_bootstrap_failed else "")
+        + f", Huber delta {fit.huber_delta:g}, loss {fit.loss:.4g}, converged {fit.converged}",
+        "",
+        f"  {'param':<6} {'value':>12}   {pct + ' CI':<27} {'se':>10}",
+    ]
+    for name, value in fit.params.items():
+        lo, hi = fit.ci[name]
+        ci = f"[{lo:.5g}, {hi:.5g}]" if math.isfinite(lo) and math.isfinite(hi) else "n/a"
+        se = fit.se[name]
+        se_s = f"{se:.3g}" if math.isfinite(se) else "n/a"
+        lines.append(f"  {name:<6} {value:>12.6g}   {ci:<27} {se_s:>10}")
+    return "\n".join(lines)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Run ``quanta fit`` with parsed ``args``; prints the result, returns the exit code."""
+    try:
+        x_cols = list(args.x)
+        if len(x_cols) not in (1, 2):
+            raise _InputError(f"give one --x (1-D law) or two (2-D law: N then D); got {len(x_cols)}")
+        if len(set(x_cols)) != len(x_cols):
+            raise _InputError(f"the two --x columns must differ; got {x_cols[0]!r} twice")
+        if args.bootstrap < 0:
+            raise _InputError(f"--bootstrap must be >= 0; got {args.bootstrap}")
+        if not args.huber_delta > 0:
+            raise _InputError(f"--huber-delta must be > 0; got {args.huber_delta}")
+        if not 0 < args.level < 1:
+            raise _InputError(f"--level must be in (0, 1); got {args.level}")
+        cols = _read_columns(args.csv, args.y, x_cols)
+        common = dict(offset=not args.no_offset, huber_delta=args.huber_delta, n_bootstrap=args.bootstrap,
+                      level=args.level, seed=args.seed)
+        if len(x_cols) == 1:
+            fit = fit_power_law(cols[x_cols[0]], cols[args.y], names=(x_cols[0], args.y), **common)
+        else:
+            fit = fit_chinchilla(cols[x_cols[0]], cols[x_cols[1]], cols[args.y],
+                                 names=(x_cols[0], x_cols[1], args.y), **common)
+    except (_InputError, FitError) as exc:
+        print(f"quanta fit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    if args.json:
+        out = fit.to_dict()
+        out.update({"x": x_cols, "y": args.y, "csv": str(args.csv)})
+        print(json.dumps(out))
+    else:
+        print(_format_table(fit, args.y, x_cols))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m flows.fit_cli --csv ... --y ... --x ...``."""
+    parser = argparse.ArgumentParser(prog="quanta")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_fit_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "fit":
+        argv = ["fit", *argv]
+    args = parser.parse_args(argv)
+    return run_fit(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
