@@ -73,7 +73,7 @@ def summarise(refs: dict, store: str, alpha: float) -> dict:
     res["steps_to_learn_slope_ci"] = slope["ci"]
     runs = st.read_table(refs["runs"])
     last = runs[runs.step == runs.step.max()]
-    res["final_loss_by_width"] = {int(w): float(v) for w, v in
+    res["final_loss_by_width"] = {str(int(w)): float(v) for w, v in
                                   last[last.data_size == last.data_size.min()].groupby("width").mean_loss.mean().items()}
     res["report_dir"] = refs["report"].uri
     return res

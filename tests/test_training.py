@@ -1,0 +1,68 @@
+"""Sparse parity data and the batched training grid: batched == alone, and models really learn."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from schemas.sparse_parity import TaskConfig
+from tasks.sparse_parity import Sampler, eval_set, make_spec, train_set, zipf_probs
+from tasks.training import Group, log_steps, n_params, train_grid, train_single
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return make_spec(TaskConfig(n_tasks=6, n_bits=10, k=3, alpha=0.4, seed=3))
+
+
+def test_zipf_frequencies_use_the_papers_alpha():
+    p = zipf_probs(50, 0.4)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[0] / p[1] == pytest.approx(2 ** 1.4)  # p_k ∝ k^-(alpha+1)
+    assert np.all(np.diff(p) < 0)
+
+
+def test_labels_are_parities_of_the_subsets(spec):
+    t, bits, y = Sampler(spec, seed=0).sample(500)
+    for i in range(500):
+        s = spec.subsets[int(t[i])]
+        assert int(y[i]) == int(bits[i, s].sum()) % 2
+    counts = np.bincount(t.numpy(), minlength=spec.n_tasks) / 500
+    assert counts[0] > counts[-1]  # drawn with Zipf frequencies
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_batched_grid_equals_training_each_model_alone(spec, depth):
+    widths = [3, 8, 17]
+    groups = [Group(seed=0), Group(seed=1, data_size=50, data=train_set(spec, 50, 1)),
+              Group(seed=2, data_size=500, data=train_set(spec, 500, 2))]
+    ev = eval_set(spec, 40, seed=0)
+    log_at = log_steps(30, 5)
+    kw = dict(depth=depth, steps=30, batch_size=128, lr=5e-3, weight_decay=0.01, log_at=log_at, eval_data=ev)
+    grid = train_grid(spec, widths, groups, keep_states=True, **kw)
+    for g, group in enumerate(groups):
+        for m, w in enumerate(widths):
+            mean, per_task, state = train_single(spec, w, group, **kw)
+            np.testing.assert_allclose(grid.mean_loss_bits[g, m], mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(grid.loss_bits[g, m], per_task, rtol=1e-5, atol=1e-6)
+            for k, v in state.items():
+                torch.testing.assert_close(grid.states[g][m][k], v, rtol=1e-5, atol=1e-6)
+    assert grid.n_params == [n_params(spec.input_dim, w, depth) for w in widths]
+
+
+def test_models_learn_frequent_subtasks_first(spec):
+    ev = eval_set(spec, 200, seed=0)
+    log_at = log_steps(400, 8)
+    res = train_grid(spec, [64], [Group(seed=0)], steps=400, batch_size=512, lr=1e-2, weight_decay=0.0,
+                     log_at=log_at, eval_data=ev)
+    final = res.loss_bits[0, 0, -1]
+    assert final[0] < 0.1  # the most frequent subtask is learned (bits)
+    assert res.mean_loss_bits[0, 0, -1] < 0.5 * res.mean_loss_bits[0, 0, 0]
+    assert final[0] <= final[-1] + 1e-6
+
+
+def test_log_steps_are_log_spaced_and_end_at_steps():
+    s = log_steps(1000, 10)
+    assert s[0] == 1 and s[-1] == 1000 and np.all(np.diff(s) > 0)
+    ratios = s[1:] / s[:-1]
+    assert ratios.max() / ratios.min() < 1.5
