@@ -18,10 +18,27 @@ from tasks.training import _train_params, train_shard
 
 
 def grid_groups(cfg: SparseParityConfig) -> list[tuple[int, int]]:
-    """(data_size, seed) groups; data_size -1 = fresh samples every step."""
+    """(data_size, seed) groups of the width grid; data_size -1 = fresh samples every step."""
     g = cfg.grid
     sizes = ([-1] if (g.data_sizes is None or g.fresh_data) else []) + list(g.data_sizes or [])
     return [(d, s) for d in sizes for s in g.seeds]
+
+
+def training_plan(cfg: SparseParityConfig) -> list[tuple[dict, list[tuple[int, int]]]]:
+    """[(train params, groups of one shard)]: the width grid's shards, then the data grid's (one width, stacked
+    (D, seed) models). Each shard is one cached task."""
+    plan = []
+    params = _train_params(cfg.grid)
+    groups = grid_groups(cfg)
+    n = cfg.grid.groups_per_shard
+    plan += [(params, groups[i:i + n]) for i in range(0, len(groups), n)]
+    if cfg.data_grid is not None:
+        dg = cfg.data_grid
+        dparams = dict(params, widths=[dg.width], steps=dg.steps or cfg.grid.steps)
+        dgroups = [(d, s) for d in dg.data_sizes for s in (dg.seeds or cfg.grid.seeds)]
+        n = dg.groups_per_shard
+        plan += [(dparams, dgroups[i:i + n]) for i in range(0, len(dgroups), n)]
+    return plan
 
 
 def _opts(task, refresh: bool):
@@ -33,16 +50,15 @@ def run_sparse_parity(config: SparseParityConfig, store: str, refresh: bool = Fa
     """The pipeline body (also used by the alpha sweep, once per alpha)."""
     Store(store)  # create the root early: a bad store URL fails before any task runs
     spec_ref = _opts(build_spec, refresh)(config.task, store)
-    groups = grid_groups(config)
-    set_refs = {}
-    for d, s in groups:
-        if d > 0:
-            set_refs[(d, s)] = _opts(build_train_set, refresh).submit(spec_ref, d, s, store)
-    params = _train_params(config.grid)
-    shards = [groups[i:i + config.grid.groups_per_shard] for i in range(0, len(groups), config.grid.groups_per_shard)]
+    plan = training_plan(config)
+    set_futures = {}
+    for _, shard in plan:
+        for d, s in shard:
+            if d > 0 and (d, s) not in set_futures:
+                set_futures[(d, s)] = _opts(build_train_set, refresh).submit(spec_ref, d, s, store)
     futures = []
-    for shard in shards:
-        refs = [set_refs[g].result() if g in set_refs else None for g in shard]
+    for params, shard in plan:
+        refs = [set_futures[g].result() if g in set_futures else None for g in shard]
         futures.append(_opts(train_shard, refresh).submit(spec_ref, shard, refs, params, store))
     curves_refs = [f.result() for f in futures]
     thr = config.grid.learned_threshold_bits

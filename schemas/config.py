@@ -6,6 +6,7 @@ with a message naming the field.
 from __future__ import annotations
 
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,10 +78,20 @@ def _check_path(model: type[BaseModel], path: list[str], item: str) -> None:
         if part not in fields:
             where = ".".join(path[:i]) or "top level"
             raise ConfigError(f"--set {item!r}: unknown key {part!r} in {where}; known: {sorted(fields)}")
-        ann = fields[part].annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        current = _model_in(fields[part].annotation)
         if current is None and i < len(path) - 1:
             raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (`Model`, `Model | None`, `Optional[Model]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,

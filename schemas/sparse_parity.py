@@ -85,6 +85,24 @@ class GridConfig(StrictModel):
         return v
 
 
+class DataGridConfig(StrictModel):
+    """Data scaling (alpha_D): one width, one model per (training-set size D, seed), each with its own data;
+    equal-shape models are trained stacked. Unset fields take the [grid] values."""
+
+    width: int = Field(ge=1, description="hidden width of every model of the data grid")
+    data_sizes: list[int] = Field(description="training-set sizes D (log-spaced is customary)")
+    steps: int | None = Field(None, ge=1, description="steps per model (default: grid.steps)")
+    seeds: list[int] | None = Field(None, description="seeds (default: grid.seeds)")
+    groups_per_shard: int = Field(8, ge=1, description="(D, seed) models per cached training task")
+
+    _sizes = field_validator("data_sizes")(GridConfig._data_sizes.__func__)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        return None if v is None else GridConfig._seeds.__func__(cls, v)
+
+
 class FitConfig(StrictModel):
     """Scaling-law fits of the study's losses."""
 
@@ -120,13 +138,20 @@ class ReportConfig(StrictModel):
 class SparseParityConfig(StrictModel):
     task: TaskConfig = TaskConfig()
     grid: GridConfig = GridConfig()
+    data_grid: DataGridConfig | None = None
     fit: FitConfig = FitConfig()
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
     def _cross(self):
-        if self.fit.d_width is not None and self.fit.d_width not in self.grid.widths:
-            raise ValueError(f"fit.d_width must be one of grid.widths {self.grid.widths} (got {self.fit.d_width})")
+        d_widths = set(self.grid.widths) | ({self.data_grid.width} if self.data_grid else set())
+        if self.fit.d_width is not None and self.fit.d_width not in d_widths:
+            raise ValueError(f"fit.d_width must be one of the trained widths {sorted(d_widths)} "
+                             f"(got {self.fit.d_width})")
+        if self.data_grid is not None and self.data_grid.steps is not None and \
+                self.grid.log_points > self.data_grid.steps:
+            raise ValueError(f"grid.log_points must be <= data_grid.steps (got {self.grid.log_points} > "
+                             f"{self.data_grid.steps})")
         if self.grid.log_points > self.grid.steps:
             raise ValueError(f"grid.log_points must be <= grid.steps (got {self.grid.log_points} > {self.grid.steps})")
         return self
@@ -260,3 +285,25 @@ class EmergenceTable(pa.DataFrameModel):
 
 
 EMERGENCE = register("sparse_parity.emergence", "parquet", 1, EmergenceTable, "steps-to-learn per subtask")
+
+
+class SweepConfig(StrictModel):
+    alphas: list[float] = Field(description="the paper's alpha values to run (each replaces task.alpha)")
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("alphas must not be empty")
+        bad = [a for a in v if not a > 0]
+        if bad:
+            raise ValueError(f"alphas must be > 0 (got {bad[0]})")
+        if len(set(v)) != len(v):
+            raise ValueError("alphas must be distinct")
+        return sorted(v)
+
+
+class AlphaSweepConfig(SparseParityConfig):
+    """The sparse-parity study once per alpha (task.alpha is replaced by each of sweep.alphas)."""
+
+    sweep: SweepConfig
