@@ -135,3 +135,43 @@ def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, eme
     rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg)
     return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs],
                    params={"report": report_cfg.model_dump(), "fit": fit_cfg.model_dump()})
+
+
+@quanta_task(name="combine-fits")
+def combine_fits(fits_refs: list[ArtifactRef], store: str) -> ArtifactRef:
+    """One fits table over several alphas (same schema as a single study's)."""
+    st = Store(store)
+    df = pd.concat([st.read_table(r) for r in fits_refs], ignore_index=True)
+    df = df.sort_values(["quantity", "alpha"]).reset_index(drop=True)
+    return st.write_table("sparse_parity.fits", df, inputs=fits_refs)
+
+
+def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> Report:
+    rep = Report(f"{cfg.title}: exponents vs alpha", dpi=cfg.dpi)
+    rep.text("Fitted exponents for each alpha (CI at "
+             f"{fit_cfg.level:.0%}) beside the quantization model: alpha_N = alpha, alpha_S = alpha_D = "
+             "alpha/(alpha+1). Paper Figure 10 shape.")
+    rep.table("sweep_fits", fits)
+    if cfg.plots:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        a = np.linspace(max(0.01, fits.alpha.min() * 0.8), fits.alpha.max() * 1.1, 100)
+        ax.plot(a, a, "C0-", lw=1, alpha=0.6, label="theory alpha_N = alpha")
+        ax.plot(a, a / (a + 1), "C1-", lw=1, alpha=0.6, label="theory alpha_S, alpha_D = alpha/(alpha+1)")
+        for q, color, marker in (("alpha_N", "C0", "o"), ("alpha_S", "C1", "s"), ("alpha_D", "C2", "^")):
+            sub = fits[(fits.quantity == q) & fits.value.notna()]
+            if len(sub):
+                ax.errorbar(sub.alpha, sub.value, yerr=[sub.value - sub.ci_lo, sub.ci_hi - sub.value], fmt=marker,
+                            color=color, ms=4, capsize=2, label=f"measured {q}")
+        ax.set(xlabel="alpha (task frequencies ~ k^-(alpha+1))", ylabel="scaling exponent",
+               title="Exponents vs alpha")
+        ax.legend(fontsize=7)
+        rep.figure("exponents_vs_alpha", fig)
+    return rep
+
+
+@quanta_task(name="alpha-sweep-report")
+def build_sweep_report(fits_ref: ArtifactRef, report_cfg: ReportConfig, fit_cfg: FitConfig,
+                       store: str) -> ArtifactRef:
+    st = Store(store)
+    rep = sweep_report(st.read_table(fits_ref), report_cfg, fit_cfg)
+    return publish(rep, st, "alpha-sweep", inputs=[fits_ref], params={"report": report_cfg.model_dump()})
