@@ -104,14 +104,23 @@ def study_output(study: str, flow_run_id, store: str, result: dict) -> dict:
     }
 
 
+def dask_task_runner(address: str):
+    """Prefect task runner on Dask: `local` starts a LocalCluster; anything else is a scheduler address
+    (tcp://host:8786). Workers must see the same store (a shared path or an fsspec URL) and Prefect API."""
+    from prefect_dask import DaskTaskRunner
+
+    if address == "local":
+        return DaskTaskRunner(cluster_kwargs={"processes": True, "threads_per_worker": 1})
+    return DaskTaskRunner(address=address)
+
+
 def run_study(study: str, config: BaseModel, store: str, *, refresh: bool = False,
               dask_address: str | None = None) -> dict:
     """Run a study's flow in this process (local/ephemeral Prefect API unless PREFECT_API_URL is set)."""
     _, flow = STUDIES[study].load()
-    kwargs: dict[str, Any] = dict(config=config, store=store, refresh=refresh)
-    if dask_address is not None:
-        kwargs["dask_address"] = dask_address
-    state = flow(**kwargs, return_state=True)
+    if dask_address:
+        flow = flow.with_options(task_runner=dask_task_runner(dask_address))
+    state = flow(config=config, store=store, refresh=refresh, return_state=True)
     flow_run_id = state.state_details.flow_run_id
     result = state.result(raise_on_failure=True)
     return study_output(study, flow_run_id, store, result)
