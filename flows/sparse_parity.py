@@ -35,9 +35,11 @@ def training_plan(cfg: SparseParityConfig) -> list[tuple[dict, list[tuple[int, i
     if cfg.data_grid is not None:
         dg = cfg.data_grid
         dparams = dict(params, widths=[dg.width], steps=dg.steps or cfg.grid.steps)
-        dgroups = [(d, s) for d in dg.data_sizes for s in (dg.seeds or cfg.grid.seeds)]
-        n = dg.groups_per_shard
-        plan += [(dparams, dgroups[i:i + n]) for i in range(0, len(dgroups), n)]
+        seeds = dg.seeds or cfg.grid.seeds
+        if dg.shard_by == "data_size":
+            plan += [(dparams, [(d, s) for s in seeds]) for d in dg.data_sizes]
+        else:
+            plan += [(dparams, [(d, s)]) for d in dg.data_sizes for s in seeds]
     return plan
 
 

@@ -93,7 +93,9 @@ class DataGridConfig(StrictModel):
     data_sizes: list[int] = Field(description="training-set sizes D (log-spaced is customary)")
     steps: int | None = Field(None, ge=1, description="steps per model (default: grid.steps)")
     seeds: list[int] | None = Field(None, description="seeds (default: grid.seeds)")
-    groups_per_shard: int = Field(8, ge=1, description="(D, seed) models per cached training task")
+    shard_by: Literal["data_size", "model"] = Field(
+        "data_size", description="one cached training task per D (its seeds stacked), or per (D, seed) model; "
+        "either way adding a D trains only the new D")
 
     _sizes = field_validator("data_sizes")(GridConfig._data_sizes.__func__)
 

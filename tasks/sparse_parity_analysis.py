@@ -138,6 +138,24 @@ def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
     return df
 
 
+def early_stopping(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finite-data models at their best logged step (minimum mean test loss), as the paper's D-scaling uses:
+    one row per model with that step, the loss and the number of subtasks learned there."""
+    finite = runs[runs.data_size > 0]
+    if not len(finite):
+        return finite.iloc[:0][["model_id", "width", "data_size", "seed", "step", "mean_loss", "subtasks_learned"]]
+    best = finite.loc[finite.groupby("model_id").mean_loss.idxmin()]
+    return best[["model_id", "width", "data_size", "seed", "step", "mean_loss", "subtasks_learned"]].rename(
+        columns={"step": "best_step", "mean_loss": "min_loss"}).sort_values(["width", "data_size", "seed"])
+
+
+def width_to_learn(emergence: pd.DataFrame) -> pd.DataFrame:
+    """Per subtask: the smallest width (fresh-data models, any seed) that learned it by the end of training."""
+    e = emergence[(emergence.data_size == -1) & emergence.learned_step.notna()]
+    out = e.groupby(["alpha", "task_rank", "frequency"], as_index=False).width.min()
+    return out.rename(columns={"width": "min_width_learned"})
+
+
 def emergence_slope(emergence: pd.DataFrame, level: float = 0.95) -> dict:
     """Slope of log(steps-to-learn) vs log(frequency) for the widest fresh-data model (theory -1)."""
     e = emergence[emergence.data_size == (-1 if (emergence.data_size == -1).any() else emergence.data_size.max())]

@@ -12,7 +12,7 @@ from storage import ArtifactRef, Store
 from tasks.base import quanta_task
 from tasks.fitting import FitError
 from tasks.reporting import Report, publish
-from tasks.sparse_parity_analysis import _fit, emergence_slope, scaling_data
+from tasks.sparse_parity_analysis import _fit, early_stopping, emergence_slope, scaling_data, width_to_learn
 
 
 def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str):
@@ -109,6 +109,14 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="step learned",
                    title="Steps to learn a subtask vs its frequency")
             rep.figure("steps_to_learn_vs_frequency", fig)
+        # width needed to learn each subtask vs its frequency
+        wl = width_to_learn(emergence)
+        if len(wl):
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            ax.scatter(wl.frequency, wl.min_width_learned, s=12)
+            ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="smallest width that learned it",
+                   title="Width needed to learn a subtask vs its frequency")
+            rep.figure("width_to_learn_vs_frequency", fig)
         # subtasks learned vs N
         last = runs[runs.step == runs.step.max()]
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -118,10 +126,15 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
         ax.set(xscale="log", xlabel="parameters N", ylabel="subtasks learned", title="Quanta learned vs N")
         ax.legend(fontsize=6)
         rep.figure("subtasks_learned_vs_N", fig)
+    es = early_stopping(runs)
+    if len(es):
+        rep.text("Data scaling uses each finite-data model at its best logged step (early stopping):")
+        rep.table("early_stopping", es.drop(columns=["model_id"]), max_rows=60)
     final = runs[runs.step == runs.step.max()].drop(columns=["model_id"])
     rep.table("final_losses", final.sort_values(["alpha", "data_size", "seed", "width"]), max_rows=60)
     rep.table("runs", runs, show=False)
     rep.table("emergence", emergence, show=False)
+    rep.table("width_to_learn", width_to_learn(emergence), show=False)
     return rep
 
 

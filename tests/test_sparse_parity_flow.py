@@ -158,3 +158,18 @@ def test_emergence_is_first_step_from_which_the_subtask_stays_learned():
                               dtype=np.float32)
     em = emergence_table([c], np.array([0.6, 0.3, 0.1]), 0.1)
     assert em.learned_step.tolist()[:2] == [1000.0, 100.0] and np.isnan(em.learned_step.iloc[2])
+
+
+def test_data_grid_adding_one_D_trains_only_that_D(prefect_server, tmp_path):
+    store = str(tmp_path / "store")
+    base = ("grid.widths=[16, 32, 48, 64]", "data_grid.width=32", "data_grid.steps=100", "data_grid.seeds=[0, 1]")
+    out = run_study("sparse-parity", _cfg(*base, "data_grid.data_sizes=[50, 200, 800]"), store)
+    assert "alpha_D" in out["results"] and len(out["results"]["alpha_D_ci"]) == 2
+    runs = Store(store).read_table(_ref(out, "runs"))
+    d_rows = runs[runs.data_size > 0]
+    assert set(d_rows.width) == {32} and set(d_rows.seed) == {0, 1} and set(d_rows.data_size) == {50, 200, 800}
+    out2 = run_study("sparse-parity", _cfg(*base, "data_grid.data_sizes=[50, 200, 800, 3200]"), store)
+    shards = {k: v for k, v in _task_states_by_name(out2["flow_run_id"]).items() if k.startswith("train-shard")}
+    assert shards.pop("train-shard-[(3200, 0), (3200, 1)]") == "Completed"
+    assert set(shards.values()) == {"Cached"} and len(shards) == 4
+    assert set(_by_task(_task_states_by_name(out2["flow_run_id"]))["sparse-parity-train-set"]) == {"Cached", "Completed"}
