@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export QUANTA_PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_HOME ?= $(QUANTA_PREFECT_HOME)
 
-.PHONY: setup demo test ui bench clean-store
+.PHONY: setup demo test ui serve bench clean-store
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ ui: setup
 	@echo "Prefect UI on http://127.0.0.1:4200 (Prefect home: $(PREFECT_HOME)); Ctrl-C to stop."
 	@echo "To send new runs to this server: export PREFECT_API_URL=http://127.0.0.1:4200/api"
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+# serve the scheduled deployments against the `make ui` server (see docs/scheduling.md)
+serve: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/quanta serve
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -99,7 +99,11 @@ def _cmd_lineage(args) -> int:
 def _cmd_serve(args) -> int:
     from flows.deployments import serve
 
-    serve(args.study or None)
+    try:
+        serve(args.study or None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
