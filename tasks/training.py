@@ -72,11 +72,14 @@ class WidthGrid(nn.Module):
 
     Shapes (H = sum(widths)): first layer W [G, H, in], b [G, H]; hidden layers W [G, H, H] (block-diagonal
     mask), b [G, H]; output W [G, H, 2] (each hidden unit feeds only its own model's 2 logits), b [G, M, 2].
-    forward(x [G, B, in]) -> logits [G, B, M, 2].
+    forward(task [G, B], bits [G, B, n_bits]) -> logits [G, B, M, 2]. The input's first `n_ctrl` dims are the
+    one-hot control bits, so the first layer's control part is a row lookup (index, not a dense matmul): the same
+    function as the dense layer, with n_ctrl/(n_ctrl + n_bits) of its cost removed.
     """
 
-    def __init__(self, in_dim: int, widths: list[int], depth: int, seeds: list[int]):
+    def __init__(self, in_dim: int, widths: list[int], depth: int, seeds: list[int], n_ctrl: int = 0):
         super().__init__()
+        self.n_ctrl = n_ctrl
         self.widths = list(widths)
         self.depth = depth
         G, H, M = len(seeds), sum(widths), len(widths)
@@ -104,13 +107,19 @@ class WidthGrid(nn.Module):
         self.b = nn.ParameterList([nn.Parameter(x) for x in b])
         self.Wo, self.bo = nn.Parameter(Wo), nn.Parameter(bo)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(torch.baddbmm(self.b[0].unsqueeze(1), x, self.W[0].transpose(1, 2)))
+    def forward(self, task: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        G = task.shape[0]
+        W0 = self.W[0]
+        pre = torch.baddbmm(self.b[0].unsqueeze(1), bits, W0[:, :, self.n_ctrl:].transpose(1, 2))
+        if self.n_ctrl:
+            ctrl = W0[:, :, :self.n_ctrl].transpose(1, 2)  # [G, n_ctrl, H]
+            pre = pre + ctrl[torch.arange(G, device=task.device)[:, None], task]  # one-hot input = row lookup
+        h = torch.relu(pre)
         for d in range(1, self.depth):
             h = torch.relu(torch.baddbmm(self.b[d].unsqueeze(1), h, (self.W[d] * self.block_mask).transpose(1, 2)))
         # [G, H, M*2]: unit h contributes only to its own model's logits
         wo = (self.Wo.unsqueeze(2) * self.owner_onehot[None, :, :, None]).flatten(2)
-        G, B = x.shape[:2]
+        B = task.shape[1]
         return torch.bmm(h, wo).view(G, B, len(self.widths), 2) + self.bo.unsqueeze(1)
 
     def model_state(self, g: int, m: int) -> dict[str, torch.Tensor]:
@@ -151,9 +160,10 @@ class _GroupBatches:
                 t, bits, y = (torch.as_tensor(a, device=device) for a in g.data)
                 self.sets.append((t.long(), bits.to(torch.uint8), y.long()))
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [G, B, in] float32, y [G, B] int64, weight [G, B] float32 (0 pads small full-batch sets)."""
-        xs, ys, ws = [], [], []
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """task [G, B] int64, bits [G, B, n_bits] float32, y [G, B] int64, weight [G, B] float32 (0 pads small
+        full-batch sets)."""
+        ts, bs, ys, ws = [], [], [], []
         B = self.batch_size
         for sampler, data in zip(self.samplers, self.sets):
             w = torch.ones(B, device=self.device)
@@ -167,10 +177,11 @@ class _GroupBatches:
                 else:  # a minibatch without replacement
                     idx = torch.randperm(n, generator=sampler.gen, device=self.device)[:B]
                 t, bits, y = data[0][idx], data[1][idx], data[2][idx]
-            xs.append(encode(t, bits, self.spec.n_tasks))
+            ts.append(t)
+            bs.append(bits)
             ys.append(y)
             ws.append(w)
-        return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+        return torch.stack(ts), torch.stack(bs).float(), torch.stack(ys), torch.stack(ws)
 
 
 @torch.no_grad()
@@ -180,11 +191,11 @@ def evaluate(net: WidthGrid, spec: SparseParitySpec, eval_data, chunk: int = 819
     G, M, T = net.W[0].shape[0], len(net.widths), spec.n_tasks
     sums = torch.zeros(G, M, T, device=t.device, dtype=torch.float64)
     for i in range(0, t.shape[0], chunk):
-        x = encode(t[i:i + chunk], bits[i:i + chunk], T)
-        logits = net(x.unsqueeze(0).expand(G, -1, -1))  # [G, b, M, 2]
-        b = x.shape[0]
-        ce = F.cross_entropy(logits.reshape(-1, 2), y[i:i + chunk].repeat(G * M) if False else
-                             y[i:i + chunk].view(1, b, 1).expand(G, b, M).reshape(-1), reduction="none")
+        tt, bb = t[i:i + chunk], bits[i:i + chunk].float()
+        b = tt.shape[0]
+        logits = net(tt.unsqueeze(0).expand(G, -1), bb.unsqueeze(0).expand(G, -1, -1))  # [G, b, M, 2]
+        ce = F.cross_entropy(logits.reshape(-1, 2), y[i:i + chunk].view(1, b, 1).expand(G, b, M).reshape(-1),
+                             reduction="none")
         ce = ce.view(G, b, M).permute(0, 2, 1).double()  # [G, M, b]
         sums.index_add_(2, t[i:i + chunk], ce)
     counts = torch.bincount(t, minlength=T).double().clamp(min=1)
@@ -204,7 +215,7 @@ def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *
     Returns per-subtask and mean test losses in bits, [G, M, S, T] and [G, M, S].
     """
     device = torch.device(device)
-    net = WidthGrid(spec.input_dim, widths, depth, [g.seed for g in groups]).to(device)
+    net = WidthGrid(spec.input_dim, widths, depth, [g.seed for g in groups], n_ctrl=spec.n_tasks).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     batches = _GroupBatches(spec, groups, batch_size, device)
     eval_data = tuple(a.to(device) for a in eval_data)
@@ -214,9 +225,9 @@ def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *
     mean_bits = np.zeros((G, M, S), dtype=np.float32)
     li = 0
     for step in range(1, steps + 1):
-        x, y, w = batches.next()
-        logits = net(x)  # [G, B, M, 2]
-        B = x.shape[1]
+        task, bits, y, w = batches.next()
+        logits = net(task, bits)  # [G, B, M, 2]
+        B = task.shape[1]
         ce = F.cross_entropy(logits.reshape(-1, 2), y.unsqueeze(-1).expand(G, B, M).reshape(-1), reduction="none")
         ce = ce.view(G, B, M)
         # each model's own (weighted) mean loss; summed, so gradients stay disjoint per model
@@ -249,8 +260,8 @@ def train_single(spec: SparseParitySpec, width: int, group: Group, *, depth: int
     means, per = [], []
     li = 0
     for step in range(1, steps + 1):
-        x, y, w = batches.next()
-        ce = F.cross_entropy(model(x[0]), y[0], reduction="none")
+        task, bits, y, w = batches.next()
+        ce = F.cross_entropy(model(encode(task[0], bits[0], spec.n_tasks)), y[0], reduction="none")
         loss = (ce * w[0]).sum() / w[0].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
