@@ -122,3 +122,20 @@ def test_lineage_records_producer_inputs_and_dependents(store):
 
     meta = pq.read_schema(runs.uri).metadata[b"quanta"]
     assert json.loads(meta)["inputs"][0]["content_hash"] == spec.content_hash
+
+
+def test_fsspec_url_store_works_the_same_way(tmp_path):
+    import uuid
+
+    store = Store(f"memory://quanta-{uuid.uuid4().hex}")
+    assert not store.is_local and store.url.startswith("memory://")
+    spec = store.write_zarr("sparse_parity.spec", _spec_arrays(), SPEC_ATTRS)
+    assert spec.uri.startswith("memory://")
+    np.testing.assert_array_equal(store.read_zarr(spec)[0]["probs"], [0.7, 0.3])
+    runs = store.write_table("sparse_parity.runs", _runs_df(), inputs=[spec])
+    pd.testing.assert_frame_equal(store.read_table(runs), _runs_df())
+    rep = store.write_dir("report", lambda p: (p / "report.md").write_text("# hi\n"), inputs=[runs])
+    assert store.lineage(rep.content_hash)["inputs"][0]["content_hash"] == runs.content_hash
+    with pytest.raises(ArtifactValidationError):
+        store.write_zarr("sparse_parity.spec", _spec_arrays(bad_index=9), SPEC_ATTRS)
+    assert store.fs.ls(store._join("_tmp")) == []
