@@ -1,0 +1,270 @@
+"""Decomposition of the per-token losses (paper Section 4, first half).
+
+- mean loss vs non-embedding parameters N, fitted with the project's fitter: alpha_N with a bootstrap CI;
+- the distribution of per-token losses by model size;
+- each token's loss curve (loss vs N, models ordered by N) classified as
+  * monogenic: loss > `mono_high` for every model before some size and < `mono_low` for every model from that
+    size on (a sharp drop at one scale; paper: 5 and 0.3 nats);
+  * polygenic: not monogenic, and the log-log slope of loss vs N is below `poly_slope` with R^2 above
+    `poly_r2` (a smooth power-law improvement; paper: -0.3 and 0.98);
+  * neither (class 0), also for tokens without a prediction.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from schemas.lm import AnalysisConfig, ReportConfig
+from storage import ArtifactRef, Store
+from tasks.base import quanta_task
+from tasks.reporting import Report, publish
+
+NONE, MONOGENIC, POLYGENIC = 0, 1, 2
+_EPS = 1e-12
+
+
+def valid_rows(loss: np.ndarray) -> np.ndarray:
+    """Tokens predicted by every model (no NaN in the row)."""
+    return np.isfinite(loss).all(axis=1)
+
+
+def classify_curves(loss: np.ndarray, n_params: np.ndarray, mono_high: float = 5.0, mono_low: float = 0.3,
+                    poly_slope: float = -0.3, poly_r2: float = 0.98) -> dict[str, np.ndarray]:
+    """Classify per-token curves. loss: (tokens, models) nats, models ordered by increasing `n_params`.
+
+    Returns {"cls": int8 (tokens,) 0/1/2, "drop_model": int16 index of the first 'learned' model of a monogenic
+    curve (-1 otherwise), "slope": float32 log-log slope, "r2": float32} (slope/r2 NaN for invalid rows or
+    fewer than 3 models; polygenic needs >= 3 models, monogenic >= 2)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    n_tok, m = loss.shape
+    n_params = np.asarray(n_params, dtype=np.float64)
+    if n_params.shape != (m,):
+        raise ValueError(f"n_params must have one entry per model column ({m}), got shape {n_params.shape}")
+    if m > 1 and (np.diff(n_params) < 0).any():
+        raise ValueError("models must be ordered by increasing n_params")
+    ok = valid_rows(loss)
+    cls = np.zeros(n_tok, dtype=np.int8)
+    drop = np.full(n_tok, -1, dtype=np.int16)
+    slope = np.full(n_tok, np.nan, dtype=np.float32)
+    r2 = np.full(n_tok, np.nan, dtype=np.float32)
+    if m >= 2:
+        high = loss > mono_high
+        low = loss < mono_low
+        # prefix_high[:, j] = all models < j are high; suffix_low[:, j] = all models >= j are low
+        prefix_high = np.cumprod(high, axis=1).astype(bool)  # [:, j] = all of 0..j high
+        suffix_low = np.cumprod(low[:, ::-1], axis=1)[:, ::-1].astype(bool)  # [:, j] = all of j..m-1 low
+        cand = prefix_high[:, :-1] & suffix_low[:, 1:]  # drop between model j and j+1
+        mono = cand.any(axis=1) & ok
+        cls[mono] = MONOGENIC
+        drop[mono] = (np.argmax(cand[mono], axis=1) + 1).astype(np.int16)
+    if m >= 3:
+        lx = np.log(n_params)
+        lx = lx - lx.mean()
+        ly = np.log(np.maximum(np.where(ok[:, None], loss, 1.0), _EPS))
+        ym = ly.mean(axis=1, keepdims=True)
+        sxx = float((lx ** 2).sum())
+        b = ((ly - ym) * lx).sum(axis=1) / sxx
+        sst = ((ly - ym) ** 2).sum(axis=1)
+        sse = ((ly - ym - b[:, None] * lx) ** 2).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rr = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), 0.0)
+        slope[ok] = b[ok]
+        r2[ok] = rr[ok]
+        poly = ok & (cls == NONE) & (b < poly_slope) & (rr > poly_r2)
+        cls[poly] = POLYGENIC
+    return {"cls": cls, "drop_model": drop, "slope": slope, "r2": r2}
+
+
+def scaling_table(loss: np.ndarray, names: list[str], n_params: np.ndarray, n_nonembed: np.ndarray) -> pd.DataFrame:
+    """Mean and median loss of each model over the tokens every model predicts."""
+    ok = valid_rows(loss)
+    if not ok.any():
+        raise ValueError("no token is predicted by every model (all rows have a NaN)")
+    sub = np.asarray(loss[ok], dtype=np.float64)
+    return pd.DataFrame({
+        "model": list(names),
+        "n_params": np.asarray(n_params, dtype=np.int64),
+        "n_params_nonembed": np.asarray(n_nonembed, dtype=np.int64),
+        "mean_loss": sub.mean(axis=0),
+        "median_loss": np.median(sub, axis=0),
+        "n_tokens": np.full(len(names), int(ok.sum()), dtype=np.int64),
+    })
+
+
+def fit_alpha_n(n: np.ndarray, mean_loss: np.ndarray, cfg: AnalysisConfig) -> dict:
+    """alpha_N of mean loss vs non-embedding N with the project's fitter: Huber fit of E + A N^-a (E fixed at 0
+    unless `fit_offset`), bootstrap CI; or the paper's log-log OLS. Falls back to what the number of models
+    allows (two models: the two-point slope, no CI; one: nothing)."""
+    from tasks.fitting import fit_loglog_ols, fit_power_law
+
+    n = np.asarray(n, dtype=np.float64)
+    y = np.asarray(mean_loss, dtype=np.float64)
+    k = len(np.unique(n))
+    row = {"quantity": "alpha_N", "value": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "E": math.nan,
+           "A": math.nan, "n_points": int(len(n)), "method": "none", "note": ""}
+    need_huber = 4 if cfg.fit_offset else 3
+    if cfg.fit_method == "huber" and k >= need_huber:
+        fit = fit_power_law(n, y, offset=cfg.fit_offset, n_bootstrap=cfg.bootstrap, level=cfg.level, seed=cfg.seed,
+                            names=("n_params_nonembed", "mean_loss"))
+        row.update(value=fit.params["a"], ci_lo=fit.ci["a"][0], ci_hi=fit.ci["a"][1], E=fit.params["E"],
+                   A=fit.params["A"], method=fit.method, note="" if fit.converged else "fit did not converge")
+    elif k >= 3:
+        fit = fit_loglog_ols(n, y, level=cfg.level, names=("n_params_nonembed", "mean_loss"))
+        row.update(value=fit.exponent, ci_lo=-fit.ci[1], ci_hi=-fit.ci[0], E=0.0, A=math.exp(fit.intercept),
+                   method=fit.method, note="" if cfg.fit_method == "ols" else
+                   f"huber with offset needs >= {need_huber} models; used log-log OLS")
+    elif k == 2:
+        a = -float(np.log(y[1] / y[0]) / np.log(n[1] / n[0]))
+        row.update(value=a, method="two-point", note="two models: slope without a confidence interval")
+    else:
+        row.update(note="one model: no fit")
+    return row
+
+
+@quanta_task(name="lm-decompose")
+def decompose(token_losses: ArtifactRef, cfg: AnalysisConfig, store: str) -> dict[str, ArtifactRef]:
+    """Scaling table, alpha_N fit and per-token classes from the tokens x models losses."""
+    st = Store(store)
+    arrays, attrs = st.read_zarr(token_losses)
+    loss, ne = arrays["loss"], arrays["n_params_nonembed"]
+    table = scaling_table(loss, list(attrs["models"]), arrays["n_params"], ne)
+    fit = fit_alpha_n(ne, table.mean_loss.to_numpy(), cfg)
+    classes = classify_curves(loss, ne, cfg.mono_high, cfg.mono_low, cfg.poly_slope, cfg.poly_r2)
+    params = {"analysis": cfg.model_dump(mode="json")}
+    scaling_ref = st.write_table("lm.scaling", table, inputs=[token_losses])
+    fits_ref = st.write_table("lm.fits", pd.DataFrame([fit]), inputs=[scaling_ref], params=params)
+    cls_attrs = {"mono_high": cfg.mono_high, "mono_low": cfg.mono_low, "poly_slope": cfg.poly_slope,
+                 "poly_r2": cfg.poly_r2, "n_valid": int(valid_rows(loss).sum()), "models": list(attrs["models"])}
+    classes_ref = st.write_zarr("lm.token_classes", classes, cls_attrs, inputs=[token_losses], params=params)
+    return {"scaling": scaling_ref, "fits": fits_ref, "classes": classes_ref}
+
+
+def class_fractions(cls: np.ndarray, n_valid: int, n_models: int) -> dict[str, float]:
+    if n_valid == 0:
+        return {"monogenic_fraction": math.nan, "polygenic_fraction": math.nan}
+    mono = float((cls == MONOGENIC).sum() / n_valid)
+    poly = float((cls == POLYGENIC).sum() / n_valid) if n_models >= 3 else math.nan
+    return {"monogenic_fraction": mono, "polygenic_fraction": poly}
+
+
+def pick_examples(cls: np.ndarray, which: int, k: int, seed: int) -> np.ndarray:
+    idx = np.flatnonzero(cls == which)
+    if len(idx) <= k:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, size=k, replace=False))
+
+
+def token_context(tokenizer, ids: np.ndarray, offsets: np.ndarray, pos: int, n_context: int) -> tuple[str, str]:
+    """(decoded context before token `pos` within its document, decoded token)."""
+    from tasks.tokenize import decode
+
+    d = int(np.searchsorted(offsets, pos, side="right") - 1)
+    start = max(int(offsets[d]), pos - n_context)
+    return decode(tokenizer, ids[start:pos]), decode(tokenizer, ids[pos:pos + 1])
+
+
+def _md_escape(s: str, limit: int = 160) -> str:
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("\t", "⇥").replace("`", "'")
+    return s if len(s) <= limit else "…" + s[-limit:]
+
+
+def examples_table(which: int, idx: np.ndarray, loss: np.ndarray, classes: dict, tokenizer, ids, offsets,
+                   names: list[str], n_context: int) -> pd.DataFrame:
+    rows = []
+    for i in idx:
+        ctx, tok = token_context(tokenizer, ids, offsets, int(i), n_context)
+        row = {"token_index": int(i), "context": _md_escape(ctx), "token": _md_escape(tok, 40)}
+        if which == MONOGENIC:
+            row["drop_at"] = names[int(classes["drop_model"][i])]
+        else:
+            row["slope"] = float(classes["slope"][i])
+            row["r2"] = float(classes["r2"][i])
+        row.update({f"loss[{n}]": float(loss[i, j]) for j, n in enumerate(names)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes: dict, cls_attrs: dict, tokenizer,
+                    ids: np.ndarray, offsets: np.ndarray, cfg: AnalysisConfig, rcfg: ReportConfig,
+                    corpus_note: str = "") -> tuple[Report, dict]:
+    import matplotlib.pyplot as plt
+
+    names = scaling.model.tolist()
+    ne = scaling.n_params_nonembed.to_numpy(dtype=float)
+    n_valid = int(cls_attrs["n_valid"])
+    fr = class_fractions(classes["cls"], n_valid, len(names))
+    rep = Report(rcfg.title, dpi=rcfg.dpi)
+    ci = f"[{fit['ci_lo']:.3g}, {fit['ci_hi']:.3g}]" if np.isfinite(fit["ci_lo"]) else "n/a"
+    rep.text(f"{corpus_note}{len(names)} models; {n_valid} eval tokens predicted by every model.\n\n"
+             f"**alpha_N = {fit['value']:.4g}** (CI {ci}; {fit['method']}{'; ' + fit['note'] if fit['note'] else ''}); "
+             f"paper (Pythia on The Pile): 0.083.\n\n"
+             f"Monogenic tokens (loss > {cfg.mono_high} then < {cfg.mono_low} nats): "
+             f"**{fr['monogenic_fraction']:.4%}**; polygenic (log-log slope < {cfg.poly_slope}, "
+             f"R² > {cfg.poly_r2}): **{fr['polygenic_fraction']:.4%}**.")
+    rep.table("scaling", scaling)
+    rep.table("alpha_n_fit", pd.DataFrame([fit]))
+    ok = valid_rows(loss)
+    if rcfg.plots:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.loglog(ne, scaling.mean_loss, "o", label="mean loss")
+        if np.isfinite(fit["value"]) and np.isfinite(fit["A"]):
+            xs = np.geomspace(ne.min(), ne.max(), 50)
+            ax.loglog(xs, fit["E"] + fit["A"] * xs ** -fit["value"], "--", label=f"fit, alpha_N={fit['value']:.3g}")
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("mean loss (nats/token)")
+        ax.legend()
+        rep.figure("mean_loss_vs_n", fig)
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        sub = loss[ok]
+        bins = np.linspace(0, max(1.0, float(np.nanpercentile(sub, 99.5)) if sub.size else 1.0), 60)
+        cmap = plt.get_cmap("viridis")
+        for j, name in enumerate(names):
+            ax.hist(sub[:, j], bins=bins, histtype="step", density=True,
+                    color=cmap(j / max(1, len(names) - 1)), label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("per-token loss (nats)")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        rep.figure("loss_distribution_by_size", fig)
+
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+        for ax, which, title in ((axes[0], MONOGENIC, "monogenic"), (axes[1], POLYGENIC, "polygenic")):
+            for i in pick_examples(classes["cls"], which, 20, cfg.seed):
+                ax.plot(ne, np.maximum(loss[i], 1e-4), alpha=0.6)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{title} curves (up to 20)")
+            ax.set_xlabel("non-embedding parameters N")
+        axes[0].set_ylabel("loss (nats)")
+        rep.figure("example_curves", fig)
+    for which, name in ((MONOGENIC, "monogenic_examples"), (POLYGENIC, "polygenic_examples")):
+        idx = pick_examples(classes["cls"], which, cfg.n_examples, cfg.seed)
+        if len(idx):
+            rep.table(name, examples_table(which, idx, loss, classes, tokenizer, ids, offsets, names,
+                                           cfg.context_tokens))
+        else:
+            rep.text(f"_No {name.split('_')[0]} tokens found._")
+    return rep, fr
+
+
+@quanta_task(name="lm-report")
+def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, tokens: ArtifactRef,
+              tokenizer: ArtifactRef, cfg: AnalysisConfig, rcfg: ReportConfig, store: str,
+              key_prefix: str = "lm-losses") -> ArtifactRef:
+    """The study's report (markdown with plots, tables) in the store and as keyed Prefect artifacts."""
+    from tasks.tokenize import load_tokenizer
+
+    st = Store(store)
+    scaling = st.read_table(decomposition["scaling"])
+    fit = st.read_table(decomposition["fits"]).iloc[0].to_dict()
+    classes, cls_attrs = st.read_zarr(decomposition["classes"])
+    larr, _ = st.read_zarr(token_losses)
+    tarr, _ = st.read_zarr(tokens)
+    tok = load_tokenizer(st.local_dir(tokenizer))
+    rep, _ = build_lm_report(scaling, fit, larr["loss"], classes, cls_attrs, tok, tarr["ids"], tarr["offsets"],
+                             cfg, rcfg)
+    return publish(rep, st, key_prefix, inputs=[*decomposition.values(), token_losses, tokens, tokenizer],
+                   params={"analysis": cfg.model_dump(mode="json")})
