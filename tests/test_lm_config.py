@@ -1,0 +1,49 @@
+"""lm-losses config: unknown keys and bad values fail before anything runs, with messages naming the field."""
+from __future__ import annotations
+
+import pytest
+
+from schemas import ConfigError
+from schemas.config import load_config
+from schemas.lm import MIN_VOCAB, LMConfig
+
+
+def _load(data=None, overrides=None, path=None):
+    return load_config(LMConfig, path=path, data=data, overrides=overrides)
+
+
+def test_shipped_configs_load(project_root):
+    for name in ("tiny", "demo", "pythia"):
+        cfg = _load(path=project_root / "configs" / "lm" / f"{name}.toml")
+        assert cfg.suite.context_length >= 2
+    demo = _load(path=project_root / "configs" / "lm" / "demo.toml")
+    assert demo.suite.kind == "trained" and len(demo.suite.sizes) >= 4
+    pythia = _load(path=project_root / "configs" / "lm" / "pythia.toml")
+    assert pythia.suite.kind == "pretrained" and pythia.suite.models[0].startswith("EleutherAI/pythia-")
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"tokenizer": {"vocab_size": 100}}, "vocab_size too small"),
+    ({"suite": {"kind": "trained", "sizes": []}}, "sizes must not be empty"),
+    ({"suite": {"kind": "pretrained", "models": []}}, "models must not be empty"),
+    ({"corpus": {"kind": "s3"}}, "corpus.kind"),
+    ({"corpus": {"kind": "files"}}, "corpus.path is required"),
+    ({"suite": {"context_length": 1, "sizes": [{"d_model": 8, "n_layers": 1, "n_heads": 2}]}},
+     "context_length must be >= 2"),
+    ({"suite": {"sizes": [{"d_model": 10, "n_layers": 1, "n_heads": 3}]}}, "divisible by n_heads"),
+    ({"analysis": {"mono_low": 6.0, "mono_high": 5.0}}, "mono_low must be < mono_high"),
+    ({"corpus": {"eval_fraction": 1.0}}, "corpus.eval_fraction"),
+    ({"suite": {"sizse": []}}, "suite.sizse: unknown key"),
+])
+def test_bad_values_name_the_field(data, needle):
+    with pytest.raises(ConfigError) as err:
+        _load(data=data)
+    assert needle in str(err.value)
+
+
+def test_overrides_and_unknown_override():
+    cfg = _load(data={}, overrides=["tokenizer.vocab_size=512", "suite.steps=7"])
+    assert cfg.tokenizer.vocab_size == 512 and cfg.suite.steps == 7
+    with pytest.raises(ConfigError, match="unknown key 'vocab'"):
+        _load(data={}, overrides=["tokenizer.vocab=512"])
+    assert MIN_VOCAB > 256
