@@ -111,9 +111,10 @@ class WidthGrid(nn.Module):
         G = task.shape[0]
         W0 = self.W[0]
         pre = torch.baddbmm(self.b[0].unsqueeze(1), bits, W0[:, :, self.n_ctrl:].transpose(1, 2))
-        if self.n_ctrl:
-            ctrl = W0[:, :, :self.n_ctrl].transpose(1, 2)  # [G, n_ctrl, H]
-            pre = pre + ctrl[torch.arange(G, device=task.device)[:, None], task]  # one-hot input = row lookup
+        if self.n_ctrl:  # one-hot input = row lookup; F.embedding's backward is a fast index_add
+            ctrl = W0[:, :, :self.n_ctrl].transpose(1, 2).reshape(G * self.n_ctrl, -1)  # [G * n_ctrl, H]
+            offset = (torch.arange(G, device=task.device) * self.n_ctrl)[:, None]
+            pre = pre + F.embedding(task + offset, ctrl)
         h = torch.relu(pre)
         for d in range(1, self.depth):
             h = torch.relu(torch.baddbmm(self.b[d].unsqueeze(1), h, (self.W[d] * self.block_mask).transpose(1, 2)))
