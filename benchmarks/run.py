@@ -38,9 +38,13 @@ def main() -> int:
         except ModuleNotFoundError:
             continue
         print(f"running {name} ...", flush=True)
-        r = mod.run()
-        results.append(r)
-        print(f"  {r['name']}: ratio {r['ratio']:.2f} (goal {r['goal']})", flush=True)
+        out = mod.run()
+        # a benchmark returns one result, or {device: result}
+        for r in ([out] if "ratio" in out else list(out.values())):
+            r.setdefault("name", name.rsplit(".", 1)[-1].removeprefix("bench_").replace("_", " "))
+            r.setdefault("goal", getattr(mod, "GOAL", ""))
+            results.append(r)
+            print(f"  {r['name']} [{r['device']}]: ratio {r['ratio']:.2f} (goal {r['goal']})", flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()
     lines = [BEGIN, f"Run {stamp} on: {info}", "", "| benchmark | device | ratio | goal | details |", "|---|---|---|---|---|"]
