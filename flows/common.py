@@ -63,16 +63,11 @@ def task_state_counts(flow_run_id) -> dict[str, int]:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
                                          limit=200, offset=offset)
             for tr in runs:
-                if tr.state is None:
-                    continue
-                # subflow "task runs" are placeholders for the child flow run: count real tasks only
-                if getattr(tr, "flow_run_run_count", None) is None and tr.task_inputs is None:
-                    continue
-                counts[tr.state.name] += 1
+                if tr.state is not None:
+                    counts[tr.state.name] += 1
             if len(runs) < 200:
                 break
             offset += 200
-    # the parent-task placeholders of subflows carry the subflow's final state; skip them
     return dict(counts)
 
 
