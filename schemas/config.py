@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.errors import ConfigError
 
@@ -22,6 +22,26 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def positive_distinct(name: str, values: list[int], empty_hint: str = "") -> list[int]:
+    """Validator body for lists like widths / data sizes: non-empty, positive, distinct; returned sorted."""
+    if not values:
+        raise ValueError(f"{name} must not be empty{empty_hint}")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise ValueError(f"{name} must be positive integers (got {bad[0]})")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must be distinct")
+    return sorted(values)
+
+
+class ReportConfig(StrictModel):
+    """`[report]` of every study; studies subclass it to set their default title."""
+
+    title: str = "quanta report"
+    plots: bool = Field(True, description="draw plots (PNG in the store, embedded in the Prefect artifact)")
+    dpi: int = Field(80, ge=30, le=300)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

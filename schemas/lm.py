@@ -14,6 +14,7 @@ from pandera.typing import Series
 from pydantic import Field, field_validator, model_validator
 
 from schemas.arrays import ArraySpec, GroupSpec, finite_or_nan, in_range, monotone_nondecreasing
+from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import StrictModel
 from schemas.registry import register
 
@@ -160,10 +161,8 @@ class AnalysisConfig(StrictModel):
         return self
 
 
-class ReportConfig(StrictModel):
+class ReportConfig(BaseReportConfig):
     title: str = "LLM per-token losses and scaling decomposition"
-    plots: bool = True
-    dpi: int = Field(80, ge=30, le=300)
 
 
 class LMConfig(StrictModel):

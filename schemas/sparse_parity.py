@@ -10,7 +10,8 @@ from pandera.typing import Series
 from pydantic import Field, field_validator, model_validator
 
 from schemas.arrays import ArraySpec, GroupSpec, finite, in_range, monotone_nondecreasing
-from schemas.config import StrictModel
+from schemas.config import ReportConfig as BaseReportConfig
+from schemas.config import StrictModel, positive_distinct
 from schemas.registry import register
 
 
@@ -52,28 +53,14 @@ class GridConfig(StrictModel):
     @field_validator("widths")
     @classmethod
     def _widths(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("widths must not be empty")
-        bad = [w for w in v if w < 1]
-        if bad:
-            raise ValueError(f"widths must be positive integers (got {bad[0]})")
-        if len(set(v)) != len(v):
-            raise ValueError("widths must be distinct")
-        return sorted(v)
+        return positive_distinct("widths", v)
 
     @field_validator("data_sizes")
     @classmethod
     def _data_sizes(cls, v: list[int] | None) -> list[int] | None:
         if v is None:
             return v
-        if not v:
-            raise ValueError("data_sizes must not be empty (omit it for fresh samples every step)")
-        bad = [d for d in v if d < 1]
-        if bad:
-            raise ValueError(f"data_sizes must be positive integers (got {bad[0]})")
-        if len(set(v)) != len(v):
-            raise ValueError("data_sizes must be distinct")
-        return sorted(v)
+        return positive_distinct("data_sizes", v, " (omit it for fresh samples every step)")
 
     @field_validator("seeds")
     @classmethod
@@ -97,7 +84,10 @@ class DataGridConfig(StrictModel):
         "data_size", description="one cached training task per D (its seeds stacked), or per (D, seed) model; "
         "either way adding a D trains only the new D")
 
-    _sizes = field_validator("data_sizes")(GridConfig._data_sizes.__func__)
+    @field_validator("data_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        return positive_distinct("data_sizes", v)
 
     @field_validator("seeds")
     @classmethod
@@ -131,10 +121,8 @@ class FitConfig(StrictModel):
         return self
 
 
-class ReportConfig(StrictModel):
+class ReportConfig(BaseReportConfig):
     title: str = "Multitask sparse parity"
-    plots: bool = True
-    dpi: int = Field(80, ge=30, le=300)
 
 
 class SparseParityConfig(StrictModel):
