@@ -85,6 +85,9 @@ def summarise(refs: dict, store: str, alpha: float) -> dict:
         res[r.quantity] = r.value
         res[f"{r.quantity}_ci"] = [r.ci_lo, r.ci_hi]
         res[f"{r.quantity}_consistent"] = None if pd.isna(r.consistent) else bool(r.consistent)
+    from tasks.sparse_parity_analysis import theory_checks
+
+    res["theory_checks"] = theory_checks(fits).to_dict(orient="records")
     em = st.read_table(refs["emergence"])
     slope = emergence_slope(em)
     res["steps_to_learn_slope"] = slope["slope"]

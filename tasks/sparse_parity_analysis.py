@@ -13,7 +13,7 @@ import pandas as pd
 from schemas.sparse_parity import FitConfig
 from storage import ArtifactRef, Store
 from tasks.base import quanta_task
-from tasks.fitting import FitError, fit_loglog_ols, fit_power_law, theory_check
+from tasks.fitting import FitError, fit_loglog_ols, fit_power_law, scaling_theory_checks, theory_check
 
 
 def model_ids(curves: dict) -> list[str]:
@@ -154,6 +154,26 @@ def width_to_learn(emergence: pd.DataFrame) -> pd.DataFrame:
     e = emergence[(emergence.data_size == -1) & emergence.learned_step.notna()]
     out = e.groupby(["alpha", "task_rank", "frequency"], as_index=False).width.min()
     return out.rename(columns={"width": "min_width_learned"})
+
+
+def theory_checks(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """The quantization model's relations as data, per alpha: alpha_N vs alpha, alpha_S and alpha_D vs
+    alpha/(alpha+1), and alpha_S, alpha_D vs alpha_N/(alpha_N+1) (predicted CI from alpha_N's CI, the map being
+    monotone). Each row: both values, their CIs, and whether they are consistent at `level`."""
+    rows = []
+    for alpha, sub in fits.groupby("alpha"):
+        est = {r.quantity: (r.value, (r.ci_lo, r.ci_hi)) for r in sub.itertuples()
+               if r.value == r.value and r.ci_lo == r.ci_lo}
+        checks = scaling_theory_checks(alpha_n=est.get("alpha_N"), alpha_d=est.get("alpha_D"),
+                                       alpha_s=est.get("alpha_S"), alpha=float(alpha), level=level)
+        for c in checks:
+            pci = c.predicted_ci or [c.predicted, c.predicted]
+            rows.append({"alpha": float(alpha), "check": c.name, "measured": c.measured,
+                         "measured_ci_lo": c.measured_ci[0], "measured_ci_hi": c.measured_ci[1],
+                         "predicted": c.predicted, "predicted_ci_lo": pci[0], "predicted_ci_hi": pci[1],
+                         "consistent": c.consistent})
+    return pd.DataFrame(rows, columns=["alpha", "check", "measured", "measured_ci_lo", "measured_ci_hi", "predicted",
+                                       "predicted_ci_lo", "predicted_ci_hi", "consistent"])
 
 
 def emergence_slope(emergence: pd.DataFrame, level: float = 0.95) -> dict:

@@ -12,7 +12,8 @@ from storage import ArtifactRef, Store
 from tasks.base import quanta_task
 from tasks.fitting import FitError
 from tasks.reporting import Report, publish
-from tasks.sparse_parity_analysis import _fit, early_stopping, emergence_slope, scaling_data, width_to_learn
+from tasks.sparse_parity_analysis import (_fit, early_stopping, emergence_slope, scaling_data, theory_checks,
+                                          width_to_learn)
 
 
 def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str):
@@ -46,6 +47,10 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
         lines.append(f"- steps-to-learn slope: too few learned subtasks ({slope['n_points']})")
     rep.text("\n".join(lines))
     rep.table("fits", fits)
+    checks = theory_checks(fits, fit_cfg.level)
+    if len(checks):
+        rep.text(f"Theory checks (consistent = the two {fit_cfg.level:.0%} intervals overlap):")
+        rep.table("theory_checks", checks)
     if cfg.plots:
         for alpha in alphas:
             sub = runs[runs.alpha == alpha]
@@ -165,6 +170,7 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
              f"{fit_cfg.level:.0%}) beside the quantization model: alpha_N = alpha, alpha_S = alpha_D = "
              "alpha/(alpha+1). Paper Figure 10 shape.")
     rep.table("sweep_fits", fits)
+    rep.table("theory_checks", theory_checks(fits, fit_cfg.level))
     if cfg.plots:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         a = np.linspace(max(0.01, fits.alpha.min() * 0.8), fits.alpha.max() * 1.1, 100)

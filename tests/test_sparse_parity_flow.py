@@ -173,3 +173,17 @@ def test_data_grid_adding_one_D_trains_only_that_D(prefect_server, tmp_path):
     assert shards.pop("train-shard-[(3200, 0), (3200, 1)]") == "Completed"
     assert set(shards.values()) == {"Cached"} and len(shards) == 4
     assert set(_by_task(_task_states_by_name(out2["flow_run_id"]))["sparse-parity-train-set"]) == {"Cached", "Completed"}
+
+
+def test_theory_checks_compare_alpha_D_with_alpha_N_over_alpha_N_plus_1():
+    from tasks.sparse_parity_analysis import theory_checks
+
+    fits = pd.DataFrame({"quantity": ["alpha_N", "alpha_D", "alpha_S"], "alpha": [0.4] * 3,
+                         "value": [0.4, 0.29, 0.5], "ci_lo": [0.35, 0.27, 0.45], "ci_hi": [0.45, 0.31, 0.55]})
+    checks = theory_checks(fits).set_index("check")
+    row = checks.loc["alpha_D vs alpha_N/(alpha_N+1)"]
+    assert row.predicted == pytest.approx(0.4 / 1.4)
+    assert row.predicted_ci_lo == pytest.approx(0.35 / 1.35) and row.predicted_ci_hi == pytest.approx(0.45 / 1.45)
+    assert bool(row.consistent)
+    assert not bool(checks.loc["alpha_S vs alpha/(alpha+1)", "consistent"])  # 0.5 [0.45, 0.55] vs 0.2857
+    assert bool(checks.loc["alpha_N vs alpha", "consistent"])
