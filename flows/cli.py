@@ -58,8 +58,9 @@ def _cmd_run(args) -> int:
         print(f"store: {out['store']}")
         print("task states: " + ", ".join(f"{k} {v}" for k, v in sorted(out["task_states"].items())))
         for k, v in out["results"].items():
-            if not isinstance(v, dict):
-                print(f"  {k}: {v}")
+            if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+                continue  # tables: see the report, or --json
+            print(f"  {k}: {v}")
         if "report" in out["artifacts"]:
             print(f"report: {out['artifacts']['report']['uri']}/report.md")
         print("inspect in the UI: `make ui`, then open http://127.0.0.1:4200 (Runs, Artifacts)")
