@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.sparse_parity import _opts, run_sparse_parity
+from flows.common import call
+from flows.sparse_parity import run_sparse_parity
 from schemas.sparse_parity import AlphaSweepConfig, SparseParityConfig
 from storage.settings import default_store_root
 from tasks.sparse_parity_report import build_sweep_report, combine_fits
@@ -26,8 +27,8 @@ def alpha_sweep_flow(config: AlphaSweepConfig, store: str | None = None, refresh
     store = store or default_store_root()
     per_alpha = {a: run_sparse_parity(config_for_alpha(config, a), store, refresh, key_prefix=f"alpha-sweep-{a:g}")
                  for a in config.sweep.alphas}
-    fits_ref = _opts(combine_fits, refresh)([r["fits"] for r in per_alpha.values()], store)
-    report_ref = _opts(build_sweep_report, refresh)(fits_ref, config.report, config.fit, store)
+    fits_ref = call(combine_fits, [r["fits"] for r in per_alpha.values()], store, refresh=refresh)
+    report_ref = call(build_sweep_report, fits_ref, config.report, config.fit, store, refresh=refresh)
     from storage import Store
 
     fits = Store(store).read_table(fits_ref)

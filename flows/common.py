@@ -127,3 +127,56 @@ def default_config_path(study: str) -> Path:
 
 def dumps(obj: dict) -> str:
     return json.dumps(obj, indent=None, sort_keys=False, default=str)
+
+
+# ------------------------------------------------------------------------------------ calling cached tasks
+def _refs_in(obj) -> list[ArtifactRef]:
+    if isinstance(obj, ArtifactRef):
+        return [obj]
+    if isinstance(obj, dict):
+        return [r for v in obj.values() for r in _refs_in(v)]
+    if isinstance(obj, (list, tuple)):
+        return [r for v in obj for r in _refs_in(v)]
+    return []
+
+
+def _missing(result) -> list[ArtifactRef]:
+    from storage.store import ref_is_complete
+
+    return [r for r in _refs_in(result) if not ref_is_complete(r)]
+
+
+def _heal(task, args, kwargs, result):
+    """A cached result whose artifact was deleted (or never completed) is recomputed, not trusted."""
+    missing = _missing(result)
+    if not missing:
+        return result
+    from prefect import get_run_logger
+
+    get_run_logger().warning("%s: cached result names missing artifact(s) %s; recomputing", task.name,
+                             ", ".join(r.short for r in missing))
+    return task.with_options(refresh_cache=True)(*args, **kwargs)
+
+
+def call(task, *args, refresh: bool = False, **kwargs):
+    """Run a task (cached unless `refresh`); if its cached result names an artifact that is no longer complete in
+    the store, run it again with a fresh cache so downstream tasks never read a missing artifact."""
+    result = (task.with_options(refresh_cache=True) if refresh else task)(*args, **kwargs)
+    return result if refresh else _heal(task, args, kwargs, result)
+
+
+class Pending:
+    """`submit(...)`'s handle: `.result()` waits, then heals like `call`."""
+
+    def __init__(self, task, args, kwargs, refresh: bool):
+        self.task, self.args, self.kwargs, self.refresh = task, args, kwargs, refresh
+        self.future = (task.with_options(refresh_cache=True) if refresh else task).submit(*args, **kwargs)
+
+    def result(self):
+        result = self.future.result()
+        return result if self.refresh else _heal(self.task, self.args, self.kwargs, result)
+
+
+def submit(task, *args, refresh: bool = False, **kwargs) -> Pending:
+    """Submit a task to the flow's task runner (threads, or Dask with --dask-address)."""
+    return Pending(task, args, kwargs, refresh)

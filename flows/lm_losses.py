@@ -10,6 +10,7 @@ import math
 import numpy as np
 from prefect import flow
 
+from flows.common import call
 from schemas.lm import LMConfig
 from storage import Store
 from storage.settings import default_store_root
@@ -20,42 +21,38 @@ from tasks.token_losses import assemble_token_losses, model_fingerprint, token_l
 from tasks.tokenize import pretrained_tokenizer, tokenize_split, train_tokenizer
 
 
-def _opts(task, refresh: bool):
-    return task.with_options(refresh_cache=True) if refresh else task
-
-
 def run_lm_losses(config: LMConfig, store: str, refresh: bool = False, key_prefix: str = "lm-losses") -> dict:
     """The pipeline body: returns the artifact refs (models and loss columns as lists)."""
     Store(store)  # a bad store URL fails before any task runs
     suite = config.suite
-    corpus = _opts(build_corpus, refresh)(config.corpus, store)
+    corpus = call(build_corpus, config.corpus, store, refresh=refresh)
     docs, texts = corpus["documents"], corpus["texts"]
     if suite.kind == "trained":
-        tok_ref = _opts(train_tokenizer, refresh)(docs, texts, config.tokenizer, store)
+        tok_ref = call(train_tokenizer, docs, texts, config.tokenizer, store, refresh=refresh)
     else:
-        tok_ref = _opts(pretrained_tokenizer, refresh)(suite.models[0], suite.revision, store)
-    eval_tokens = _opts(tokenize_split, refresh)(docs, texts, tok_ref, "eval", config.max_eval_tokens, store)
+        tok_ref = call(pretrained_tokenizer, suite.models[0], suite.revision, store, refresh=refresh)
+    eval_tokens = call(tokenize_split, docs, texts, tok_ref, "eval", config.max_eval_tokens, store, refresh=refresh)
 
     columns, models = [], []
     common = dict(context_length=suite.context_length, batch_size=suite.eval_batch_size, device=suite.device,
                   dtype=suite.dtype, store=store)
     if suite.kind == "trained":
-        train_tokens = _opts(tokenize_split, refresh)(docs, texts, tok_ref, "train", None, store)
+        train_tokens = call(tokenize_split, docs, texts, tok_ref, "train", None, store, refresh=refresh)
         params = train_params(suite)
         for size in suite.sizes:  # sequential: each size uses every core
-            model_ref = _opts(train_model, refresh)(train_tokens, tok_ref, size, params, store)
+            model_ref = call(train_model, train_tokens, tok_ref, size, params, store, refresh=refresh)
             models.append(model_ref)
-            columns.append(_opts(token_loss_column, refresh)(eval_tokens, size.label, model_ref, None, None, None,
-                                                              **common))
+            columns.append(call(token_loss_column, eval_tokens, size.label, model_ref, None, None, None,
+                                **common, refresh=refresh))
     else:
         train_tokens = None
         for name in suite.models:
-            columns.append(_opts(token_loss_column, refresh)(
-                eval_tokens, name, None, name, suite.revision, model_fingerprint(name, suite.revision), **common))
-    losses = _opts(assemble_token_losses, refresh)(columns, store)
-    parts = _opts(decompose, refresh)(losses, config.analysis, store)
-    report = _opts(lm_report, refresh)(parts, losses, eval_tokens, tok_ref, config.analysis, config.report, store,
-                                       key_prefix)
+            columns.append(call(token_loss_column, eval_tokens, name, None, name, suite.revision,
+                                model_fingerprint(name, suite.revision), **common, refresh=refresh))
+    losses = call(assemble_token_losses, columns, store, refresh=refresh)
+    parts = call(decompose, losses, config.analysis, store, refresh=refresh)
+    report = call(lm_report, parts, losses, eval_tokens, tok_ref, config.analysis, config.report, store,
+                  key_prefix, refresh=refresh)
     return {"documents": docs, "texts": texts, "tokenizer": tok_ref, "eval_tokens": eval_tokens,
             "train_tokens": train_tokens, "models": models, "loss_columns": columns, "token_losses": losses,
             "scaling": parts["scaling"], "fits": parts["fits"], "token_classes": parts["classes"], "report": report}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 from prefect import flow
 
+from flows.common import call, submit
 from schemas.sparse_parity import SparseParityConfig
 from storage import Store
 from storage.settings import default_store_root
@@ -43,32 +44,28 @@ def training_plan(cfg: SparseParityConfig) -> list[tuple[dict, list[tuple[int, i
     return plan
 
 
-def _opts(task, refresh: bool):
-    return task.with_options(refresh_cache=True) if refresh else task
-
-
 def run_sparse_parity(config: SparseParityConfig, store: str, refresh: bool = False,
                       key_prefix: str = "sparse-parity") -> dict:
     """The pipeline body (also used by the alpha sweep, once per alpha)."""
     Store(store)  # create the root early: a bad store URL fails before any task runs
-    spec_ref = _opts(build_spec, refresh)(config.task, store)
+    spec_ref = call(build_spec, config.task, store, refresh=refresh)
     plan = training_plan(config)
     set_futures = {}
     for _, shard in plan:
         for d, s in shard:
             if d > 0 and (d, s) not in set_futures:
-                set_futures[(d, s)] = _opts(build_train_set, refresh).submit(spec_ref, d, s, store)
+                set_futures[(d, s)] = submit(build_train_set, spec_ref, d, s, store, refresh=refresh)
     futures = []
     for params, shard in plan:
         refs = [set_futures[g].result() if g in set_futures else None for g in shard]
-        futures.append(_opts(train_shard, refresh).submit(spec_ref, shard, refs, params, store))
+        futures.append(submit(train_shard, spec_ref, shard, refs, params, store, refresh=refresh))
     curves_refs = [f.result() for f in futures]
     thr = config.grid.learned_threshold_bits
-    runs_ref = _opts(build_runs_table, refresh)(curves_refs, thr, store)
-    em_ref = _opts(build_emergence_table, refresh)(curves_refs, spec_ref, thr, store)
-    fits_ref = _opts(build_fits, refresh)(runs_ref, config.fit, store)
-    report_ref = _opts(build_sparse_parity_report, refresh)(runs_ref, fits_ref, em_ref, curves_refs, config.fit,
-                                                              config.report, store, key_prefix)
+    runs_ref = call(build_runs_table, curves_refs, thr, store, refresh=refresh)
+    em_ref = call(build_emergence_table, curves_refs, spec_ref, thr, store, refresh=refresh)
+    fits_ref = call(build_fits, runs_ref, config.fit, store, refresh=refresh)
+    report_ref = call(build_sparse_parity_report, runs_ref, fits_ref, em_ref, curves_refs, config.fit,
+                      config.report, store, key_prefix, refresh=refresh)
     return {"spec": spec_ref, "curves": curves_refs, "runs": runs_ref, "emergence": em_ref, "fits": fits_ref,
             "report": report_ref}
 

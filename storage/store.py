@@ -333,3 +333,10 @@ def _validate_table(schema, df: pd.DataFrame, artifact: str) -> None:
         where = f" at row {index}" if index is not None and not pd.isna(index) else ""
         raise ArtifactValidationError(artifact, str(column or row.get("schema_context", "table")),
                                       f"fails check {check}{where} ({len(fc)} failure(s) in all)", value) from None
+
+
+def ref_is_complete(ref: ArtifactRef) -> bool:
+    """Whether the artifact a ref names is still fully in its store (data and lineage record present)."""
+    fs, path = fsspec.core.url_to_fs(ref.uri)
+    root = path.rsplit("/", 2)[0]
+    return fs.exists(path) and fs.exists(f"{root}/_lineage/{ref.content_hash}.json")

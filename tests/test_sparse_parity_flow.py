@@ -187,3 +187,25 @@ def test_theory_checks_compare_alpha_D_with_alpha_N_over_alpha_N_plus_1():
     assert bool(row.consistent)
     assert not bool(checks.loc["alpha_S vs alpha/(alpha+1)", "consistent"])  # 0.5 [0.45, 0.55] vs 0.2857
     assert bool(checks.loc["alpha_N vs alpha", "consistent"])
+
+
+def test_a_deleted_artifact_is_recomputed_not_trusted(prefect_server, tmp_path):
+    import shutil
+
+    store = str(tmp_path / "store")
+    cfg = _cfg("grid.steps=40", "grid.log_points=5")
+    first = run_study("sparse-parity", cfg, store)
+    shutil.rmtree(first["artifacts"]["curves_0"]["uri"])  # e.g. a user cleaning up the store
+    second = run_study("sparse-parity", cfg, store)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[second["flow_run_id"]])))
+    shard_states = sorted(r.state.name for r in runs if r.name.startswith("train-shard"))
+    states = {r.name: r.state.name for r in runs if not r.name.startswith("train-shard")}
+    assert shard_states == ["Cached", "Completed"]  # the stale cache hit, then the recomputation
+    assert Path(second["artifacts"]["curves_0"]["uri"]).exists()
+    # deterministic training: the same content, so everything downstream stays cached and valid
+    assert second["artifacts"]["curves_0"]["content_hash"] == first["artifacts"]["curves_0"]["content_hash"]
+    assert states[next(k for k in states if k.startswith("runs-table"))] == "Cached"
