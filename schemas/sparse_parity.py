@@ -189,13 +189,6 @@ TRAIN_SET = register(
 )
 
 
-def _curves_checks(arrays, attrs):
-    widths = np.asarray(arrays["width"][...])
-    if (widths < 1).any():
-        return "width", "must be >= 1", int(widths.min())
-    return None
-
-
 CURVES = register(
     "sparse_parity.curves", "zarr", 1,
     GroupSpec(
@@ -203,14 +196,13 @@ CURVES = register(
             "steps": ArraySpec("i", ("step",), (in_range(1), monotone_nondecreasing()), whole=True),
             "loss_bits": ArraySpec("f", ("model", "step", "task"), (finite(), in_range(0.0))),
             "mean_loss_bits": ArraySpec("f", ("model", "step"), (finite(), in_range(0.0))),
-            "width": ArraySpec("i", ("model",)),
+            "width": ArraySpec("i", ("model",), (in_range(1),)),
             "n_params": ArraySpec("i", ("model",), (in_range(1),)),
             "data_size": ArraySpec("i", ("model",), (in_range(-1),)),
             "seed": ArraySpec("i", ("model",), (in_range(0),)),
             "alpha": ArraySpec("f", ("model",), (finite(), in_range(0.0)),),
         },
         required_attrs=("depth", "lr", "batch_size", "device"),
-        group_checks=(_curves_checks,),
     ),
     "per-model, per-log-step, per-subtask test loss curves (bits) of one training shard",
 )
