@@ -90,7 +90,9 @@ def _cmd_lineage(args) -> int:
         chain = [(0, root)] + chain
     for depth, r in chain:
         params = r.get("params") or {}
-        ptxt = ", ".join(f"{k}={v}" for k, v in list(params.items())[:6]) if isinstance(params, dict) else ""
+        ptxt = ", ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, dict)) \
+            if isinstance(params, dict) else ""
+        ptxt = ptxt if len(ptxt) <= 100 else ptxt[:97] + "..."  # all of it: --json
         print(f"{'  ' * depth}- {r['kind']}@{r['content_hash'][:12]}  by {r.get('producer')} "
               f"(flow run {str(r.get('flow_run_id'))[:8]}, {r.get('created_at', '')[:19]}, "
               f"code {r.get('code_version', '?')})" + (f"  [{ptxt}]" if ptxt else ""))

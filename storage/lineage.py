@@ -123,10 +123,11 @@ def all_records(fs, lineage_dir: str) -> list[dict]:
 
 
 def resolve(records: list[dict], key: str) -> dict:
-    """Find one record by content-hash prefix, uri, or path (as a user would paste it)."""
+    """Find one record by content-hash prefix, uri, or path (relative or absolute, as a user would paste it)."""
     key_s = str(key).rstrip("/")
-    hits = [r for r in records if r["content_hash"].startswith(key_s) or r.get("uri", "").rstrip("/") == key_s
-            or (os.path.isabs(key_s) is False and r.get("uri", "").rstrip("/").endswith(key_s))]
+    as_path = os.path.abspath(key_s) if "/" in key_s and "://" not in key_s else None
+    hits = [r for r in records
+            if r["content_hash"].startswith(key_s) or r.get("uri", "").rstrip("/") in (key_s, as_path)]
     if not hits:
         raise KeyError(f"no artifact matches {key!r}")
     if len(hits) > 1:
