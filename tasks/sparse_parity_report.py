@@ -16,6 +16,11 @@ from tasks.sparse_parity_analysis import (_fit, early_stopping, emergence_slope,
                                           width_to_learn)
 
 
+def _legend(ax, fontsize=7):
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
 def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str):
     try:
         value, ci, _, f = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg)
@@ -63,7 +68,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N")
             ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="mean test loss (bits)",
                    title=f"Parameter scaling (alpha={alpha:g}, theory {alpha:.2f})")
-            ax.legend(fontsize=7)
+            _legend(ax, 7)
             rep.figure(f"loss_vs_N_alpha{alpha:g}", fig)
             # loss vs steps for each width
             fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -75,7 +80,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S")
             ax.set(xscale="log", yscale="log", xlabel="step", ylabel="mean test loss (bits)",
                    title="Loss vs steps, widths light = wide")
-            ax.legend(fontsize=7)
+            _legend(ax, 7)
             rep.figure(f"loss_vs_steps_alpha{alpha:g}", fig)
             if "alpha_D" in data:
                 fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -83,7 +88,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
                 _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D")
                 ax.set(xscale="log", yscale="log", xlabel="training samples D",
                        ylabel="min test loss (bits)", title="Data scaling (early stopping)")
-                ax.legend(fontsize=7)
+                _legend(ax, 7)
                 rep.figure(f"loss_vs_D_alpha{alpha:g}", fig)
         # emergence picture: per-subtask loss vs step of the widest fresh model, coloured by frequency rank
         c = next((c for c in curves if (c["data_size"] == -1).any()), curves[0])
@@ -110,7 +115,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
                 if len(ref):
                     k = np.exp(np.mean(np.log(ref.learned_step) - w["slope"] * np.log(ref.frequency)))
                     ax.plot(xs, k * xs ** w["slope"], "k--", lw=1, label=f"slope {w['slope']:.2f} (theory -1)")
-                    ax.legend(fontsize=7)
+                    _legend(ax, 7)
             ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="step learned",
                    title="Steps to learn a subtask vs its frequency")
             rep.figure("steps_to_learn_vs_frequency", fig)
@@ -129,7 +134,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             gg = g.groupby("n_params").subtasks_learned.mean()
             ax.plot(gg.index, gg.values, marker="o", ms=3, label=f"alpha={alpha:g}, D={'fresh' if d < 0 else d}")
         ax.set(xscale="log", xlabel="parameters N", ylabel="subtasks learned", title="Quanta learned vs N")
-        ax.legend(fontsize=6)
+        _legend(ax, 6)
         rep.figure("subtasks_learned_vs_N", fig)
     es = early_stopping(runs)
     if len(es):
@@ -183,7 +188,7 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
                             color=color, ms=4, capsize=2, label=f"measured {q}")
         ax.set(xlabel="alpha (task frequencies ~ k^-(alpha+1))", ylabel="scaling exponent",
                title="Exponents vs alpha")
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
         rep.figure("exponents_vs_alpha", fig)
     return rep
 
