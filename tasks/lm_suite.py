@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1
     return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_length: int, steps: int,
              batch_size: int, lr: float, warmup_steps: int, weight_decay: float, seed: int,
              device: str | torch.device = "cpu", eos_token_id: int = 0, log_every: int = 25, progress=None):
@@ -116,8 +120,9 @@ def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_le
 
     _quiet_transformers()
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(neox_config(size, vocab_size, context_length, eos_token_id)).to(device)
+    with _INIT_LOCK:  # transformers initialises from the global RNG: one model at a time per process
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(neox_config(size, vocab_size, context_length, eos_token_id)).to(device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

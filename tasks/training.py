@@ -54,14 +54,22 @@ def model_seed(seed: int, width: int) -> int:
 
 
 def init_mlp(in_dim: int, width: int, depth: int, seed: int) -> nn.Sequential:
-    """The reference single model, initialised by torch's default Linear init from a fixed seed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(model_seed(seed, width))
-        layers: list[nn.Module] = [nn.Linear(in_dim, width), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(width, width), nn.ReLU()]
-        layers.append(nn.Linear(width, 2))
-        return nn.Sequential(*layers)
+    """The reference single model, with torch's default Linear init (weights and biases U(±1/sqrt(fan_in)))
+    drawn from its own generator: no global RNG state, so shards initialising in parallel threads (a Dask worker
+    with several threads) cannot change each other's models."""
+    gen = torch.Generator().manual_seed(model_seed(seed, width))
+    dims = [in_dim] + [width] * depth + [2]
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+        lin = nn.utils.skip_init(nn.Linear, fan_in, fan_out)
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            lin.weight.uniform_(-bound, bound, generator=gen)
+            lin.bias.uniform_(-bound, bound, generator=gen)
+        layers.append(lin)
+        if i < depth:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
 @dataclass

@@ -66,3 +66,20 @@ def test_log_steps_are_log_spaced_and_end_at_steps():
     assert s[0] == 1 and s[-1] == 1000 and np.all(np.diff(s) > 0)
     ratios = s[1:] / s[:-1]
     assert ratios.max() / ratios.min() < 1.5
+
+
+def test_init_is_thread_safe_and_matches_torch_default_distribution():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.training import init_mlp
+
+    ref = {w: init_mlp(30, w, 2, seed=3).state_dict() for w in (8, 64, 256)}
+    with ThreadPoolExecutor(4) as pool:  # many threads initialising at once must not disturb each other
+        got = list(pool.map(lambda w: (w, init_mlp(30, w, 2, seed=3).state_dict()), [8, 64, 256] * 8))
+    for w, sd in got:
+        for k, v in sd.items():
+            assert torch.equal(v, ref[w][k])
+    big = init_mlp(400, 512, 1, seed=0)[0].weight
+    bound = 1 / np.sqrt(400)
+    assert big.abs().max() <= bound and big.abs().max() > 0.99 * bound  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert abs(big.mean().item()) < 1e-3
