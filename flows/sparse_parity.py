@@ -82,6 +82,8 @@ def summarise(refs: dict, store: str, alpha: float) -> dict:
         res[r.quantity] = r.value
         res[f"{r.quantity}_ci"] = [r.ci_lo, r.ci_hi]
         res[f"{r.quantity}_consistent"] = None if pd.isna(r.consistent) else bool(r.consistent)
+        if r.note:
+            res[f"{r.quantity}_note"] = r.note  # e.g. why it could not be fitted
     from tasks.sparse_parity_analysis import theory_checks
 
     res["theory_checks"] = theory_checks(fits).to_dict(orient="records")
