@@ -21,13 +21,19 @@ def _legend(ax, fontsize=7):
         ax.legend(fontsize=fontsize)
 
 
-def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str):
+def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str, fits: pd.DataFrame, alpha: float):
+    """Draw the fitted law through `pts`; the label's value and CI come from the fits table (the fit task's
+    bootstrap), the curve from a point-estimate refit (no bootstrap: the fit is not paid for twice)."""
+    row = fits[(fits.quantity == label) & (fits.alpha == alpha)]
+    if not len(row) or row.value.isna().iloc[0]:
+        return
     try:
-        value, ci, _, f = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg)
+        f = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg.model_copy(update={"bootstrap": 0}))[3]
     except FitError:
         return
+    r = row.iloc[0]
     xs = np.geomspace(pts.x.min(), pts.x.max(), 100)
-    ax.plot(xs, f.predict(xs), "k--", lw=1, label=f"{label} = {value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+    ax.plot(xs, f.predict(xs), "k--", lw=1, label=f"{label} = {r.value:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}]")
 
 
 def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
@@ -65,7 +71,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             base = sub[sub.data_size == (-1 if (sub.data_size == -1).any() else sub.data_size.max())]
             last = base[base.step == base.step.max()]
             ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
-            _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N")
+            _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N", fits, alpha)
             ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="mean test loss (bits)",
                    title=f"Parameter scaling (alpha={alpha:g}, theory {alpha:.2f})")
             _legend(ax, 7)
@@ -77,7 +83,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             for i, w in enumerate(widths):
                 g = base[base.width == w].groupby("step").mean_loss.mean()
                 ax.plot(g.index, g.values, color=cmap(i / max(1, len(widths) - 1)), lw=1)
-            _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S")
+            _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S", fits, alpha)
             ax.set(xscale="log", yscale="log", xlabel="step", ylabel="mean test loss (bits)",
                    title="Loss vs steps, widths light = wide")
             _legend(ax, 7)
@@ -85,7 +91,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             if "alpha_D" in data:
                 fig, ax = plt.subplots(figsize=(5, 3.6))
                 ax.scatter(data["alpha_D"].x, data["alpha_D"].mean_loss, s=16)
-                _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D")
+                _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D", fits, alpha)
                 ax.set(xscale="log", yscale="log", xlabel="training samples D",
                        ylabel="min test loss (bits)", title="Data scaling (early stopping)")
                 _legend(ax, 7)
@@ -110,11 +116,11 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             ax.scatter(e.frequency, e.learned_step, s=8, alpha=0.5, c=np.log(e.width), cmap="viridis")
             if slope["slope"] == slope["slope"]:
                 xs = np.geomspace(e.frequency.min(), e.frequency.max(), 50)
-                w = emergence_slope(emergence, fit_cfg.level)
                 ref = e[e.width == e.width.max()]
                 if len(ref):
-                    k = np.exp(np.mean(np.log(ref.learned_step) - w["slope"] * np.log(ref.frequency)))
-                    ax.plot(xs, k * xs ** w["slope"], "k--", lw=1, label=f"slope {w['slope']:.2f} (theory -1)")
+                    k = np.exp(np.mean(np.log(ref.learned_step) - slope["slope"] * np.log(ref.frequency)))
+                    ax.plot(xs, k * xs ** slope["slope"], "k--", lw=1,
+                            label=f"slope {slope['slope']:.2f} (theory -1)")
                     _legend(ax, 7)
             ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="step learned",
                    title="Steps to learn a subtask vs its frequency")
