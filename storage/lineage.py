@@ -72,11 +72,17 @@ def new_record(kind: str, inputs, params: dict | None) -> dict[str, Any]:
     return rec
 
 
+def is_local_fs(fs) -> bool:
+    """Whether an fsspec filesystem is the local disk (where os.replace gives an atomic rename)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def _atomic_write(fs, path: str, text: str) -> None:
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     with fs.open(tmp, "w") as f:
         f.write(text)
-    if "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+    if is_local_fs(fs):
         os.replace(tmp, path)
     else:
         fs.mv(tmp, path)

@@ -103,7 +103,7 @@ class Store:
     def __init__(self, root: str | os.PathLike | None = None):
         root = str(root) if root is not None else default_store_root()
         self.fs, path = fsspec.core.url_to_fs(root)
-        self.is_local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        self.is_local = lineage_mod.is_local_fs(self.fs)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else f"{self._proto()}://{self.root}"
         self.fs.makedirs(self._join("_lineage"), exist_ok=True)
