@@ -1,7 +1,7 @@
 """Benchmark: per-token loss collection throughput vs the model's bare forward pass at the same batch shape.
 
 Collection = windowing the documents, the forward pass, cross-entropy of every position, scattering the
-losses into the flat float32 array (tasks.token_losses.per_token_losses). Bare forward = `model(x).logits` on
+losses into the flat float32 array (tasks.lm.losses.per_token_losses). Bare forward = `model(x).logits` on
 batches of the same shape, nothing else. ratio = collection throughput / forward throughput (goal >= 0.8).
 Run: `python benchmarks/bench_token_losses.py` (CPU, and CUDA when present).
 """
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from schemas.lm import ModelSize  # noqa: E402
-from tasks.token_losses import per_token_losses  # noqa: E402
+from tasks.lm.losses import per_token_losses  # noqa: E402
 
 
 def _sync(device):
@@ -31,7 +31,7 @@ def bench_device(device: torch.device, size: ModelSize, vocab: int, ctx: int, ba
                  repeats: int = 3) -> dict:
     from transformers import GPTNeoXForCausalLM
 
-    from tasks.lm_suite import neox_config
+    from tasks.lm.suite import neox_config
 
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(neox_config(size, vocab, ctx)).to(device).eval()

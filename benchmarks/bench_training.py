@@ -17,8 +17,9 @@ import torch
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig
 from storage.settings import PROJECT_ROOT
-from tasks.sparse_parity import eval_set, make_spec
-from tasks.training import Group, resolve_device, train_grid, train_single
+from tasks.sparse_parity.data import eval_set, make_spec
+from tasks.devices import resolve_device
+from tasks.sparse_parity.train import Group, train_grid, train_single
 
 
 def run(config: str = "configs/sparse_parity/demo.toml", steps: int = 200, device: str = "auto",

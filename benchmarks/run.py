@@ -31,6 +31,9 @@ def machine() -> str:
 
 
 def main() -> int:
+    from flows.prefect_home import configure_prefect
+
+    configure_prefect()
     results = []
     for name in BENCHES:
         try:

@@ -1,4 +1,3 @@
-"""Prefect flows that chain tasks, the `quanta` CLI, and deployments."""
-from storage.settings import configure_prefect
-
-configure_prefect()  # before anything imports prefect
+"""Prefect flows, one module per study (each reads like its pipeline map), the study registry, the `quanta` CLI and
+the deployments. Nothing here configures Prefect on import: `flows.prefect_home.configure_prefect()` does, called by
+the CLI, the deployments and the test fixtures before Prefect is imported."""

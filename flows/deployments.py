@@ -2,7 +2,7 @@
 
     quanta serve [--study sparse-parity ...]      # = serve(studies); blocks, Ctrl-C to stop
 
-Each available study of `flows.common.STUDIES` becomes the deployment `<study>/scheduled`, whose parameters are
+Each available study of `flows.studies.STUDIES` becomes the deployment `<study>/scheduled`, whose parameters are
 the study's default config (its demo TOML, validated, dumped to JSON: the Prefect UI shows it as a form) and the
 store (made absolute when the deployments are built, so scheduled runs share caches with `quanta run`).
 
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.common import STUDIES, available_studies
+from flows.studies import STUDIES, available_studies
 from storage.settings import PROJECT_ROOT, default_store_root
 
 DEPLOYMENT_NAME = "scheduled"
@@ -214,4 +214,7 @@ def prefect_yaml_text() -> str:
 
 
 if __name__ == "__main__":
+    from flows.prefect_home import configure_prefect
+
+    configure_prefect()
     sys.stdout.write(prefect_yaml_text())

@@ -7,7 +7,7 @@ chunk along the first axis so a large array never needs to fit in memory at once
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from schemas.jsonable import jsonable
 from storage.settings import PROJECT_ROOT
 
 
@@ -56,12 +57,10 @@ def _prefect_context() -> dict[str, Any]:
 
 
 def new_record(kind: str, inputs, params: dict | None) -> dict[str, Any]:
-    from storage.store import _json_safe
-
     rec = {
         "kind": kind,
         **_prefect_context(),
-        "params": _json_safe(params or {}),
+        "params": jsonable(params or {}),
         "inputs": [{"kind": r.kind, "content_hash": r.content_hash, "uri": r.uri} for r in inputs],
         "code_version": code_version(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),

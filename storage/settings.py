@@ -1,8 +1,4 @@
-"""Where things live: the store root and the project's Prefect home, and Prefect settings.
-
-`configure_prefect()` must run before `prefect` is imported (tasks/__init__.py does it): it only sets
-environment defaults, so a user's own PREFECT_* variables win.
-"""
+"""Where things live: the project root and the default store root."""
 from __future__ import annotations
 
 import os
@@ -14,30 +10,3 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def default_store_root() -> str:
     """`QUANTA_STORE`, else ./quanta-store (relative to the working directory)."""
     return os.environ.get("QUANTA_STORE") or str(Path.cwd() / "quanta-store")
-
-
-def default_prefect_home() -> Path:
-    return Path(os.environ.get("QUANTA_PREFECT_HOME") or PROJECT_ROOT / ".prefect")
-
-
-def configure_prefect() -> None:
-    home = default_prefect_home()
-    defaults = {
-        "PREFECT_HOME": str(home),
-        # offline machines: telemetry would only log errors
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # the ephemeral server can take 7-20 s to start on a small machine; its default timeout is 20 s
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        # results (ArtifactRefs only: small) persisted so that caches work across runs
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
-        "PREFECT_UI_ENABLED": "true",
-        # training shards each use every core through torch's threads: running them one at a time in-process was
-        # 15% faster than Prefect's default thread pool on 2 cores. Parallelism across machines: --dask-address.
-        "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": "1",
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    # local result storage under the project's Prefect home (PREFECT_HOME/storage is Prefect's default too)
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "storage"))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ Reads check the ref's schema version, that the artifact is complete, and validat
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -17,7 +16,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -27,7 +26,9 @@ import pyarrow.parquet as pq
 import zarr
 
 from schemas import ArtifactValidationError, get_schema
+from schemas.jsonable import jsonable
 from storage import lineage as lineage_mod
+from storage.hashing import hash_arrays, hash_dir, hash_table
 from storage.refs import ArtifactRef
 from storage.settings import default_store_root
 
@@ -37,56 +38,6 @@ _HASH_PREFIX = 24
 
 class ArtifactMissingError(FileNotFoundError):
     """A ref points at an artifact that is not (or not completely) in the store."""
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if hasattr(value, "model_dump"):
-        return _json_safe(value.model_dump(mode="json"))
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def hash_arrays(arrays: dict[str, Any], attrs: dict[str, Any] | None = None, block_bytes: int = 1 << 26) -> str:
-    """sha256 over (name, dtype, shape, bytes) of each array in name order, plus the JSON of `attrs`.
-    Streams along the first axis so it works on zarr arrays larger than memory."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = arrays[name]
-        dt = np.dtype(arr.dtype)
-        h.update(f"{name}|{dt.str}|{tuple(arr.shape)}|".encode())
-        if len(arr.shape) == 0:
-            h.update(np.ascontiguousarray(np.asarray(arr[...])).tobytes())
-            continue
-        row_bytes = max(1, int(np.prod(arr.shape[1:])) * dt.itemsize)
-        step = max(1, block_bytes // row_bytes)
-        for i in range(0, arr.shape[0], step):
-            h.update(np.ascontiguousarray(np.asarray(arr[i:i + step])).tobytes())
-    h.update(json.dumps(_json_safe(attrs or {}), sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def hash_table(df: pd.DataFrame) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
-    return h.hexdigest()
-
-
-def hash_dir(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 class ZarrWriter:
@@ -177,7 +128,7 @@ class Store:
             raise TypeError(f"artifact kind {kind!r} is {schema.format}, not zarr")
         tmp = self._tmp("zarr")
         group = zarr.open_group(self._zarr_target(tmp), mode="w", zarr_format=3)
-        content_attrs = _json_safe(attrs or {})
+        content_attrs = jsonable(attrs or {})
         writer = ZarrWriter(group)
         try:
             yield writer
@@ -185,7 +136,7 @@ class Store:
             schema.schema.validate(f"{kind} (write)", arrays, content_attrs)
             content_hash = hash_arrays(arrays, content_attrs)
             record = lineage_mod.new_record(kind, inputs, params)
-            group.attrs.update({**content_attrs, "quanta": _json_safe(record)})
+            group.attrs.update({**content_attrs, "quanta": jsonable(record)})
             ref = self._finalise(kind, "zarr", tmp, content_hash, record)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -210,7 +161,7 @@ class Store:
         record = lineage_mod.new_record(kind, inputs, params)
         table = pa.Table.from_pandas(df, preserve_index=False)
         meta = dict(table.schema.metadata or {})
-        meta[b"quanta"] = json.dumps(_json_safe(record)).encode()
+        meta[b"quanta"] = json.dumps(jsonable(record)).encode()
         table = table.replace_schema_metadata(meta)
         tmp = self._tmp("parquet")
         try:
@@ -234,7 +185,7 @@ class Store:
             build(Path(local_tmp))
             content_hash = hash_dir(Path(local_tmp))
             record = lineage_mod.new_record(kind, inputs, params)
-            Path(local_tmp, "lineage.json").write_text(json.dumps(_json_safe(record), indent=2))
+            Path(local_tmp, "lineage.json").write_text(json.dumps(jsonable(record), indent=2))
             tmp = self._tmp("dir")
             if self.is_local:
                 shutil.copytree(local_tmp, tmp)
@@ -333,10 +284,3 @@ def _validate_table(schema, df: pd.DataFrame, artifact: str) -> None:
         where = f" at row {index}" if index is not None and not pd.isna(index) else ""
         raise ArtifactValidationError(artifact, str(column or row.get("schema_context", "table")),
                                       f"fails check {check}{where} ({len(fc)} failure(s) in all)", value) from None
-
-
-def ref_is_complete(ref: ArtifactRef) -> bool:
-    """Whether the artifact a ref names is still fully in its store (data and lineage record present)."""
-    fs, path = fsspec.core.url_to_fs(ref.uri)
-    root = path.rsplit("/", 2)[0]
-    return fs.exists(path) and fs.exists(f"{root}/_lineage/{ref.content_hash}.json")

@@ -1,4 +1,2 @@
-"""Prefect tasks: the computations. Each task body calls a plain, testable function of the same module."""
-from storage.settings import configure_prefect
-
-configure_prefect()  # before anything imports prefect
+"""The computations: one package per study (sparse_parity, lm, qdg), one module per stage; `stats` holds the pure
+statistics. Plain functions hold the logic; thin Prefect tasks (`tasks.caching.quanta_task`) call them."""

@@ -8,14 +8,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from storage import ArtifactRef, Store
 
-from storage import ArtifactRef, Store  # noqa: E402
+
+def subplots(*args, figsize=(5, 3.6), **kwargs):
+    """(figure, axes) like `pyplot.subplots`, but a bare `Figure` drawn by the Agg renderer: no pyplot state, no
+    backend switch, nothing to close; safe in threads and worker processes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def artifact_key(text: str) -> str:
@@ -50,7 +54,6 @@ class Report:
     def figure(self, name: str, fig) -> None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight")
-        plt.close(fig)
         self.figures[name] = buf.getvalue()
         self.blocks.append(("figure", name))
 

@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
 
-import flows  # noqa: E402,F401  (configures Prefect's environment)
+from flows.prefect_home import configure_prefect  # noqa: E402
+
+configure_prefect()  # the project's Prefect settings, before anything imports prefect
 
 
 @pytest.fixture(scope="session")

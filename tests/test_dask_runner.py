@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.common import run_study
+from flows.running import run_study
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig
 from storage import ArtifactRef, Store

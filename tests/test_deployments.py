@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from flows import deployments as D
-from flows.common import STUDIES, available_studies
+from flows.studies import STUDIES, available_studies
 from schemas.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

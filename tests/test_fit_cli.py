@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tasks.fitting as fitting
-from flows.fit_cli import add_fit_parser, run_fit
+import tasks.stats as fitting
+import tasks.stats.powerlaw as powerlaw
+from flows.cli.fit import add_fit_parser, run_fit
 
 REPO = Path(__file__).resolve().parent.parent
 E_TRUE, A_TRUE, a_TRUE = 1.5, 20.0, 0.6
@@ -156,7 +157,7 @@ def test_two_d_too_few_distinct(tmp_path, capsys):
 
 
 def test_non_convergence_exit_2(good_csv, capsys, monkeypatch):
-    monkeypatch.setattr(fitting, "_minimise", lambda law, theta0, bounds: (theta0, 1.0, False))
+    monkeypatch.setattr(powerlaw, "minimise", lambda law, theta0, bounds: (theta0, 1.0, False))
     code, out, err = run(capsys, "--csv", str(good_csv), "--y", "loss", "--x", "params", "--bootstrap", "0")
     assert code == 2 and out == "" and "did not converge" in err
 
@@ -169,7 +170,7 @@ def test_bad_options_exit_2(good_csv, capsys):
 
 
 def test_module_entry_point_subprocess(good_csv, tmp_path):
-    cmd = [sys.executable, "-m", "flows.fit_cli", "--csv", str(good_csv), "--y", "loss", "--x", "params",
+    cmd = [sys.executable, "-m", "flows.cli.fit", "--csv", str(good_csv), "--y", "loss", "--x", "params",
            "--bootstrap", "30", "--json"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -177,7 +178,7 @@ def test_module_entry_point_subprocess(good_csv, tmp_path):
     assert d["params"]["a"] == pytest.approx(a_TRUE, abs=0.05) and d["law"] == "1d"
 
     bad = write_csv(tmp_path / "bad.csv", ["params", "loss"], bad_rows(2, 1, "abc"))
-    proc = subprocess.run([sys.executable, "-m", "flows.fit_cli", "--csv", str(bad), "--y", "loss", "--x", "params"],
+    proc = subprocess.run([sys.executable, "-m", "flows.cli.fit", "--csv", str(bad), "--y", "loss", "--x", "params"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "non-numeric value 'abc'" in proc.stderr and "row 3" in proc.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from schemas.lm import CorpusConfig
-from tasks.corpus import CorpusError, documents_frames, read_corpus, split_documents
+from tasks.lm.corpus import CorpusError, documents_frames, read_corpus, split_documents
 
 
 def _files(tmp_path, contents: dict[str, bytes]):

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from schemas.lm import AnalysisConfig, ReportConfig
-from tasks.decomposition import (MONOGENIC, NONE, POLYGENIC, build_lm_report, class_fractions, classify_curves,
-                                 fit_alpha_n, scaling_table)
+from tasks.lm.decomposition import (MONOGENIC, NONE, POLYGENIC, class_fractions, classify_curves, fit_alpha_n,
+                                    scaling_table)
+from tasks.lm.report import build_lm_report
 
 N = np.array([1e4, 3e4, 1e5, 3e5, 1e6, 3e6])
 

@@ -70,7 +70,7 @@ def test_tiny_flow_end_to_end_and_adding_a_model_computes_only_its_column(projec
     cols2 = {out2["artifacts"][f"loss_column_{i}"].content_hash for i in range(4)}
     assert cols1 < cols2
     # a trained model from the store loads through the same from_pretrained path
-    from tasks.lm_suite import load_causal_lm, model_meta
+    from tasks.lm.suite import load_causal_lm, model_meta
 
     mdir = store.local_dir(arts["model_3"])
     model = load_causal_lm(mdir)
@@ -87,8 +87,8 @@ def test_pretrained_suite_from_local_directories(tmp_path, store_root, store):
     from transformers import GPTNeoXForCausalLM
 
     from schemas.lm import ModelSize
-    from tasks.lm_suite import neox_config
-    from tasks.tokenize import train_bpe
+    from tasks.lm.suite import neox_config
+    from tasks.lm.tokenizer import train_bpe
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from schemas import ArtifactValidationError
 from schemas.lm import ModelSize
-from tasks.lm_suite import (batch_starts, load_causal_lm, neox_config, param_counts, train_lm, training_stream)
-from tasks.token_losses import document_windows, model_fingerprint, per_token_losses, stack_columns
+from tasks.lm.suite import (batch_starts, load_causal_lm, neox_config, param_counts, train_lm, training_stream)
+from tasks.lm.losses import document_windows, model_fingerprint, per_token_losses, stack_columns
 
 VOCAB = 97
 

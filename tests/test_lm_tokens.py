@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from schemas import ArtifactValidationError
-from tasks.tokenize import decode, encode_documents, load_tokenizer, tokens_arrays, train_bpe
+from tasks.lm.tokenizer import decode, encode_documents, load_tokenizer, tokens_arrays, train_bpe
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "class Foo:\n    pass\n", "naïve café ✓ 😀 \t tabs\r\n",
          "import os\nprint(os.getcwd())\n"] * 5

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.common import run_study
+from flows.running import run_study
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig
 from storage import ArtifactRef, Store

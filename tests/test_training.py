@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from schemas.sparse_parity import TaskConfig
-from tasks.sparse_parity import Sampler, eval_set, make_spec, train_set, zipf_probs
-from tasks.training import Group, log_steps, n_params, train_grid, train_single
+from tasks.sparse_parity.data import Sampler, eval_set, make_spec, train_set, zipf_probs
+from tasks.sparse_parity.train import Group, log_steps, n_params, train_grid, train_single
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_log_steps_are_log_spaced_and_end_at_steps():
 def test_init_is_thread_safe_and_matches_torch_default_distribution():
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.training import init_mlp
+    from tasks.sparse_parity.train import init_mlp
 
     ref = {w: init_mlp(30, w, 2, seed=3).state_dict() for w in (8, 64, 256)}
     with ThreadPoolExecutor(4) as pool:  # many threads initialising at once must not disturb each other

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.fitting import FitError, PowerLawFit, fit_chinchilla, fit_power_law
+from tasks.stats import FitError, PowerLawFit, fit_chinchilla, fit_power_law
 
 EXIT_BAD_INPUT = 2
 
@@ -166,7 +166,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m flows.fit_cli --csv ... --y ... --x ...``."""
+    """Stand-alone entry: ``python -m flows.cli.fit --csv ... --y ... --x ...``."""
     parser = argparse.ArgumentParser(prog="quanta")
     sub = parser.add_subparsers(dest="command", required=True)
     add_fit_parser(sub)

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from schemas.sparse_parity import FitConfig
+from schemas.jsonable import jsonable
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
-from tasks.fitting import FitError, fit_loglog_ols, fit_power_law, scaling_theory_checks, theory_check
+from tasks.caching import quanta_task
+from tasks.stats import FitError, fit_loglog_ols, fit_power_law, scaling_theory_checks, theory_check
 
 
 def model_ids(curves: dict) -> list[str]:
@@ -79,7 +80,7 @@ def _window(x, lo, hi):
     return m
 
 
-def _fit(x, y, cfg: FitConfig):
+def fit_exponent(x, y, cfg: FitConfig):
     """(exponent, [lo, hi], method, fit object) by the configured method."""
     if cfg.method == "ols":
         f = fit_loglog_ols(x, y, level=cfg.level)
@@ -125,7 +126,7 @@ def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
             row = dict(quantity=q, alpha=float(alpha), theory=theory[q], n_points=int(len(pts)),
                        method=cfg.method, value=math.nan, ci_lo=math.nan, ci_hi=math.nan, consistent=None, note="")
             try:
-                value, ci, method, _ = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg)
+                value, ci, method, _ = fit_exponent(pts.x.values.astype(float), pts.mean_loss.values, cfg)
                 chk = theory_check(q, value, ci, theory[q], level=cfg.level)
                 row.update(value=float(value), ci_lo=float(ci[0]), ci_hi=float(ci[1]), method=method,
                            consistent=bool(chk.consistent))
@@ -186,6 +187,30 @@ def emergence_slope(emergence: pd.DataFrame, level: float = 0.95) -> dict:
         f = fit_loglog_ols(pts.frequency.values, pts.learned_step.values, level=level)
         out.update(slope=f.slope, ci=list(f.ci), r2=f.r2)
     return out
+
+
+def study_results(st: Store, refs: dict, alpha: float) -> dict:
+    """The study's `results` (the CLI's JSON): exponents with CIs beside theory, emergence slope, final losses."""
+    fits = st.read_table(refs["fits"])
+    res: dict = {"alpha": alpha, "alpha_theory": alpha, "alpha_S_theory": alpha / (alpha + 1),
+                 "alpha_D_theory": alpha / (alpha + 1)}
+    for r in fits.itertuples():
+        res[r.quantity] = r.value
+        res[f"{r.quantity}_ci"] = [r.ci_lo, r.ci_hi]
+        res[f"{r.quantity}_consistent"] = None if pd.isna(r.consistent) else bool(r.consistent)
+        if r.note:
+            res[f"{r.quantity}_note"] = r.note  # e.g. why it could not be fitted
+    res["theory_checks"] = theory_checks(fits).to_dict(orient="records")
+    em = st.read_table(refs["emergence"])
+    slope = emergence_slope(em)
+    res["steps_to_learn_slope"] = slope["slope"]
+    res["steps_to_learn_slope_ci"] = slope["ci"]
+    runs = st.read_table(refs["runs"])
+    last = runs[runs.step == runs.step.max()]
+    res["final_loss_by_width"] = {str(int(w)): float(v) for w, v in
+                                  last[last.data_size == last.data_size.min()].groupby("width").mean_loss.mean().items()}
+    res["report_dir"] = refs["report"].uri
+    return jsonable(res)
 
 
 # ------------------------------------------------------------------------------------------ Prefect tasks

@@ -13,7 +13,7 @@ import torch
 
 from schemas.sparse_parity import TaskConfig
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
+from tasks.caching import quanta_task
 
 
 @dataclass(frozen=True)

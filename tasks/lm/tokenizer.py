@@ -12,8 +12,8 @@ import numpy as np
 
 from schemas.lm import SPECIAL_TOKENS, TokenizerConfig
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
-from tasks.corpus import load_texts
+from tasks.caching import quanta_task
+from tasks.lm.corpus import load_texts
 
 EOS, PAD = SPECIAL_TOKENS
 
@@ -93,12 +93,14 @@ def train_tokenizer(documents: ArtifactRef, texts: ArtifactRef, cfg: TokenizerCo
 
 
 @quanta_task(name="lm-pretrained-tokenizer")
-def pretrained_tokenizer(model: str, revision: str | None, store: str) -> ArtifactRef:
-    """A pretrained model's own tokenizer (hub name or local dir), copied into the store as `lm.tokenizer`."""
+def pretrained_tokenizer(model: str, revision: str | None, fingerprint: str, store: str) -> ArtifactRef:
+    """A pretrained model's own tokenizer (hub name or local dir), copied into the store as `lm.tokenizer`.
+    `fingerprint` (tasks.lm.losses.model_fingerprint) keys the cache by the files' content, not the name."""
     tok = load_tokenizer(model, revision)
     st = Store(store)
     return st.write_dir("lm.tokenizer", lambda p: tok.save_pretrained(str(p)),
-                        params={"model": model, "revision": revision, "type": "pretrained"})
+                        params={"model": model, "revision": revision, "fingerprint": fingerprint,
+                                "type": "pretrained"})
 
 
 @quanta_task(name="lm-tokenize", task_run_name="lm-tokenize-{split}")

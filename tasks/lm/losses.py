@@ -9,7 +9,6 @@ the columns into the tokens x models array (`lm.token_losses`) ordered by non-em
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,10 @@ import numpy as np
 import torch
 
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
+from storage.fingerprint import dir_fingerprint
+from tasks.caching import quanta_task
+from tasks.devices import resolve_device
+from tasks.lm.suite import load_causal_lm, param_counts
 
 
 def document_windows(offsets: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,15 +87,12 @@ def per_token_losses(model, ids: np.ndarray, offsets: np.ndarray, context_length
 
 
 def model_fingerprint(name_or_path: str, revision: str | None) -> str:
-    """What identifies a pretrained model for caching: name@revision for a hub model; for a local directory,
-    the names, sizes and modification times of its files (cheap on multi-GB checkpoints)."""
+    """What identifies a pretrained model (or its tokenizer) for caching: for a local directory, the content
+    fingerprint of its files (storage.fingerprint: sizes, mtimes, hashes of the small ones); for a hub model,
+    name@revision (a hub revision such as step143000 names immutable files)."""
     p = Path(os.path.expanduser(name_or_path))
     if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            stt = f.stat()
-            h.update(f"{f.relative_to(p)}|{stt.st_size}|{stt.st_mtime_ns}\n".encode())
-        return f"dir:{p.resolve()}:{h.hexdigest()[:16]}"
+        return f"dir:{dir_fingerprint(p)}"
     return f"hub:{name_or_path}@{revision or 'main'}"
 
 
@@ -104,10 +103,8 @@ def token_loss_column(tokens: ArtifactRef, label: str, model_ref: ArtifactRef | 
     """One model's per-token losses on a tokens artifact, as `lm.loss_column`. The model is either a trained
     `lm.model` ref or a pretrained `model_name` (hub name or directory, with `revision`; `fingerprint`
     is only part of the cache key)."""
-    from tasks.lm_suite import load_causal_lm, param_counts, resolve_device
-
     st = Store(store)
-    dev = resolve_device(device)
+    dev = resolve_device(device, "suite.device")
     path = st.local_dir(model_ref) if model_ref is not None else model_name
     model = load_causal_lm(path, revision=None if model_ref is not None else revision, dtype=dtype, device=dev)
     n_all, n_ne = param_counts(model)

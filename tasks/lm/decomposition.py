@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from schemas.lm import AnalysisConfig, ReportConfig
+from schemas.lm import AnalysisConfig
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
-from tasks.reporting import Report, publish
+from tasks.caching import quanta_task
+from tasks.stats import fit_loglog_ols, fit_power_law
 
 NONE, MONOGENIC, POLYGENIC = 0, 1, 2
 _EPS = 1e-12
@@ -97,8 +97,6 @@ def fit_alpha_n(n: np.ndarray, mean_loss: np.ndarray, cfg: AnalysisConfig) -> di
     """alpha_N of mean loss vs non-embedding N with the project's fitter: Huber fit of E + A N^-a (E fixed at 0
     unless `fit_offset`), bootstrap CI; or the paper's log-log OLS. Falls back to what the number of models
     allows (two models: the two-point slope, no CI; one: nothing)."""
-    from tasks.fitting import fit_loglog_ols, fit_power_law
-
     n = np.asarray(n, dtype=np.float64)
     y = np.asarray(mean_loss, dtype=np.float64)
     k = len(np.unique(n))
@@ -147,124 +145,3 @@ def class_fractions(cls: np.ndarray, n_valid: int, n_models: int) -> dict[str, f
     mono = float((cls == MONOGENIC).sum() / n_valid)
     poly = float((cls == POLYGENIC).sum() / n_valid) if n_models >= 3 else math.nan
     return {"monogenic_fraction": mono, "polygenic_fraction": poly}
-
-
-def pick_examples(cls: np.ndarray, which: int, k: int, seed: int) -> np.ndarray:
-    idx = np.flatnonzero(cls == which)
-    if len(idx) <= k:
-        return idx
-    return np.sort(np.random.default_rng(seed).choice(idx, size=k, replace=False))
-
-
-def token_context(tokenizer, ids: np.ndarray, offsets: np.ndarray, pos: int, n_context: int) -> tuple[str, str]:
-    """(decoded context before token `pos` within its document, decoded token)."""
-    from tasks.tokenize import decode
-
-    d = int(np.searchsorted(offsets, pos, side="right") - 1)
-    start = max(int(offsets[d]), pos - n_context)
-    return decode(tokenizer, ids[start:pos]), decode(tokenizer, ids[pos:pos + 1])
-
-
-def _md_escape(s: str, limit: int = 160) -> str:
-    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("\t", "⇥").replace("`", "'")
-    return s if len(s) <= limit else "…" + s[-limit:]
-
-
-def examples_table(which: int, idx: np.ndarray, loss: np.ndarray, classes: dict, tokenizer, ids, offsets,
-                   names: list[str], n_context: int) -> pd.DataFrame:
-    rows = []
-    for i in idx:
-        ctx, tok = token_context(tokenizer, ids, offsets, int(i), n_context)
-        row = {"token_index": int(i), "context": _md_escape(ctx), "token": _md_escape(tok, 40)}
-        if which == MONOGENIC:
-            row["drop_at"] = names[int(classes["drop_model"][i])]
-        else:
-            row["slope"] = float(classes["slope"][i])
-            row["r2"] = float(classes["r2"][i])
-        row.update({f"loss[{n}]": float(loss[i, j]) for j, n in enumerate(names)})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes: dict, cls_attrs: dict, tokenizer,
-                    ids: np.ndarray, offsets: np.ndarray, cfg: AnalysisConfig, rcfg: ReportConfig,
-                    corpus_note: str = "") -> tuple[Report, dict]:
-    import matplotlib.pyplot as plt
-
-    names = scaling.model.tolist()
-    ne = scaling.n_params_nonembed.to_numpy(dtype=float)
-    n_valid = int(cls_attrs["n_valid"])
-    fr = class_fractions(classes["cls"], n_valid, len(names))
-    rep = Report(rcfg.title, dpi=rcfg.dpi)
-    ci = f"[{fit['ci_lo']:.3g}, {fit['ci_hi']:.3g}]" if np.isfinite(fit["ci_lo"]) else "n/a"
-    rep.text(f"{corpus_note}{len(names)} models; {n_valid} eval tokens predicted by every model.\n\n"
-             f"**alpha_N = {fit['value']:.4g}** (CI {ci}; {fit['method']}{'; ' + fit['note'] if fit['note'] else ''}); "
-             f"paper (Pythia on The Pile): 0.083.\n\n"
-             f"Monogenic tokens (loss > {cfg.mono_high} then < {cfg.mono_low} nats): "
-             f"**{fr['monogenic_fraction']:.4%}**; polygenic (log-log slope < {cfg.poly_slope}, "
-             f"R² > {cfg.poly_r2}): **{fr['polygenic_fraction']:.4%}**.")
-    rep.table("scaling", scaling)
-    rep.table("alpha_n_fit", pd.DataFrame([fit]))
-    ok = valid_rows(loss)
-    if rcfg.plots:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.loglog(ne, scaling.mean_loss, "o", label="mean loss")
-        if np.isfinite(fit["value"]) and np.isfinite(fit["A"]):
-            xs = np.geomspace(ne.min(), ne.max(), 50)
-            ax.loglog(xs, fit["E"] + fit["A"] * xs ** -fit["value"], "--", label=f"fit, alpha_N={fit['value']:.3g}")
-        ax.set_xlabel("non-embedding parameters N")
-        ax.set_ylabel("mean loss (nats/token)")
-        ax.legend()
-        rep.figure("mean_loss_vs_n", fig)
-
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        sub = loss[ok]
-        bins = np.linspace(0, max(1.0, float(np.nanpercentile(sub, 99.5)) if sub.size else 1.0), 60)
-        cmap = plt.get_cmap("viridis")
-        for j, name in enumerate(names):
-            ax.hist(sub[:, j], bins=bins, histtype="step", density=True,
-                    color=cmap(j / max(1, len(names) - 1)), label=name)
-        ax.set_yscale("log")
-        ax.set_xlabel("per-token loss (nats)")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=7)
-        rep.figure("loss_distribution_by_size", fig)
-
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-        for ax, which, title in ((axes[0], MONOGENIC, "monogenic"), (axes[1], POLYGENIC, "polygenic")):
-            for i in pick_examples(classes["cls"], which, 20, cfg.seed):
-                ax.plot(ne, np.maximum(loss[i], 1e-4), alpha=0.6)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{title} curves (up to 20)")
-            ax.set_xlabel("non-embedding parameters N")
-        axes[0].set_ylabel("loss (nats)")
-        rep.figure("example_curves", fig)
-    for which, name in ((MONOGENIC, "monogenic_examples"), (POLYGENIC, "polygenic_examples")):
-        idx = pick_examples(classes["cls"], which, cfg.n_examples, cfg.seed)
-        if len(idx):
-            rep.table(name, examples_table(which, idx, loss, classes, tokenizer, ids, offsets, names,
-                                           cfg.context_tokens))
-        else:
-            rep.text(f"_No {name.split('_')[0]} tokens found._")
-    return rep, fr
-
-
-@quanta_task(name="lm-report")
-def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, tokens: ArtifactRef,
-              tokenizer: ArtifactRef, cfg: AnalysisConfig, rcfg: ReportConfig, store: str,
-              key_prefix: str = "lm-losses") -> ArtifactRef:
-    """The study's report (markdown with plots, tables) in the store and as keyed Prefect artifacts."""
-    from tasks.tokenize import load_tokenizer
-
-    st = Store(store)
-    scaling = st.read_table(decomposition["scaling"])
-    fit = st.read_table(decomposition["fits"]).iloc[0].to_dict()
-    classes, cls_attrs = st.read_zarr(decomposition["classes"])
-    larr, _ = st.read_zarr(token_losses)
-    tarr, _ = st.read_zarr(tokens)
-    tok = load_tokenizer(st.local_dir(tokenizer))
-    rep, _ = build_lm_report(scaling, fit, larr["loss"], classes, cls_attrs, tok, tarr["ids"], tarr["offsets"],
-                             cfg, rcfg)
-    return publish(rep, st, key_prefix, inputs=[*decomposition.values(), token_losses, tokens, tokenizer],
-                   params={"analysis": cfg.model_dump(mode="json")})

@@ -1,18 +1,18 @@
 """The sparse-parity report: plots and tables, in the store and as keyed Prefect artifacts."""
 from __future__ import annotations
 
-import math
 
-import matplotlib.pyplot as plt
+from matplotlib import colormaps
 import numpy as np
 import pandas as pd
 
-from schemas.sparse_parity import FitConfig, ReportConfig
+from schemas.sparse_parity import AlphaSweepConfig, FitConfig, ReportConfig, SparseParityConfig
+from schemas.jsonable import jsonable
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
-from tasks.fitting import FitError
-from tasks.reporting import Report, publish
-from tasks.sparse_parity_analysis import (_fit, early_stopping, emergence_slope, scaling_data, theory_checks,
+from tasks.caching import quanta_task
+from tasks.stats import FitError
+from tasks.reporting import Report, publish, subplots
+from tasks.sparse_parity.analysis import (fit_exponent, early_stopping, emergence_slope, scaling_data, theory_checks,
                                           width_to_learn)
 
 
@@ -28,7 +28,7 @@ def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str, fits: pd.DataFr
     if not len(row) or row.value.isna().iloc[0]:
         return
     try:
-        f = _fit(pts.x.values.astype(float), pts.mean_loss.values, cfg.model_copy(update={"bootstrap": 0}))[3]
+        f = fit_exponent(pts.x.values.astype(float), pts.mean_loss.values, cfg.model_copy(update={"bootstrap": 0}))[3]
     except FitError:
         return
     r = row.iloc[0]
@@ -67,7 +67,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             sub = runs[runs.alpha == alpha]
             data = scaling_data(sub, fit_cfg)
             # mean loss vs N with fit
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+            fig, ax = subplots(figsize=(5, 3.6))
             base = sub[sub.data_size == (-1 if (sub.data_size == -1).any() else sub.data_size.max())]
             last = base[base.step == base.step.max()]
             ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
@@ -77,8 +77,8 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             _legend(ax, 7)
             rep.figure(f"loss_vs_N_alpha{alpha:g}", fig)
             # loss vs steps for each width
-            fig, ax = plt.subplots(figsize=(5, 3.6))
-            cmap = plt.get_cmap("viridis")
+            fig, ax = subplots(figsize=(5, 3.6))
+            cmap = colormaps["viridis"]
             widths = sorted(base.width.unique())
             for i, w in enumerate(widths):
                 g = base[base.width == w].groupby("step").mean_loss.mean()
@@ -89,7 +89,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             _legend(ax, 7)
             rep.figure(f"loss_vs_steps_alpha{alpha:g}", fig)
             if "alpha_D" in data:
-                fig, ax = plt.subplots(figsize=(5, 3.6))
+                fig, ax = subplots(figsize=(5, 3.6))
                 ax.scatter(data["alpha_D"].x, data["alpha_D"].mean_loss, s=16)
                 _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D", fits, alpha)
                 ax.set(xscale="log", yscale="log", xlabel="training samples D",
@@ -100,9 +100,9 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
         c = next((c for c in curves if (c["data_size"] == -1).any()), curves[0])
         m = int(np.argmax(np.where(c["data_size"] == c["data_size"].max() if not (c["data_size"] == -1).any()
                                    else c["data_size"] == -1, c["width"], -1)))
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        fig, ax = subplots(figsize=(5.5, 3.6))
         T = c["loss_bits"].shape[-1]
-        cmap = plt.get_cmap("plasma")
+        cmap = colormaps["plasma"]
         for t in range(T):
             ax.plot(c["steps"], c["loss_bits"][m, :, t], color=cmap(t / max(1, T - 1)), lw=0.7, alpha=0.8)
         ax.axhline(1.0, color="grey", lw=0.5)
@@ -112,7 +112,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
         # steps-to-learn vs frequency
         e = emergence.dropna(subset=["learned_step"])
         if len(e):
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+            fig, ax = subplots(figsize=(5, 3.6))
             ax.scatter(e.frequency, e.learned_step, s=8, alpha=0.5, c=np.log(e.width), cmap="viridis")
             if slope["slope"] == slope["slope"]:
                 xs = np.geomspace(e.frequency.min(), e.frequency.max(), 50)
@@ -128,14 +128,14 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
         # width needed to learn each subtask vs its frequency
         wl = width_to_learn(emergence)
         if len(wl):
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+            fig, ax = subplots(figsize=(5, 3.6))
             ax.scatter(wl.frequency, wl.min_width_learned, s=12)
             ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="smallest width that learned it",
                    title="Width needed to learn a subtask vs its frequency")
             rep.figure("width_to_learn_vs_frequency", fig)
         # subtasks learned vs N
         last = runs[runs.step == runs.step.max()]
-        fig, ax = plt.subplots(figsize=(5, 3.6))
+        fig, ax = subplots(figsize=(5, 3.6))
         for (alpha, d), g in last.groupby(["alpha", "data_size"]):
             gg = g.groupby("n_params").subtasks_learned.mean()
             ax.plot(gg.index, gg.values, marker="o", ms=3, label=f"alpha={alpha:g}, D={'fresh' if d < 0 else d}")
@@ -183,7 +183,7 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
     rep.table("sweep_fits", fits)
     rep.table("theory_checks", theory_checks(fits, fit_cfg.level))
     if cfg.plots:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = subplots(figsize=(5.5, 4))
         a = np.linspace(max(0.01, fits.alpha.min() * 0.8), fits.alpha.max() * 1.1, 100)
         ax.plot(a, a, "C0-", lw=1, alpha=0.6, label="theory alpha_N = alpha")
         ax.plot(a, a / (a + 1), "C1-", lw=1, alpha=0.6, label="theory alpha_S, alpha_D = alpha/(alpha+1)")
@@ -205,3 +205,20 @@ def build_sweep_report(fits_ref: ArtifactRef, report_cfg: ReportConfig, fit_cfg:
     st = Store(store)
     rep = sweep_report(st.read_table(fits_ref), report_cfg, fit_cfg)
     return publish(rep, st, "alpha-sweep", inputs=[fits_ref], params={"report": report_cfg.model_dump()})
+
+
+def config_for_alpha(config: AlphaSweepConfig, alpha: float) -> SparseParityConfig:
+    """The sweep's config with task.alpha replaced (and the report titled by alpha)."""
+    data = config.model_dump(exclude={"sweep"})
+    data["task"]["alpha"] = alpha
+    data["report"]["title"] = f"{config.report.title}: alpha = {alpha:g}"
+    return SparseParityConfig.model_validate(data)
+
+
+def sweep_results(st: Store, fits_ref: ArtifactRef, report_ref: ArtifactRef, alphas: list[float]) -> dict:
+    """The sweep's `results` (the CLI's JSON): each exponent per alpha with its CI, theory and consistency."""
+    fits = st.read_table(fits_ref)
+    exponents = [{"alpha": r.alpha, "quantity": r.quantity, "value": r.value, "ci": [r.ci_lo, r.ci_hi],
+                  "theory": r.theory, "consistent": None if pd.isna(r.consistent) else bool(r.consistent)}
+                 for r in fits.itertuples()]
+    return jsonable({"alphas": alphas, "exponents": exponents, "report_dir": report_ref.uri})

@@ -18,7 +18,9 @@ import torch
 
 from schemas.lm import ModelSize
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
+from tasks.caching import quanta_task
+from tasks.devices import resolve_device
+from tasks.lm.tokenizer import load_tokenizer
 
 def _quiet_transformers() -> None:
     """No progress bars from transformers' weight loading/saving in task logs."""
@@ -28,14 +30,6 @@ def _quiet_transformers() -> None:
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(device)
 
 
 def neox_config(size: ModelSize, vocab_size: int, context_length: int, eos_token_id: int = 0):
@@ -159,15 +153,13 @@ def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, size: ModelSi
                 store: str) -> ArtifactRef:
     """Train one size on the train split; store it as an `lm.model` dir (save_pretrained: config.json +
     model.safetensors, plus the tokenizer and quanta_model.json with parameter counts and the loss curve)."""
-    from tasks.tokenize import load_tokenizer
-
     st = Store(store)
     arrays, attrs = st.read_zarr(train_tokens)
     tok_dir = st.local_dir(tokenizer)
     tok = load_tokenizer(tok_dir)
     eos = int(tok.eos_token_id if tok.eos_token_id is not None else 0)
     stream = training_stream(arrays["ids"], arrays["offsets"], eos)
-    device = resolve_device(params["device"])
+    device = resolve_device(params["device"], "suite.device")
     t0 = time.time()
     model, history = train_lm(
         size, stream, int(attrs["vocab_size"]), context_length=params["context_length"], steps=params["steps"],

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ import pandas as pd
 
 from schemas.lm import CorpusConfig
 from storage import ArtifactRef, Store
-from tasks.base import quanta_task
+from storage.fingerprint import dir_fingerprint, files_fingerprint
+from tasks.caching import quanta_task
 
 
 class CorpusError(ValueError):
@@ -229,13 +231,27 @@ def documents_frames(cfg: CorpusConfig, docs: list[Document]) -> tuple[pd.DataFr
     return meta, texts
 
 
+def corpus_fingerprint(cfg: CorpusConfig) -> str:
+    """What the corpus's content is, for the cache key: the fingerprint of its candidate files (paths, sizes, mtimes,
+    hashes; storage.fingerprint), with the Python version for the stdlib corpus. A dataset by hub name (no local
+    files) is identified by its name, config and split."""
+    if cfg.kind == "hf" and not Path(os.path.expanduser(cfg.path)).exists():
+        return f"hub:{cfg.path}:{cfg.hf_config}:{cfg.hf_split}"
+    if cfg.kind == "hf" and Path(os.path.expanduser(cfg.path)).is_dir():
+        return f"dir:{dir_fingerprint(os.path.expanduser(cfg.path))}"
+    files = _list_files(cfg)
+    prefix = f"python {sys.version.split()[0]}:" if cfg.kind == "stdlib" else ""
+    return prefix + files_fingerprint(files)
+
+
 @quanta_task(name="lm-corpus")
-def build_corpus(cfg: CorpusConfig, store: str) -> dict[str, ArtifactRef]:
-    """Read the corpus and store {"documents": lm.documents table, "texts": lm.texts table}."""
+def build_corpus(cfg: CorpusConfig, fingerprint: str, store: str) -> dict[str, ArtifactRef]:
+    """Read the corpus and store {"documents": lm.documents table, "texts": lm.texts table}. `fingerprint`
+    (`corpus_fingerprint(cfg)`) makes the cache key follow the files' content, not their names."""
     docs, stats = read_corpus(cfg)
     meta, texts = documents_frames(cfg, docs)
     st = Store(store)
-    params = {"corpus": cfg.model_dump(mode="json"), "stats": stats.as_dict()}
+    params = {"corpus": cfg.model_dump(mode="json"), "fingerprint": fingerprint, "stats": stats.as_dict()}
     if cfg.kind == "stdlib":
         params["stdlib"] = str(stdlib_dir())
     docs_ref = st.write_table("lm.documents", meta, params=params)

@@ -1,0 +1,41 @@
+"""The `quanta` command line.
+
+    quanta run STUDY [--config FILE] [--set section.key=value ...] [--store DIR] [--refresh] [--json]
+                     [--dask-address tcp://host:8786]
+    quanta lineage ARTIFACT [--store DIR] [--down] [--json]     # ARTIFACT: content-hash prefix or uri
+    quanta fit --csv FILE --y COL --x COL [--x COL2] ...        # fit your own scaling data
+    quanta serve [--study STUDY ...]                           # serve the scheduled deployments
+    quanta studies                                             # list studies and their default configs
+
+Each subcommand lives in its own module (`flows.cli.run`, `.lineage`, `.fit`, `.serve`); `main` applies the
+project's Prefect settings once, before any of them imports Prefect.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flows.cli import fit, lineage, run, serve
+from flows.prefect_home import configure_prefect
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quanta", description="The Quantization Model of Neural Scaling, "
+                                     "as cached, lineage-tracked Prefect flows.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run.add_parser(sub)
+    lineage.add_parser(sub)
+    fit.add_fit_parser(sub)
+    serve.add_parser(sub)
+    run.add_studies_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_prefect()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Running a study: its flow in this process (or its tasks on Dask), and the one JSON shape every study prints."""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+
+from pydantic import BaseModel
+
+from flows.studies import STUDIES
+from schemas.jsonable import jsonable
+from storage import ArtifactRef
+
+
+def task_state_counts(flow_run_id) -> dict[str, int]:
+    """State name -> count over the flow run's task runs (and those of its subflows), from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    counts: Counter[str] = Counter()
+    with get_client(sync_client=True) as client:
+        run_ids = [flow_run_id]
+        frontier = [flow_run_id]
+        while frontier:  # subflows, transitively
+            subs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+            frontier = [r.id for r in subs]
+            run_ids += frontier
+        offset = 0
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                                         limit=200, offset=offset)
+            for tr in runs:
+                if tr.state is not None:
+                    counts[tr.state.name] += 1
+            if len(runs) < 200:
+                break
+            offset += 200
+    return dict(counts)
+
+
+def study_output(study: str, flow_run_id, store: str, result: dict) -> dict:
+    """The one JSON shape every study prints with --json."""
+    arts = {name: {"uri": ref.uri, "content_hash": ref.content_hash, "kind": ref.kind}
+            for name, ref in result["artifacts"].items() if isinstance(ref, ArtifactRef)}
+    return {
+        "study": study,
+        "flow_run_id": str(flow_run_id),
+        "store": store,
+        "artifacts": arts,
+        "results": jsonable(result.get("results", {})),
+        "task_states": task_state_counts(flow_run_id),
+    }
+
+
+def dask_task_runner(address: str):
+    """Prefect task runner on Dask: `local` starts a LocalCluster (scheduler and dashboard on 127.0.0.1 only);
+    anything else is a scheduler address (tcp://host:8786). Workers must see the same store (a shared path or an
+    fsspec URL) and Prefect API."""
+    from prefect_dask import DaskTaskRunner
+
+    if address == "local":
+        return DaskTaskRunner(cluster_kwargs={"processes": True, "threads_per_worker": 1, "host": "127.0.0.1",
+                                              "dashboard_address": "127.0.0.1:8787"})
+    return DaskTaskRunner(address=address)
+
+
+def run_study(study: str, config: BaseModel, store: str, *, refresh: bool = False,
+              dask_address: str | None = None) -> dict:
+    """Run a study's flow in this process (local/ephemeral Prefect API unless PREFECT_API_URL is set).
+
+    `refresh` recomputes every task: Prefect's own PREFECT_TASKS_REFRESH_CACHE setting, for this run (it travels
+    with the run's settings context to Dask workers too)."""
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    _, flow = STUDIES[study].load()
+    if dask_address:
+        flow = flow.with_options(task_runner=dask_task_runner(dask_address))
+    refreshing = temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}) if refresh else contextlib.nullcontext()
+    with refreshing:
+        state = flow(config=config, store=store, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    result = state.result(raise_on_failure=True)
+    return study_output(study, flow_run_id, store, result)
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, indent=None, sort_keys=False, default=str)

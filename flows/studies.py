@@ -1,0 +1,41 @@
+"""The study registry: each study's flow module (defining `FLOW` and `CONFIG`) and default config."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.settings import PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    module: str  # flows module defining `FLOW` and `CONFIG`
+    default_config: str  # relative to the project root
+
+    def load(self):
+        mod = importlib.import_module(self.module)
+        return mod.CONFIG, mod.FLOW
+
+
+STUDIES: dict[str, Study] = {
+    "sparse-parity": Study("sparse-parity", "flows.sparse_parity", "configs/sparse_parity/demo.toml"),
+    "alpha-sweep": Study("alpha-sweep", "flows.alpha_sweep", "configs/sparse_parity/alpha_sweep_demo.toml"),
+    "lm-losses": Study("lm-losses", "flows.lm_losses", "configs/lm/demo.toml"),
+}
+
+
+def available_studies() -> list[str]:
+    out = []
+    for name, study in STUDIES.items():
+        try:
+            importlib.import_module(study.module)
+            out.append(name)
+        except ModuleNotFoundError:
+            continue
+    return out
+
+
+def default_config_path(study: str) -> Path:
+    return PROJECT_ROOT / STUDIES[study].default_config

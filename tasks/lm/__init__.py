@@ -1,0 +1,1 @@
+"""LLM per-token losses (paper Section 4, first half): corpus.py · tokenizer.py · suite.py (train or load models) · losses.py (per-token losses) · decomposition.py (alpha_N, monogenic/polygenic) · report.py."""

@@ -1,0 +1,158 @@
+"""The lm-losses report: alpha_N, loss distributions by size, monogenic/polygenic examples with their contexts."""
+from __future__ import annotations
+
+from matplotlib import colormaps
+import numpy as np
+import pandas as pd
+
+from schemas.lm import AnalysisConfig, ReportConfig
+from schemas.jsonable import jsonable
+from storage import ArtifactRef, Store
+from tasks.caching import quanta_task
+from tasks.lm.decomposition import MONOGENIC, POLYGENIC, class_fractions, valid_rows
+from tasks.lm.tokenizer import decode, load_tokenizer
+from tasks.reporting import Report, publish, subplots
+
+
+def pick_examples(cls: np.ndarray, which: int, k: int, seed: int) -> np.ndarray:
+    idx = np.flatnonzero(cls == which)
+    if len(idx) <= k:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, size=k, replace=False))
+
+
+def token_context(tokenizer, ids: np.ndarray, offsets: np.ndarray, pos: int, n_context: int) -> tuple[str, str]:
+    """(decoded context before token `pos` within its document, decoded token)."""
+    d = int(np.searchsorted(offsets, pos, side="right") - 1)
+    start = max(int(offsets[d]), pos - n_context)
+    return decode(tokenizer, ids[start:pos]), decode(tokenizer, ids[pos:pos + 1])
+
+
+def md_escape(s: str, limit: int = 160) -> str:
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("\t", "⇥").replace("`", "'")
+    return s if len(s) <= limit else "…" + s[-limit:]
+
+
+def examples_table(which: int, idx: np.ndarray, loss: np.ndarray, classes: dict, tokenizer, ids, offsets,
+                   names: list[str], n_context: int) -> pd.DataFrame:
+    rows = []
+    for i in idx:
+        ctx, tok = token_context(tokenizer, ids, offsets, int(i), n_context)
+        row = {"token_index": int(i), "context": md_escape(ctx), "token": md_escape(tok, 40)}
+        if which == MONOGENIC:
+            row["drop_at"] = names[int(classes["drop_model"][i])]
+        else:
+            row["slope"] = float(classes["slope"][i])
+            row["r2"] = float(classes["r2"][i])
+        row.update({f"loss[{n}]": float(loss[i, j]) for j, n in enumerate(names)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes: dict, cls_attrs: dict, tokenizer,
+                    ids: np.ndarray, offsets: np.ndarray, cfg: AnalysisConfig, rcfg: ReportConfig,
+                    corpus_note: str = "") -> tuple[Report, dict]:
+    names = scaling.model.tolist()
+    ne = scaling.n_params_nonembed.to_numpy(dtype=float)
+    n_valid = int(cls_attrs["n_valid"])
+    fr = class_fractions(classes["cls"], n_valid, len(names))
+    rep = Report(rcfg.title, dpi=rcfg.dpi)
+    ci = f"[{fit['ci_lo']:.3g}, {fit['ci_hi']:.3g}]" if np.isfinite(fit["ci_lo"]) else "n/a"
+    rep.text(f"{corpus_note}{len(names)} models; {n_valid} eval tokens predicted by every model.\n\n"
+             f"**alpha_N = {fit['value']:.4g}** (CI {ci}; {fit['method']}{'; ' + fit['note'] if fit['note'] else ''}); "
+             f"paper (Pythia on The Pile): 0.083.\n\n"
+             f"Monogenic tokens (loss > {cfg.mono_high} then < {cfg.mono_low} nats): "
+             f"**{fr['monogenic_fraction']:.4%}**; polygenic (log-log slope < {cfg.poly_slope}, "
+             f"R² > {cfg.poly_r2}): **{fr['polygenic_fraction']:.4%}**.")
+    rep.table("scaling", scaling)
+    rep.table("alpha_n_fit", pd.DataFrame([fit]))
+    ok = valid_rows(loss)
+    if rcfg.plots:
+        fig, ax = subplots(figsize=(5, 3.6))
+        ax.loglog(ne, scaling.mean_loss, "o", label="mean loss")
+        if np.isfinite(fit["value"]) and np.isfinite(fit["A"]):
+            xs = np.geomspace(ne.min(), ne.max(), 50)
+            ax.loglog(xs, fit["E"] + fit["A"] * xs ** -fit["value"], "--", label=f"fit, alpha_N={fit['value']:.3g}")
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("mean loss (nats/token)")
+        ax.legend()
+        rep.figure("mean_loss_vs_n", fig)
+
+        fig, ax = subplots(figsize=(5.5, 3.6))
+        sub = loss[ok]
+        bins = np.linspace(0, max(1.0, float(np.nanpercentile(sub, 99.5)) if sub.size else 1.0), 60)
+        cmap = colormaps["viridis"]
+        for j, name in enumerate(names):
+            ax.hist(sub[:, j], bins=bins, histtype="step", density=True,
+                    color=cmap(j / max(1, len(names) - 1)), label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("per-token loss (nats)")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        rep.figure("loss_distribution_by_size", fig)
+
+        fig, axes = subplots(1, 2, figsize=(9, 3.4), sharey=True)
+        for ax, which, title in ((axes[0], MONOGENIC, "monogenic"), (axes[1], POLYGENIC, "polygenic")):
+            for i in pick_examples(classes["cls"], which, 20, cfg.seed):
+                ax.plot(ne, np.maximum(loss[i], 1e-4), alpha=0.6)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{title} curves (up to 20)")
+            ax.set_xlabel("non-embedding parameters N")
+        axes[0].set_ylabel("loss (nats)")
+        rep.figure("example_curves", fig)
+    for which, name in ((MONOGENIC, "monogenic_examples"), (POLYGENIC, "polygenic_examples")):
+        idx = pick_examples(classes["cls"], which, cfg.n_examples, cfg.seed)
+        if len(idx):
+            rep.table(name, examples_table(which, idx, loss, classes, tokenizer, ids, offsets, names,
+                                           cfg.context_tokens))
+        else:
+            rep.text(f"_No {name.split('_')[0]} tokens found._")
+    return rep, fr
+
+
+@quanta_task(name="lm-report")
+def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, tokens: ArtifactRef,
+              tokenizer: ArtifactRef, cfg: AnalysisConfig, rcfg: ReportConfig, store: str,
+              key_prefix: str = "lm-losses") -> ArtifactRef:
+    """The study's report (markdown with plots, tables) in the store and as keyed Prefect artifacts."""
+    st = Store(store)
+    scaling = st.read_table(decomposition["scaling"])
+    fit = st.read_table(decomposition["fits"]).iloc[0].to_dict()
+    classes, cls_attrs = st.read_zarr(decomposition["classes"])
+    larr, _ = st.read_zarr(token_losses)
+    tarr, _ = st.read_zarr(tokens)
+    tok = load_tokenizer(st.local_dir(tokenizer))
+    rep, _ = build_lm_report(scaling, fit, larr["loss"], classes, cls_attrs, tok, tarr["ids"], tarr["offsets"],
+                             cfg, rcfg)
+    return publish(rep, st, key_prefix, inputs=[*decomposition.values(), token_losses, tokens, tokenizer],
+                   params={"analysis": cfg.model_dump(mode="json")})
+
+
+def study_results(st: Store, refs: dict) -> dict:
+    """The study's `results` (the CLI's JSON): alpha_N with its CI, mean loss per model, class fractions."""
+    fit = st.read_table(refs["fits"]).iloc[0]
+    scaling = st.read_table(refs["scaling"])
+    cls_group = st.open_zarr(refs["token_classes"])
+    cls = np.asarray(cls_group["cls"][...])
+    n_valid = int(cls_group.attrs["n_valid"])
+    tokens = st.open_zarr(refs["eval_tokens"])
+    ml = scaling.mean_loss.to_numpy()
+    res = {
+        "alpha_N": float(fit.value),
+        "alpha_N_ci": [float(fit.ci_lo), float(fit.ci_hi)],
+        "alpha_N_method": str(fit.method),
+        "alpha_N_paper": 0.083,
+        "n_tokens": int(tokens["ids"].shape[0]),
+        "n_tokens_scored": n_valid,
+        "n_documents_eval": int(tokens["doc_id"].shape[0]),
+        "n_models": int(len(scaling)),
+        "models": scaling.model.tolist(),
+        "n_params": [int(v) for v in scaling.n_params],
+        "n_params_nonembed": [int(v) for v in scaling.n_params_nonembed],
+        "mean_loss": {m: float(v) for m, v in zip(scaling.model, ml)},
+        "mean_loss_decreasing": bool(len(ml) > 1 and (np.diff(ml) < 0).all()),
+        **class_fractions(cls, n_valid, len(scaling)),
+        "report_dir": refs["report"].uri,
+    }
+    return jsonable(res)

@@ -1,0 +1,1 @@
+"""Quanta discovery with gradients (paper Section 4, second half)."""

@@ -1,0 +1,17 @@
+"""Pure statistics for scaling laws (numpy/scipy in, plain results out; nothing of Prefect or the store).
+
+- `powerlaw`: L = E + A x^-a and the Chinchilla form, Huber loss on log residuals, L-BFGS, bootstrap CIs;
+- `ols`: the paper's log-log least squares; `zipf`: rank-frequency slopes and the discrete power-law MLE;
+- `theory`: the quantization model's relations (alpha_N, alpha/(alpha+1), Zipf slope) as checks with intervals.
+"""
+from tasks.stats.inputs import FitError
+from tasks.stats.ols import LogLogFit, fit_loglog_ols
+from tasks.stats.powerlaw import DerivedValue, PowerLawFit, fit_chinchilla, fit_power_law
+from tasks.stats.theory import ExponentEstimate, TheoryCheck, as_exponent, scaling_theory_checks, theory_check
+from tasks.stats.zipf import DiscretePowerLawFit, fit_discrete_powerlaw, rank_frequency_slope
+
+__all__ = [
+    "FitError", "PowerLawFit", "DerivedValue", "LogLogFit", "DiscretePowerLawFit", "TheoryCheck",
+    "ExponentEstimate", "fit_power_law", "fit_chinchilla", "fit_loglog_ols", "rank_frequency_slope",
+    "fit_discrete_powerlaw", "theory_check", "as_exponent", "scaling_theory_checks",
+]
