@@ -114,6 +114,35 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def deep_merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, recursively for nested tables."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def include_section(data: Any, section: str, path_key: str, config_dir: Path | None) -> Any:
+    """A study config may name another study's config instead of inlining it: `path_key = "../lm/tiny.toml"`
+    (relative to the including file, else to the working directory) becomes the `section` table, with any inline
+    `[section]` values (e.g. from --set) on top."""
+    if not isinstance(data, dict) or path_key not in data:
+        return data
+    data = dict(data)
+    raw = data.pop(path_key)
+    p = Path(str(raw)).expanduser()
+    candidates = [p] if p.is_absolute() else [*([config_dir / p] if config_dir else []), Path.cwd() / p]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ValueError(f"{path_key}: config file not found: {raw} (looked in {', '.join(map(str, candidates))})")
+    try:
+        included = tomllib.loads(found.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path_key}: {found} is not valid TOML: {e}") from None
+    data[section] = deep_merge(included, data.get(section) or {})
+    return data
+
+
 def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> M:
     """Load a TOML file (or a dict), apply overrides, validate. Raises ConfigError naming the bad field."""
@@ -130,7 +159,8 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     data = apply_overrides(data, overrides, model)
+    context = {"config_dir": Path(path).resolve().parent} if path is not None else {}
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
