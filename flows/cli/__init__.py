@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli import fit, lineage, run, serve
+from flows.cli import fit, lineage, run, serve, store
 from flows.prefect_home import configure_prefect
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_parser(sub)
     fit.add_fit_parser(sub)
     serve.add_parser(sub)
+    store.add_parser(sub)
     run.add_studies_parser(sub)
     return parser
 

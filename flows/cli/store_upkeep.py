@@ -1,0 +1,6 @@
+"""Placeholder: filled by the work on issue 10."""
+from __future__ import annotations
+
+
+def add_parsers(store_sub) -> None:
+    return None
