@@ -74,6 +74,7 @@ def run_study(study: str, config: BaseModel, store: str, *, refresh: bool = Fals
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     _, flow = STUDIES[study].load()
+    STUDIES[study].preflight(config)
     if dask_address:
         flow = flow.with_options(task_runner=dask_task_runner(dask_address))
     refreshing = temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}) if refresh else contextlib.nullcontext()

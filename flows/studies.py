@@ -1,4 +1,8 @@
-"""The study registry: each study's flow module (defining `FLOW` and `CONFIG`) and default config."""
+"""The study registry: each study's flow module and default config.
+
+A flow module defines `CONFIG` (its pydantic config model) and `FLOW` (its Prefect flow), and may define
+`PREFLIGHT(config)`: checks that need the machine or the file system (a device, memory, input files) and must fail
+before any work runs, raising `schemas.ConfigError` with one line that names the field, file or value."""
 from __future__ import annotations
 
 import importlib
@@ -17,6 +21,12 @@ class Study:
     def load(self):
         mod = importlib.import_module(self.module)
         return mod.CONFIG, mod.FLOW
+
+    def preflight(self, config) -> None:
+        """The study's PREFLIGHT(config), if it has one."""
+        check = getattr(importlib.import_module(self.module), "PREFLIGHT", None)
+        if check is not None:
+            check(config)
 
 
 STUDIES: dict[str, Study] = {

@@ -44,6 +44,7 @@ def cmd_run(args) -> int:
     path = args.config or default_config_path(args.study)
     try:
         cfg = load_config(config_cls, path, args.set)
+        STUDIES[args.study].preflight(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
