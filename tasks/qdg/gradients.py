@@ -128,6 +128,7 @@ class TokenGradients:
         self.dim = int(sum(self.sizes))
         self.device = next(model.parameters()).device
         self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._buffer: torch.Tensor | None = None
 
     def _window_losses(self, params: dict, x: torch.Tensor, pos: torch.Tensor, target: torch.Tensor):
         """Losses (k,) of the tokens at positions `pos` (k,) of one window x (L,), predicted from the logits at
@@ -145,11 +146,14 @@ class TokenGradients:
 
     def batch(self, x: torch.Tensor, pos: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows x (W, L), positions and targets (W, k) -> raw gradients (W * k, dim) float32 and losses (W * k,),
-        window-major."""
+        window-major. The gradients live in a buffer reused by the next call."""
         jac = torch.func.vmap(torch.func.jacrev(self._window_losses, has_aux=True), in_dims=(None, 0, 0, 0))
         grads, losses = jac(self.trained, x, pos, target)
         n = pos.shape[0] * pos.shape[1]
-        flat = torch.empty(n, self.dim, dtype=torch.float32, device=x.device)
+        if self._buffer is None or self._buffer.shape[0] < n:  # reused: fresh memory costs page faults every batch
+            self._buffer = torch.empty(max(n, self.positions_per_backward), self.dim, dtype=torch.float32,
+                                       device=x.device)
+        flat = self._buffer[:n]
         off = 0
         for name, size in zip(self.names, self.sizes):
             flat[:, off:off + size] = grads.pop(name).reshape(n, size)  # free each as it is copied
@@ -160,7 +164,7 @@ class TokenGradients:
                 progress: Progress | None = None) -> None:
         """Gradients of the tokens `token_index` (flat indices into ids), each with its loss's window.
         `emit(rows, raw_gradients (m, dim) float32 tensor, losses (m,) tensor)` receives them batch by batch, rows
-        being positions in `token_index`."""
+        being positions in `token_index`; the gradient tensor is reused afterwards (copy what you keep)."""
         token_index = np.asarray(token_index, dtype=np.int64)
         starts, pos = token_windows(token_index, offsets, self.context_length)
         ids = np.asarray(ids)
@@ -200,16 +204,17 @@ def naive_token_gradients(model: nn.Module, names: list[str], ids: np.ndarray, o
 
 def normalise_rows(raw: torch.Tensor, projector: Projector | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(unit rows, norms of the raw rows): the rows of `raw` (projected first, if a projector is given) divided by
-    their L2 norm. A zero or non-finite gradient is an error (its direction is undefined)."""
+    their L2 norm; without a projector `raw` itself is divided, in place. A zero or non-finite gradient is an error
+    (its direction is undefined)."""
     norms = torch.linalg.vector_norm(raw, dim=1)
     out = projector(raw) if projector is not None else raw
-    out_norms = torch.linalg.vector_norm(out, dim=1)
+    out_norms = norms if projector is None else torch.linalg.vector_norm(out, dim=1)
     bad = ~(torch.isfinite(out_norms) & (out_norms > 0))
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0, 0])
         raise FloatingPointError(f"gradient row {i} has norm {float(out_norms[i])} (raw norm {float(norms[i])}): "
                                  "its direction is undefined")
-    return out / out_norms[:, None], norms
+    return out.div_(out_norms[:, None]), norms
 
 
 def gradient_block_plan(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
