@@ -2,6 +2,8 @@
 loss, parameter exclusion, blocks (validated, round-trip, bounded memory path), and cached blocks when n grows."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,14 @@ def test_blocks_keep_their_cache_keys_when_the_selection_grows(prefect_server, s
     again = grads(10)  # a larger selection, of which the first 6 rows are the same
     assert [s.name for s in again] == ["Cached", "Completed", "Completed"]
     assert again[0].result().content_hash == first[0].result().content_hash
+
+
+def test_a_block_with_rows_that_are_not_unit_vectors_is_refused(store):
+    from schemas import ArtifactValidationError
+
+    g = np.eye(3, 5, dtype=np.float32)
+    g[1] *= 2.0
+    arrays = {"g": g, "row": np.arange(3), "norm": np.ones(3, np.float32), "loss": np.ones(3, np.float32)}
+    with pytest.raises(ArtifactValidationError, match=r"'g'.*L2-normalised \(row 1 has norm 2"):
+        store.write_zarr("qdg.gradient_block", arrays, {"model": "m", "dim": 5, "projection": "none"})
+    assert not list((Path(store.root) / "_tmp").iterdir())  # nothing half-written is left
