@@ -42,12 +42,12 @@ def test_batched_gradients_equal_naive_and_reproduce_the_token_losses(which, tmp
     built = {"trained-suite": lambda: tiny_suite()["d16"], "neox": random_neox, "gpt2": random_gpt2}[which]()
     model = load_causal_lm(save_model(built, tmp_path / which))  # the from_pretrained path, as the task loads it
     ids, offsets = synthetic_corpus()
-    tokens = _tokens(offsets, 40)
+    tokens = _tokens(offsets, 28)
     starts, _ = token_windows(tokens, offsets, CTX)
     assert len(np.unique(starts)) < len(tokens)  # several tokens share a window: batched backward passes
     names = gradient_parameter_names(model, GradientConfig())
     ref, ref_loss = naive_token_gradients(model, names, ids, offsets, tokens, CTX)
-    got, loss = _batched(model, names, ids, offsets, tokens, ppb=3)
+    got, loss = _batched(model, names, ids, offsets, tokens, ppb=4)
     assert np.abs(ref).max() > 1e-2
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
     # the loss of the gradient's forward pass is the stored per-token loss
