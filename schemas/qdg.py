@@ -175,6 +175,10 @@ class ParityModelConfig(StrictModel):
     include_control_weights: bool = Field(False, description="also take gradients w.r.t. the first layer's "
                                           "control-bit columns (their one-hot rows alone separate subtasks "
                                           "trivially; the analogue of the embeddings QDG excludes)")
+    align_label_sign: bool = Field(False, description="multiply each sample's loss gradient by +1 (label 1) or -1 "
+                                   "(label 0): a binary task's loss gradient is -(1 - p_y)(2y - 1) grad(z_1 - z_0), "
+                                   "so samples of one subtask with opposite labels have anti-aligned gradients; "
+                                   "aligned, they share the direction of grad(z_1 - z_0) (False = plain QDG)")
     unlearned_control: bool = Field(True, description="also cluster samples of subtasks the model has not learned "
                                     "(a control: expect a low ARI)")
     seed_samples: int = Field(0, ge=0)

@@ -1,0 +1,249 @@
+"""QDG's ground truth on multitask sparse parity, where the quanta are known: the subtasks.
+
+1. `parity_model`: the chosen model of a sparse-parity study (a width and a seed of its grid; default the widest
+   and the first), trained alone with the study's own code (`train_grid(..., keep_states=True)` with one width and
+   one group, the study's training settings: the grid trains each width exactly as alone, so it is the model the
+   study trained), stored with its final per-subtask test loss (bits) as `qdg.parity_model`.
+2. `parity_samples`: `samples_per_subtask` seeded samples of every subtask the model has learned (test loss below
+   `learned_threshold_bits`), with the true subtask of each row; or, as a control, of as many unlearned subtasks
+   (the most frequent ones).
+3. `parity_gradient_block`: per-sample gradients of the MLP's cross-entropy (nats) w.r.t. its parameters
+   (torch.func vmap of grad), flattened in state-dict order, optionally JL-projected, L2-normalised: the same
+   `qdg.gradient_block` kind as the language-model path. Without `include_control_weights` the first layer's
+   control-bit columns are left out: their gradient is nonzero only in the sample's own subtask's column, so
+   alone they would separate the subtasks trivially (the analogue of the embeddings QDG excludes).
+   `align_label_sign` folds the label's sign out of each gradient (see ParityModelConfig): the loss gradient of a
+   binary task flips with the label, so plain QDG sees each subtask as two anti-aligned halves.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from schemas.qdg import GradientConfig, ParityModelConfig
+from schemas.sparse_parity import SparseParityConfig
+from storage import ArtifactRef, Store
+from tasks.caching import quanta_task
+from tasks.devices import resolve_device
+from tasks.qdg.gradients import GradientConfigError, normalise_rows, write_gradient_block
+from tasks.qdg.projection import Projector
+from tasks.sparse_parity.data import Sampler, SparseParitySpec, encode, eval_set, load_spec, train_set
+from tasks.sparse_parity.model import init_mlp
+from tasks.sparse_parity.train import Group, train_grid
+
+# the training settings of a sparse-parity grid that determine one model's trajectory
+TRAIN_KEYS = ("depth", "steps", "batch_size", "lr", "weight_decay", "eval_samples_per_task", "device")
+PARAMETER_NAMES = ("0.weight", "0.bias", "2.weight", "2.bias")  # init_mlp's state dict (depth 1)
+
+
+class ParityModelError(ValueError):
+    """The chosen model or its subtasks cannot give the study asked for (one line: what and what to change)."""
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def parity_model_plan(sp: SparseParityConfig, cfg: ParityModelConfig) -> dict:
+    """Which model of the study `sp` to look into: {width, seed, data_size, params} (data_size -1 = fresh samples
+    every step; a grid without fresh samples gives its largest training set). Errors name the field."""
+    g = sp.grid
+    width = cfg.width if cfg.width is not None else max(g.widths)
+    seed = cfg.seed if cfg.seed is not None else g.seeds[0]
+    if width not in g.widths:
+        raise ParityModelError(f"model.width {width} is not a width of the study's grid {g.widths}")
+    if seed not in g.seeds:
+        raise ParityModelError(f"model.seed {seed} is not a seed of the study's grid {g.seeds}")
+    if g.depth != 1:
+        raise ParityModelError(f"qdg-sparse-parity looks into depth-1 MLPs; the grid has depth {g.depth}")
+    fresh = g.data_sizes is None or g.fresh_data
+    data_size = -1 if fresh else max(g.data_sizes)
+    return {"width": width, "seed": seed, "data_size": data_size,
+            "params": {k: getattr(g, k) for k in TRAIN_KEYS}}
+
+
+def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: int, params: dict,
+                     device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Train the (width, seed, data_size) model of a grid alone with the study's `train_grid`: (its final
+    state dict, as init_mlp's; final per-subtask test loss (n_tasks,) in bits, on the study's eval set)."""
+    data = train_set(spec, data_size, seed) if data_size > 0 else None
+    steps = int(params["steps"])
+    ev = eval_set(spec, params["eval_samples_per_task"], seed=spec.seed, device=device)
+    res = train_grid(spec, [width], [Group(seed=seed, data_size=data_size, data=data)], depth=params["depth"],
+                     steps=steps, batch_size=params["batch_size"], lr=params["lr"],
+                     weight_decay=params["weight_decay"], log_at=np.array([steps]), eval_data=ev, device=device,
+                     keep_states=True)
+    return res.states[0][0], np.asarray(res.loss_bits[0, 0, -1], dtype=np.float32)
+
+
+@quanta_task(name="qdg-parity-model", task_run_name="qdg-parity-model-w{width}-s{seed}")
+def parity_model(spec: ArtifactRef, width: int, seed: int, data_size: int, params: dict, store: str) -> ArtifactRef:
+    """One model of a sparse-parity grid (see `parity_model_plan`), as `qdg.parity_model`."""
+    st = Store(store)
+    sp = load_spec(st, spec)
+    device = resolve_device(params["device"], "grid.device")
+    state, loss_bits = train_parity_mlp(sp, width, seed, data_size, params, device)
+    learned = int((loss_bits < 0.1).sum())
+    print(f"parity model width {width} seed {seed}: {learned} of {sp.n_tasks} subtasks below 0.1 bits")
+    arrays = {"w1": state["0.weight"].numpy(), "b1": state["0.bias"].numpy(), "w2": state["2.weight"].numpy(),
+              "b2": state["2.bias"].numpy(), "subtask_loss_bits": loss_bits}
+    attrs = {"width": width, "seed": seed, "data_size": data_size, "n_tasks": sp.n_tasks, "n_bits": sp.n_bits,
+             "steps": int(params["steps"]), "depth": 1}
+    return st.write_zarr("qdg.parity_model", arrays, attrs, inputs=[spec],
+                         params={"width": width, "seed": seed, "data_size": data_size, **params})
+
+
+def load_parity_model(st: Store, ref: ArtifactRef) -> tuple[torch.nn.Sequential, np.ndarray, dict]:
+    """(the MLP as init_mlp's nn.Sequential in eval mode, per-subtask loss bits, attrs)."""
+    arrays, attrs = st.read_zarr(ref)
+    mlp = mlp_from_arrays(arrays)
+    return mlp, np.asarray(arrays["subtask_loss_bits"]), attrs
+
+
+def mlp_from_arrays(arrays: dict) -> torch.nn.Sequential:
+    w1 = torch.as_tensor(np.asarray(arrays["w1"]))
+    mlp = init_mlp(w1.shape[1], w1.shape[0], 1, 0)
+    mlp.load_state_dict({"0.weight": w1, "0.bias": torch.as_tensor(np.asarray(arrays["b1"])),
+                         "2.weight": torch.as_tensor(np.asarray(arrays["w2"])),
+                         "2.bias": torch.as_tensor(np.asarray(arrays["b2"]))})
+    return mlp.eval()
+
+
+# ------------------------------------------------------------------------------------------------ samples
+def chosen_subtasks(loss_bits: np.ndarray, threshold: float, control: bool) -> np.ndarray:
+    """The learned subtasks (loss < threshold), or for the control as many unlearned ones, the most frequent
+    first (subtask i has frequency rank i). Errors say what to change."""
+    loss_bits = np.asarray(loss_bits)
+    learned = np.flatnonzero(loss_bits < threshold)
+    if len(learned) < 2:
+        raise ParityModelError(
+            f"the model has learned {len(learned)} subtask(s) (test loss < model.learned_threshold_bits = "
+            f"{threshold}; lowest {loss_bits.min():.3g} bits): clustering needs at least 2; choose a wider model "
+            "(model.width), train longer (sparse_parity grid.steps) or raise model.learned_threshold_bits")
+    if not control:
+        return learned
+    unlearned = np.flatnonzero(loss_bits >= threshold)
+    if len(unlearned) < 2:
+        raise ParityModelError(f"the control needs at least 2 unlearned subtasks, the model has {len(unlearned)}: "
+                               "set model.unlearned_control = false")
+    return unlearned[:len(learned)]
+
+
+def sample_subtasks(spec: SparseParitySpec, subtasks: np.ndarray, per_subtask: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`per_subtask` fresh samples of each subtask, grouped by subtask: task (n,) int64, bits (n, n_bits) uint8,
+    label (n,) int64. Seeded (the study's Sampler with its own generator)."""
+    sampler = Sampler(spec, seed=seed)
+    parts = [sampler.sample(per_subtask, task=int(t)) for t in subtasks]
+    task = torch.cat([p[0] for p in parts]).numpy().astype(np.int64)
+    bits = torch.cat([p[1] for p in parts]).numpy().astype(np.uint8)
+    label = torch.cat([p[2] for p in parts]).numpy().astype(np.int64)
+    return task, bits, label
+
+
+@quanta_task(name="qdg-parity-samples", task_run_name="qdg-parity-samples-control-{control}")
+def parity_samples(model: ArtifactRef, spec: ArtifactRef, cfg: ParityModelConfig, control: bool,
+                   store: str) -> ArtifactRef:
+    """Samples of the subtasks the model has learned (control = False) or of as many unlearned ones (control =
+    True), `cfg.samples_per_subtask` each, as `qdg.parity_samples` (rows grouped by subtask)."""
+    st = Store(store)
+    sp = load_spec(st, spec)
+    _, loss_bits, _ = load_parity_model(st, model)
+    if len(loss_bits) != sp.n_tasks:
+        raise ParityModelError(f"model {model.short} has {len(loss_bits)} subtasks, the spec {sp.n_tasks}")
+    subtasks = chosen_subtasks(loss_bits, cfg.learned_threshold_bits, control)
+    # the control's samples come from their own stream, so adding the control never changes the learned samples
+    task, bits, label = sample_subtasks(sp, subtasks, cfg.samples_per_subtask, cfg.seed_samples * 2 + int(control))
+    learned = loss_bits[task] < cfg.learned_threshold_bits
+    attrs = {"n_tasks": sp.n_tasks, "n_bits": sp.n_bits, "control": control, "subtasks": subtasks.tolist(),
+             "learned_threshold_bits": cfg.learned_threshold_bits, "samples_per_subtask": cfg.samples_per_subtask}
+    return st.write_zarr("qdg.parity_samples", {"task": task, "bits": bits, "label": label, "learned": learned},
+                         attrs, inputs=[model, spec], params={**cfg.model_dump(), "control": control})
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+def parity_parameter_names(cfg: GradientConfig) -> list[str]:
+    """init_mlp's parameters kept by cfg.include / cfg.exclude (regexes on "0.weight", "0.bias", "2.weight",
+    "2.bias"; exclude_modules has nothing to exclude in an MLP)."""
+    names = [n for n in PARAMETER_NAMES
+             if (not cfg.include or any(re.search(r, n) for r in cfg.include))
+             and not any(re.search(r, n) for r in cfg.exclude)]
+    if not names:
+        raise GradientConfigError(f"gradients: no parameter of the MLP {list(PARAMETER_NAMES)} is left (include = "
+                                  f"{list(cfg.include)}, exclude = {list(cfg.exclude)})")
+    return names
+
+
+def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor, bits: torch.Tensor,
+                     label: torch.Tensor, names: list[str], include_control_weights: bool,
+                     align_label_sign: bool = False, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample gradients of the cross-entropy (nats) of `label` given (task, bits), w.r.t. the parameters
+    `names`, flattened in that order (the first layer's control-bit columns left out unless
+    include_control_weights; multiplied by 2 label - 1 if align_label_sign): raw gradients (n, dim) float32 and
+    losses (n,). torch.func: vmap of grad."""
+    params = {n: p.detach() for n, p in mlp.named_parameters()}
+    trained = {n: params[n] for n in names}
+    frozen = {n: p for n, p in params.items() if n not in trained}
+
+    def loss_of(p, x, y):
+        logits = torch.func.functional_call(mlp, {**p, **frozen}, (x[None],))
+        loss = F.cross_entropy(logits, y[None])
+        return loss, loss.detach()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss_of, has_aux=True), in_dims=(None, 0, 0))
+    rows, losses = [], []
+    for i in range(0, task.shape[0], chunk):
+        x = encode(task[i:i + chunk], bits[i:i + chunk], n_tasks)
+        g, loss = per_sample(trained, x, label[i:i + chunk])
+        parts = []
+        for n in names:
+            gn = g[n]
+            if n == "0.weight" and not include_control_weights:
+                gn = gn[:, :, n_tasks:]
+            parts.append(gn.reshape(gn.shape[0], -1))
+        flat = torch.cat(parts, dim=1).float()
+        if align_label_sign:
+            flat = flat * (2 * label[i:i + chunk] - 1).to(flat.dtype)[:, None]
+        rows.append(flat)
+        losses.append(loss)
+    return torch.cat(rows), torch.cat(losses)
+
+
+@quanta_task(name="qdg-parity-gradient-block", task_run_name="qdg-parity-gradients-{start}-{stop}")
+def parity_gradient_block(samples: ArtifactRef, model: ArtifactRef, start: int, stop: int, cfg: GradientConfig,
+                          include_control_weights: bool, align_label_sign: bool, store: str) -> ArtifactRef:
+    """The `qdg.gradient_block` of sample rows [start, stop): unit per-sample gradients of the MLP's loss (JL-projected
+    first if cfg.projection_dims), "norm" the raw gradient's L2 norm, "loss" the loss (nats)."""
+    st = Store(store)
+    arrays, attrs = st.read_zarr(samples)
+    n = len(arrays["task"])
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"gradient block [{start}, {stop}) is outside the samples' {n} rows")
+    mlp, _, model_attrs = load_parity_model(st, model)
+    names = parity_parameter_names(cfg)
+    device = resolve_device(cfg.device, "gradients.device")
+    mlp = mlp.to(device)
+    n_tasks = int(attrs["n_tasks"])
+    sl = slice(start, stop)
+    task = torch.as_tensor(arrays["task"][sl], device=device)
+    bits = torch.as_tensor(arrays["bits"][sl], device=device)
+    label = torch.as_tensor(arrays["label"][sl], device=device)
+    raw, losses = parity_gradients(mlp, n_tasks, task, bits, label, names, include_control_weights, align_label_sign)
+    projector = (Projector(raw.shape[1], cfg.projection_dims, cfg.projection_seed, device)
+                 if cfg.projection_dims is not None else None)
+    unit, norms = normalise_rows(raw, projector)
+    dim = int(unit.shape[1])
+    out_attrs = {"model": f"sparse-parity MLP width {model_attrs['width']} seed {model_attrs['seed']}",
+                 "dim": dim, "gradient_dim": int(raw.shape[1]),
+                 "projection": projector.attrs if projector is not None else "none", "parameters": names,
+                 "include_control_weights": include_control_weights, "align_label_sign": align_label_sign,
+                 "rows": [int(start), int(stop)],
+                 "norm": "L2 norm of the full unprojected gradient", "loss_unit": "nats"}
+
+    def compute(emit):
+        emit(np.arange(stop - start), unit, norms, losses)
+
+    return write_gradient_block(st, compute, np.arange(start, stop), dim, out_attrs, [samples, model],
+                                params={"start": start, "stop": stop, **cfg.model_dump(),
+                                        "include_control_weights": include_control_weights,
+                                        "align_label_sign": align_label_sign})
