@@ -2,12 +2,15 @@
 
 This package imports nothing else of the project (dependency direction: schemas <- storage <- tasks <- flows).
 """
-from schemas.errors import ArtifactValidationError, ConfigError
+from schemas.errors import EXIT_USER_ERROR, ArtifactValidationError, ConfigError, StoreError, UserInputError
 from schemas.registry import ArtifactSchema, get_schema, register, registered_kinds
 
 __all__ = [
     "ArtifactValidationError",
     "ConfigError",
+    "EXIT_USER_ERROR",
+    "StoreError",
+    "UserInputError",
     "ArtifactSchema",
     "get_schema",
     "register",

@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from schemas.errors import UserInputError
 from schemas.lm import CorpusConfig
 from storage import ArtifactRef, Store
 from storage.fingerprint import dir_fingerprint, files_fingerprint
 from tasks.caching import quanta_task
 
 
-class CorpusError(ValueError):
-    """The corpus is empty, unreadable, or every document was rejected."""
+class CorpusError(UserInputError):
+    """The corpus is empty, unreadable, or every document was rejected (a user error: `quanta run` exits 2)."""
 
 
 @dataclass
