@@ -28,6 +28,16 @@ class ArtifactValidationError(ValueError):
         super().__init__(msg)
 
 
+class ArtifactCorruptError(ArtifactValidationError):
+    """A stored artifact's bytes are damaged or were modified (unreadable, wrong size, wrong hash). The message names
+    the artifact (kind@hash), where it is, what is wrong and the command that repairs it."""
+
+    def __init__(self, artifact: str, field: str, problem: str, uri: str, repair: str):
+        self.uri = uri
+        self.repair = repair
+        super().__init__(artifact, field, f"{problem} (at {uri}); {repair}")
+
+
 EXIT_USER_ERROR = 2
 
 

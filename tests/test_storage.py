@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from schemas import ArtifactValidationError
+from schemas import ArtifactCorruptError, ArtifactValidationError
 from storage import ArtifactMissingError, Store
 from storage import lineage as L
 
@@ -75,9 +75,10 @@ def test_read_validates_and_detects_tampering(store):
     g["subsets"][1, 2] = 7  # out of range for n_bits = 4
     with pytest.raises(ArtifactValidationError, match="subsets"):
         store.read_zarr(ref)
-    g["subsets"][1, 2] = 0  # valid values, but not the content the ref names
-    with pytest.raises(ArtifactValidationError, match="content_hash"):
+    g["subsets"][1, 2] = 0  # valid values, but not the content the ref names (found by the manifest or the hash)
+    with pytest.raises(ArtifactCorruptError, match="content") as e:
         store.read_zarr(ref)
+    assert ref.short in str(e.value) and "quanta store verify --repair" in str(e.value)
 
 
 def test_incomplete_artifact_is_not_trusted(store):
