@@ -5,6 +5,7 @@
     quanta lineage ARTIFACT [--store DIR] [--down] [--json]     # ARTIFACT: content-hash prefix or uri
     quanta fit --csv FILE --y COL --x COL [--x COL2] ...        # fit your own scaling data
     quanta serve [--study STUDY ...]                           # serve the scheduled deployments
+    quanta store verify [--repair] [--store DIR] [--json]      # re-hash every artifact; quarantine bad ones
     quanta studies                                             # list studies and their default configs
 
 Each subcommand lives in its own module (`flows.cli.run`, `.lineage`, `.fit`, `.serve`); `main` applies the
@@ -33,9 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a `schemas.UserInputError` from any of them (a store path, a config) is one line on
+    stderr and exit code 2."""
+    from schemas import EXIT_USER_ERROR, UserInputError
+
     args = build_parser().parse_args(argv)
     configure_prefect()
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ def _list_files(cfg: CorpusConfig) -> list[Path]:
     return sorted(files, key=lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p))
 
 
+def corpus_files(cfg: CorpusConfig) -> list[Path]:
+    """The candidate files of a stdlib/files/jsonl corpus, in reading order; CorpusError (one line naming the path)
+    when the path does not exist or holds no file. A cheap check for before any work (flows.lm_losses PREFLIGHT)."""
+    return _list_files(cfg)
+
+
 def _read_text(path: Path, stats: CorpusStats) -> str | None:
     try:
         raw = path.read_bytes()
