@@ -282,8 +282,11 @@ class Store:
         the artifact, where it is and how to repair it."""
         try:
             yield
-        except (ArtifactValidationError, ArtifactMissingError, MemoryError, KeyboardInterrupt):
+        except (ArtifactCorruptError, ArtifactMissingError, MemoryError, KeyboardInterrupt):
             raise
+        except ArtifactValidationError as e:  # stored values that break the schema: damaged too, same repair
+            bad = f" (bad value: {e.value!r:.120})" if e.value is not None else ""
+            raise self._corrupt(ref, f"fails its schema on read: {e.problem}{bad}", e.field) from e
         except Exception as e:  # noqa: BLE001
             raise self._corrupt(ref, f"cannot be read ({integrity.describe(e)})") from e
 
@@ -355,8 +358,9 @@ class Store:
             with self.fs.open(path, "rb") as f:
                 table = pq.read_table(io.BytesIO(f.read()))
             df = table.to_pandas()
+            if validate:
+                _validate_table(schema, df, f"{ref.short} (read)")
         if validate:
-            _validate_table(schema, df, f"{ref.short} (read)")
             got = hash_arrow_table(table)
             if got != ref.content_hash:
                 raise self._corrupt(ref, f"stored table does not match the ref (now {got[:12]}): the artifact was "

@@ -113,10 +113,12 @@ def verify_store(store: Store, repair: bool = False) -> VerifyReport:
             report.debris_removed = True
     lineage_dir = store._join("_lineage")
     recorded: set[str] = set()
+    unreadable: set[str] = set()
     for rec_path in sorted(lineage_mod.record_names(store.fs, lineage_dir)):
         try:
             record = lineage_mod.load_record(store.fs, rec_path)
         except lineage_mod.UnreadableRecordError as e:
+            unreadable.add(rec_path)
             finding = Finding("record", str(e), uri=rec_path)
             if repair:
                 finding.quarantined_to = _quarantine(store, stamp, [rec_path])
@@ -139,7 +141,8 @@ def verify_store(store: Store, repair: bool = False) -> VerifyReport:
         if prefix in recorded:
             continue
         with store.artifact_lock(prefix):  # a live writer publishes under this lock: wait for it, then look again
-            if any(p.rsplit("/", 1)[-1].startswith(prefix) for p in lineage_mod.record_names(store.fs, lineage_dir)):
+            if any(p.rsplit("/", 1)[-1].startswith(prefix) and p not in unreadable
+                   for p in lineage_mod.record_names(store.fs, lineage_dir)):
                 continue
             finding = Finding("incomplete", "has no lineage record: its write never finished", kind, prefix,
                               store._url(path))
