@@ -217,13 +217,14 @@ def untrusted_serializer(raw: bytes) -> str | None:
 
 
 def _stale_reason(store, key: str) -> str | None:
-    """Why the cached record at `key` must not be trusted (None: absent or sound)."""
-    if not store.exists(key):
-        return None
+    """Why the cached record at `key` must not be trusted (None: absent or sound). The raw bytes are checked before
+    anything deserializes them: Prefect's own `ResultStore.exists` loads the whole record with the serializer the file
+    names, so it is never called on a record this check has not passed."""
     try:
-        foreign = untrusted_serializer(_raw_record(store, key))
-    except Exception as e:  # noqa: BLE001
-        return f"its cached result record is unreadable ({type(e).__name__})"
+        raw = _raw_record(store, key)
+    except Exception:  # noqa: BLE001  (absent or unreadable: Prefect's `exists` says False for both)
+        return None
+    foreign = untrusted_serializer(raw)
     if foreign is not None:
         return (f"its cached result record names serializer {foreign!r}, not {RefsJSONSerializer().type!r}: "
                 "not loading it (a foreign serializer could run code)")
