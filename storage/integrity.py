@@ -113,5 +113,6 @@ def rehash_problem(store, kind: str, path: str, content_hash: str) -> str | None
 
 
 def describe(e: BaseException, limit: int = 200) -> str:
-    text = f"{type(e).__name__}: {e}".strip()
+    """'Type: message' on one line (readers' messages can span several), at most `limit` characters."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
     return text if len(text) <= limit else text[:limit - 3] + "..."

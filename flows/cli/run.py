@@ -2,7 +2,8 @@
 
 Exit codes of `quanta run`: 0 done; 2 bad input (a `schemas.UserInputError`: config, files, device, store), found
 before any work or raised by a task inside the flow, printed as one line that names its cause (the traceback is in
-the flow run's Prefect logs, and on the terminal with --verbose); 1 anything else (a bug: its traceback).
+the flow run's Prefect logs, and on the terminal with --verbose); 3 a damaged artifact in the store (one line naming
+it and the command that repairs it); 1 anything else (a bug: its traceback).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import sys
 from collections.abc import Iterator
 
 from flows.cli.options import add_store_option
-from schemas import EXIT_USER_ERROR, UserInputError
+from schemas import EXIT_USER_ERROR, ArtifactCorruptError, UserInputError
+
+EXIT_DAMAGED_STORE = 3
 from schemas.config import load_config
 
 
@@ -31,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="show failures' tracebacks on the terminal too (they are "
                                                           "always in the flow run's Prefect logs)")
     p.set_defaults(func=cmd_run)
-    p.epilog = "exit codes: 0 done, 2 bad input (config, files, device, store: one line naming it), 1 other failures"
+    p.epilog = ("exit codes: 0 done, 2 bad input (config, files, device, store: one line naming it), 3 a damaged "
+                "artifact in the store (one line naming it and the repair), 1 other failures")
 
 
 def add_studies_parser(sub) -> None:
@@ -66,11 +70,11 @@ def _terminal_failures(verbose: bool) -> Iterator[None]:
             h.removeFilter(quiet)
 
 
-def _user_error(e: UserInputError) -> int:
+def _one_line_error(e: Exception, code: int) -> int:
     run = getattr(e, "flow_run_id", None)
     where = f" (flow run {run}: its Prefect logs have the traceback; --verbose shows it here)" if run else ""
     print(f"error: {e}{where}", file=sys.stderr)
-    return EXIT_USER_ERROR
+    return code
 
 
 def cmd_run(args) -> int:
@@ -94,7 +98,9 @@ def cmd_run(args) -> int:
         with _terminal_failures(args.verbose):
             out = run_study(args.study, cfg, store.url, refresh=args.refresh, dask_address=dask_address)
     except UserInputError as e:
-        return _user_error(e)
+        return _one_line_error(e, EXIT_USER_ERROR)
+    except ArtifactCorruptError as e:
+        return _one_line_error(e, EXIT_DAMAGED_STORE)
     if args.json:
         print(dumps(out))
     else:
