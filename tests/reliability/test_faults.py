@@ -142,3 +142,21 @@ def test_kill_9_mid_grid_leaves_no_server_no_lock_and_nothing_trusted_half_writt
 
     report = verify_store(Store(store))
     assert report.ok, report.bad  # whatever was published before the kill is complete and sound
+
+
+def test_one_truncated_lineage_record_is_named_and_the_rest_still_shown(quanta, tmp_path):
+    import pandas as pd
+
+    from storage import Store
+
+    st = Store(tmp_path / "store")
+    row = {"model_id": ["m1"], "width": [4], "n_params": [100], "data_size": [-1], "seed": [0], "alpha": [0.4],
+           "step": [1], "mean_loss": [1.0], "subtasks_learned": [0]}
+    parent = st.write_table("sparse_parity.runs", pd.DataFrame(row))
+    child = st.write_table("sparse_parity.runs", pd.DataFrame({**row, "seed": [1]}), inputs=[parent])
+    record = tmp_path / "store" / "_lineage" / f"{parent.content_hash}.json"
+    record.write_text(record.read_text()[:30])  # cut by a full disk or a kill
+    got = quanta("lineage", child.content_hash[:12], "--store", st.url)
+    assert got.rc == 0, got.text
+    assert str(record) in got.err and "unreadable" in got.err
+    assert child.content_hash[:12] in got.out and "Traceback" not in got.text
