@@ -380,14 +380,17 @@ class Store:
                              "$QUANTA_STORE")
 
     def lineage(self, content_hash: str) -> dict:
-        """The lineage record of an artifact by content hash or a unique prefix (hex digits only)."""
-        self.require_existing()
+        """The lineage record of an artifact by content hash or a unique prefix (hex digits only); KeyError when
+        there is none (or no store here)."""
+        if not self.exists():
+            raise KeyError(f"no artifact with content hash {content_hash!r}: no quanta store at {self.url}")
         return lineage_mod.read_record(self.fs, self._join("_lineage"), content_hash)
 
     def lineage_index(self, skipped: list[str] | None = None) -> list[dict]:
-        """Every readable lineage record; unreadable ones are skipped with a warning that names them (and listed in
-        `skipped`). StoreError when there is no store here (nothing is created)."""
-        self.require_existing()
+        """Every readable lineage record ([] where no store exists: nothing is created); unreadable ones are skipped
+        with a warning that names them (and listed in `skipped`)."""
+        if not self.exists():
+            return []
         return lineage_mod.all_records(self.fs, self._join("_lineage"), skipped)
 
     def clean_debris(self) -> list[str]:

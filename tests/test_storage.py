@@ -335,10 +335,13 @@ def test_opening_a_store_creates_nothing_and_bad_locations_are_one_line_errors(t
     where = tmp_path / "typo" / "store"
     st = Store(where)
     assert not st.exists() and not (tmp_path / "typo").exists()
-    with pytest.raises(StoreError, match="no quanta store at"):
-        st.lineage_index()
-    with pytest.raises(StoreError, match="no quanta store at"):
+    assert st.lineage_index() == []
+    with pytest.raises(KeyError, match="no quanta store at"):
         st.lineage("abc")
+    from storage.verify import verify_store
+
+    with pytest.raises(StoreError, match="no quanta store at"):
+        verify_store(st)
     assert not (tmp_path / "typo").exists()
     with pytest.raises(UserInputError, match="cannot open store 'nosuchproto://x'"):
         Store("nosuchproto://x")
