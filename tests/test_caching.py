@@ -23,6 +23,8 @@ from schemas.config import load_config
 from schemas.lm import CorpusConfig, LMConfig
 from schemas.sparse_parity import SparseParityConfig
 
+from fault_helpers import states_of, task_states
+
 ROOT = Path(__file__).resolve().parent.parent
 SP_TINY = ROOT / "configs/sparse_parity/tiny.toml"
 # the tiny grid, smaller still: these tests are about which tasks rerun, not about the numbers
@@ -58,20 +60,6 @@ def edit_module(monkeypatch, tmp_path):
     _clear_code_caches()
 
 
-def _states(flow_run_id) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    return {r.name: r.state.name for r in runs if r.state is not None}
-
-
-def _state_of(states: dict[str, str], prefix: str) -> list[str]:
-    return sorted(v for k, v in states.items() if k.startswith(prefix))
-
-
 # ------------------------------------------------------------------------------------------ code in the key
 def test_import_closure_follows_the_code_a_task_calls():
     train = caching.import_closure("tasks.sparse_parity.train")
@@ -85,19 +73,19 @@ def test_editing_a_helper_recomputes_training_and_editing_the_report_does_not(pr
                                                                              edit_module):
     cfg = load_config(SparseParityConfig, SP_TINY, SP_FAST)
     store = str(tmp_path / "store")
-    first = _states(run_study("sparse-parity", cfg, store)["flow_run_id"])
-    assert _state_of(first, "train-shard") == ["Completed"], first
+    first = task_states(run_study("sparse-parity", cfg, store)["flow_run_id"])
+    assert states_of(first, "train-shard") == ["Completed"], first
 
     edit_module("tasks.sparse_parity.report", "\n# an edit of the report module only\n")
-    second = _states(run_study("sparse-parity", cfg, store)["flow_run_id"])
-    assert _state_of(second, "train-shard") == ["Cached"], second
-    assert _state_of(second, "sparse-parity-spec") == ["Cached"], second
-    assert _state_of(second, "sparse-parity-report") == ["Completed"], second
+    second = task_states(run_study("sparse-parity", cfg, store)["flow_run_id"])
+    assert states_of(second, "train-shard") == ["Cached"], second
+    assert states_of(second, "sparse-parity-spec") == ["Cached"], second
+    assert states_of(second, "sparse-parity-report") == ["Completed"], second
 
     edit_module("tasks.sparse_parity.data", "\n# an edit of the sampler module the training calls\n")
-    third = _states(run_study("sparse-parity", cfg, store)["flow_run_id"])
-    assert _state_of(third, "train-shard") == ["Completed"], third
-    assert _state_of(third, "sparse-parity-spec") == ["Completed"], third  # it lives in data.py itself
+    third = task_states(run_study("sparse-parity", cfg, store)["flow_run_id"])
+    assert states_of(third, "train-shard") == ["Completed"], third
+    assert states_of(third, "sparse-parity-spec") == ["Completed"], third  # it lives in data.py itself
 
 
 # ------------------------------------------------------------------------------------------ outside data by content
@@ -124,9 +112,9 @@ def test_editing_a_corpus_file_recomputes_the_losses(prefect_server, tmp_path):
     text = victim.read_text()
     victim.write_text(text.replace("def ", "def  ", 1) if "def " in text else text + "\n# edited\n")
     out2 = run_study("lm-losses", cfg, store)
-    states = _states(out2["flow_run_id"])
-    assert _state_of(states, "lm-corpus") == ["Completed"], states
-    losses = _state_of(states, "lm-token-losses")
+    states = task_states(out2["flow_run_id"])
+    assert states_of(states, "lm-corpus") == ["Completed"], states
+    losses = states_of(states, "lm-token-losses")
     assert losses == ["Completed"] * 3, states  # keyed by name, all of these came back Cached
     assert out2["artifacts"]["documents"]["content_hash"] != out1["artifacts"]["documents"]["content_hash"]
 

@@ -12,6 +12,8 @@ from schemas import ArtifactCorruptError, ArtifactValidationError
 from storage import ArtifactMissingError, Store
 from storage import lineage as L
 
+from fault_helpers import flip_bytes
+
 SPEC_ATTRS = {"n_tasks": 2, "n_bits": 4, "k": 3, "alpha": 0.4, "seed": 0}
 
 
@@ -177,25 +179,6 @@ def test_table_hash_streams_by_batches_with_the_same_result():
 
 
 # ------------------------------------------------------------------------------------------ a store that heals
-def _corrupt_same_size(path: str, keep_mtime: bool = False) -> None:
-    """Flip bytes of a file's data (a Parquet file: the end of its first column's data page; else the middle), keeping
-    its size (and, optionally, its mtime: a corruption that only a re-hash can see)."""
-    st = os.stat(path)
-    at = st.st_size // 2
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        col = pq.ParquetFile(path).metadata.row_group(0).column(0)
-        at = col.data_page_offset + col.total_compressed_size - 6
-    with open(path, "r+b") as f:
-        f.seek(at)
-        chunk = f.read(4)
-        f.seek(at)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-    if keep_mtime:
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
 def _zarr_chunk(ref, name: str = "subsets") -> str:
     chunks = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ref.uri, name)) for f in fs if f != "zarr.json"]
     assert chunks, "the array has a chunk file"
@@ -208,8 +191,8 @@ def test_writing_again_repairs_a_corrupt_copy_and_keeps_a_sound_one(store):
     sound_mtime = os.stat(runs.uri).st_mtime_ns
     assert store.write_table("sparse_parity.runs", _runs_df()) == runs  # a sound copy is kept as it is
     assert os.stat(runs.uri).st_mtime_ns == sound_mtime
-    _corrupt_same_size(runs.uri, keep_mtime=True)  # not visible to the manifest: only a re-hash finds it
-    _corrupt_same_size(_zarr_chunk(spec), keep_mtime=True)
+    flip_bytes(runs.uri)  # not visible to the manifest: only a re-hash finds it
+    flip_bytes(_zarr_chunk(spec))
     with pytest.raises(ArtifactCorruptError, match="sparse_parity.runs"):
         store.read_table(runs)
     # what --refresh does: the same content computed again replaces the damaged copy instead of keeping it
@@ -226,8 +209,8 @@ def test_read_errors_name_the_artifact_where_it_is_and_the_repair(store):
     runs = store.write_table("sparse_parity.runs", _runs_df())
     spec = store.write_zarr("sparse_parity.spec", _spec_arrays(), SPEC_ATTRS)
     # damaged bytes the manifest cannot see (same sizes, same mtimes): the reader's own error, wrapped
-    _corrupt_same_size(runs.uri, keep_mtime=True)
-    _corrupt_same_size(_zarr_chunk(spec), keep_mtime=True)
+    flip_bytes(runs.uri)
+    flip_bytes(_zarr_chunk(spec))
     for read, ref in ((store.read_table, runs), (store.read_zarr, spec)):
         with pytest.raises(ArtifactCorruptError) as e:
             read(ref)
@@ -253,7 +236,7 @@ def test_cache_hit_check_is_cheap_unless_mtimes_changed(store):
     os.utime(chunk, ns=(1, 1))  # a copied store: same bytes, new mtimes -> re-hashed, verified, manifest renewed
     assert store.artifact_problem(spec) is None
     assert store.lineage(spec.content_hash)["manifest"]["mtimes"] != manifest["mtimes"]
-    _corrupt_same_size(chunk)  # same size, new mtime: the re-hash finds it
+    flip_bytes(chunk, keep_mtime=False)  # same size, new mtime: the re-hash finds it
     assert "cannot be read" in store.artifact_problem(spec) or "does not match" in store.artifact_problem(spec)
     from storage.verify import ref_problem
 
@@ -395,7 +378,7 @@ def test_verify_store_finds_damage_and_repair_quarantines_it(store):
     report_ref = store.write_dir("report", lambda p: (p / "report.md").write_text("# hi\n"), inputs=[runs])
     fits_like = store.write_table("sparse_parity.runs", _runs_df(seed=[1, 1]))
     assert verify_store(store).ok
-    _corrupt_same_size(runs.uri, keep_mtime=True)  # only a re-hash sees it
+    flip_bytes(runs.uri)  # only a re-hash sees it
     with open(os.path.join(report_ref.uri, "report.md"), "a") as f:
         f.write("tampered\n")  # a directory artifact
     with open(os.path.join(store.root, "_lineage", f"{fits_like.content_hash}.json"), "r+") as f:

@@ -1,5 +1,5 @@
-"""Helpers of the reliability suite: run the `quanta` command line in this process (fast; Prefect's session test
-server) or as a subprocess (for kill -9 and concurrency), and read what it printed."""
+"""Helpers of the reliability suite: paths, and the `quanta` command line as a subprocess (for kill -9 and
+concurrency); conftest.py runs it in this process."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SP_TINY = ROOT / "configs/sparse_parity/tiny.toml"
@@ -33,23 +31,6 @@ class CliResult:
         return self.out + self.err
 
 
-@pytest.fixture
-def quanta(capfd):
-    """quanta(*argv) -> CliResult: `quanta argv...` run in this process, its exit code and captured output."""
-    from flows.cli import main
-
-    def run(*argv: str) -> CliResult:
-        capfd.readouterr()
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse errors
-            rc = int(e.code or 0)
-        out, err = capfd.readouterr()
-        return CliResult(rc, out, err)
-
-    return run
-
-
 def subprocess_env(prefect_home: Path, **extra: str) -> dict[str, str]:
     """Environment of a `python -m flows.cli` child: this checkout on the path, its own Prefect home, no API URL
     (so it starts its own temporary server), one thread per process (2 cores shared)."""
@@ -62,40 +43,3 @@ def subprocess_env(prefect_home: Path, **extra: str) -> dict[str, str]:
 def cli_command(*argv: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", *[str(a) for a in argv]]
 
-
-def task_states(flow_run_id: str) -> dict[str, str]:
-    """Task run name -> state name of one flow run, from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    return {r.name: r.state.name for r in runs if r.state is not None}
-
-
-def states_of(states: dict[str, str], prefix: str) -> list[str]:
-    return sorted(v for k, v in states.items() if k.startswith(prefix))
-
-
-def flip_bytes(path: str | Path, keep_mtime: bool = True) -> None:
-    """Damage a file without changing its size (and by default its mtime): only a re-hash can tell. A Parquet file
-    is damaged in its first column's data page."""
-    st = os.stat(path)
-    at = st.st_size // 2
-    if str(path).endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        col = pq.ParquetFile(path).metadata.row_group(0).column(0)
-        at = col.data_page_offset + col.total_compressed_size - 6
-    with open(path, "r+b") as f:
-        f.seek(at)
-        chunk = f.read(4)
-        f.seek(at)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-    if keep_mtime:
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def chunk_files(zarr_dir: str | Path) -> list[Path]:
-    return sorted(p for p in Path(zarr_dir).rglob("*") if p.is_file() and p.name != "zarr.json")

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from reliability_cli import LM_TINY, SP_TINY, quanta  # noqa: F401  (quanta: a fixture)
+from reliability_cli import LM_TINY, SP_TINY
 
 SP = ["run", "sparse-parity", "--config", SP_TINY]
 LM = ["run", "lm-losses", "--config", LM_TINY]

@@ -9,12 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 
-from reliability_cli import (ROOT, SP_FAST, SP_TINY, chunk_files, cli_command, flip_bytes, quanta,  # noqa: F401
-                             states_of, subprocess_env, task_states)
+from fault_helpers import chunk_files, flip_bytes, states_of, task_states
+from reliability_cli import ROOT, SP_FAST, SP_TINY, cli_command, subprocess_env
 
 RUN = ["run", "sparse-parity", "--config", SP_TINY, *SP_FAST, "--json"]
 
