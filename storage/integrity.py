@@ -101,10 +101,26 @@ def stored_hash(store, kind: str, path: str) -> str:
     raise TypeError(f"artifact kind {kind!r}: cannot re-hash format {fmt!r}")
 
 
-def rehash_problem(store, kind: str, path: str, content_hash: str) -> str | None:
-    """None when the stored bytes hash to `content_hash`, else what is wrong (unreadable, or another hash)."""
+def legacy_table_hash(store, path: str) -> str:
+    """The table hash of stores written before the canonical Arrow hash (pandas dtype names and
+    `hash_pandas_object`); used only to recognise such tables, never to write."""
+    import pandas as pd
+
+    with store.fs.open(path, "rb") as f:
+        df = pq.read_table(f).to_pandas()
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()
+
+
+def rehash_problem(store, kind: str, path: str, content_hash: str, legacy: bool = False) -> str | None:
+    """None when the stored bytes hash to `content_hash`, else what is wrong (unreadable, or another hash). With
+    `legacy` (a record written before manifests existed), a table may also match the older table hash."""
     try:
         got = stored_hash(store, kind, path)
+        if got != content_hash and legacy and get_schema(kind).format == "parquet":
+            got = content_hash if legacy_table_hash(store, path) == content_hash else got
     except Exception as e:  # noqa: BLE001  (any reader error means damaged bytes)
         return f"cannot be read ({describe(e)})"
     if got != content_hash:

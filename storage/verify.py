@@ -96,7 +96,8 @@ def _check_record(store: Store, record: dict) -> str | None:
     path = store._path(record["uri"])
     if not store.fs.exists(path):
         return "its data is missing (the lineage record remains)"
-    return integrity.rehash_problem(store, record["kind"], path, record["content_hash"])
+    return integrity.rehash_problem(store, record["kind"], path, record["content_hash"],
+                                    legacy="manifest" not in record)
 
 
 def verify_store(store: Store, repair: bool = False) -> VerifyReport:

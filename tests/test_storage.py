@@ -396,3 +396,28 @@ def test_verify_store_finds_damage_and_repair_quarantines_it(store):
     assert ref_problem(spec) is None
     after = verify_store(store)
     assert after.ok and after.checked == 1
+
+
+def test_verify_recognises_tables_written_before_the_canonical_hash(store):
+    """A table published by an older quanta (pandas-based hash, no manifest) verifies; damaged, it does not."""
+    import pyarrow.parquet as pq
+
+    from storage.hashing import table_to_arrow
+    from storage.integrity import legacy_table_hash
+    from storage.verify import verify_store
+
+    ref = store.write_table("sparse_parity.runs", _runs_df())  # makes the store; then an old-style artifact beside it
+    old_dir = os.path.join(store.root, "sparse_parity.runs")
+    tmp = os.path.join(old_dir, "tmp.parquet")
+    pq.write_table(table_to_arrow(_runs_df(seed=[7, 7])), tmp)
+    old_hash = legacy_table_hash(store, tmp)
+    path = os.path.join(old_dir, f"{old_hash[:24]}.parquet")
+    os.replace(tmp, path)
+    L.write_record(store.fs, os.path.join(store.root, "_lineage", f"{old_hash}.json"),
+                   {"kind": "sparse_parity.runs", "content_hash": old_hash, "uri": path, "schema_version": 1,
+                    "inputs": []})
+    report = verify_store(store)
+    assert report.ok and report.checked == 2, report.bad
+    flip_bytes(path)
+    assert [f.content_hash for f in verify_store(store).bad] == [old_hash]
+    assert store.artifact_problem(ref) is None
