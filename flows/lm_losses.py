@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from schemas import ConfigError
 from schemas.lm import LMConfig
 from storage import Store
-from tasks.lm.corpus import build_corpus, corpus_fingerprint
+from tasks.devices import DeviceError, resolve_device
+from tasks.lm.corpus import CorpusError, build_corpus, corpus_fingerprint, corpus_files
 from tasks.lm.decomposition import decompose
 from tasks.lm.losses import assemble_token_losses, model_fingerprint, token_loss_column
 from tasks.lm.report import lm_report, study_results
@@ -60,5 +62,20 @@ def lm_losses_flow(config: LMConfig = LMConfig(), store: str | None = None) -> d
     return {"artifacts": artifacts, "results": study_results(Store(store), refs)}
 
 
+def preflight(config: LMConfig) -> None:
+    """Before any work (quanta run calls it): the suite's device exists on this machine, and a file corpus's path
+    exists and holds files. Raises ConfigError with one line naming the field and the value."""
+    try:
+        resolve_device(config.suite.device, "suite.device")
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
+    if config.corpus.kind != "hf":  # a dataset may be a hub name: only loading it can tell
+        try:
+            corpus_files(config.corpus)
+        except CorpusError as e:
+            raise ConfigError(f"corpus: {e}") from None
+
+
 CONFIG = LMConfig
 FLOW = lm_losses_flow
+PREFLIGHT = preflight

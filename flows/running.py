@@ -1,4 +1,9 @@
-"""Running a study: its flow in this process (or its tasks on Dask), and the one JSON shape every study prints."""
+"""Running a study: its flow in this process (or its tasks on Dask), and the one JSON shape every study prints.
+
+Before any work: the study's PREFLIGHT (machine and file checks), and the removal of what killed writers left in the
+store (storage.debris). Without a Prefect API (PREFECT_API_URL unset) the run gets a temporary server that dies with
+this process (flows.local_server), so a killed run leaves no orphan server on the Prefect home's database.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,9 +12,10 @@ from collections import Counter
 
 from pydantic import BaseModel
 
+from flows.local_server import temporary_api
 from flows.studies import STUDIES
 from schemas.jsonable import jsonable
-from storage import ArtifactRef
+from storage import ArtifactRef, Store
 
 
 def task_state_counts(flow_run_id) -> dict[str, int]:
@@ -67,22 +73,34 @@ def dask_task_runner(address: str):
 
 def run_study(study: str, config: BaseModel, store: str, *, refresh: bool = False,
               dask_address: str | None = None) -> dict:
-    """Run a study's flow in this process (local/ephemeral Prefect API unless PREFECT_API_URL is set).
+    """Run a study's flow in this process (on PREFECT_API_URL's server, else a temporary one).
 
     `refresh` recomputes every task: Prefect's own PREFECT_TASKS_REFRESH_CACHE setting, for this run (it travels
-    with the run's settings context to Dask workers too)."""
+    with the run's settings context to Dask workers too). A failed run raises its task's exception (a
+    `schemas.UserInputError` for bad input), with the flow run's id in its `flow_run_id` attribute."""
+    from prefect.logging import get_logger
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     _, flow = STUDIES[study].load()
     STUDIES[study].preflight(config)
+    removed = Store(store).clean_debris()
+    if removed:
+        get_logger("quanta").info("store: removed %d entries left by killed writers: %s", len(removed),
+                                  ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
     if dask_address:
         flow = flow.with_options(task_runner=dask_task_runner(dask_address))
     refreshing = temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}) if refresh else contextlib.nullcontext()
-    with refreshing:
-        state = flow(config=config, store=store, return_state=True)
-    flow_run_id = state.state_details.flow_run_id
-    result = state.result(raise_on_failure=True)
-    return study_output(study, flow_run_id, store, result)
+    with temporary_api():
+        with refreshing:
+            state = flow(config=config, store=store, return_state=True)
+        flow_run_id = state.state_details.flow_run_id
+        try:
+            result = state.result(raise_on_failure=True)
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                e.flow_run_id = str(flow_run_id)
+            raise
+        return study_output(study, flow_run_id, store, result)
 
 
 def dumps(obj: dict) -> str:

@@ -2,12 +2,17 @@
 
 This package imports nothing else of the project (dependency direction: schemas <- storage <- tasks <- flows).
 """
-from schemas.errors import ArtifactValidationError, ConfigError
+from schemas.errors import (EXIT_USER_ERROR, ArtifactCorruptError, ArtifactValidationError, ConfigError, StoreError,
+                            UserInputError)
 from schemas.registry import ArtifactSchema, get_schema, register, registered_kinds
 
 __all__ = [
+    "ArtifactCorruptError",
     "ArtifactValidationError",
     "ConfigError",
+    "EXIT_USER_ERROR",
+    "StoreError",
+    "UserInputError",
     "ArtifactSchema",
     "get_schema",
     "register",

@@ -16,9 +16,10 @@ from schemas.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment too."""
+    """Base for config sections: unknown keys are errors, values are validated on assignment too, and every float is
+    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 M = TypeVar("M", bound=BaseModel)

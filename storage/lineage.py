@@ -1,17 +1,21 @@
 """Lineage records: who produced an artifact, from what, with which parameters, when, with which code."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
 import os
 import platform
+import re
 import subprocess
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 from schemas.jsonable import jsonable
+from storage.locks import owner_tag
 from storage.settings import PROJECT_ROOT
 
 
@@ -78,25 +82,52 @@ def is_local_fs(fs) -> bool:
 
 
 def _atomic_write(fs, path: str, text: str) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "w") as f:
-        f.write(text)
-    if is_local_fs(fs):
-        os.replace(tmp, path)
-    else:
-        fs.mv(tmp, path)
+    # the temporary name carries the writer's tag, so a later start can tell a dead writer's debris (storage.debris)
+    tmp = f"{path}.{uuid.uuid4().hex}{owner_tag()}.tmp"
+    try:
+        with fs.open(tmp, "w") as f:
+            f.write(text)
+        if is_local_fs(fs):
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
+
+
+class LineageRecordWarning(UserWarning):
+    """A lineage record that cannot be read was skipped."""
+
+
+class UnreadableRecordError(ValueError):
+    """A lineage record exists but is not valid JSON (a truncated write, a damaged disk)."""
+
+
+def load_record(fs, path: str) -> dict:
+    """One lineage record file; UnreadableRecordError (naming the file) when it is not a JSON object."""
+    try:
+        with fs.open(path, "r") as f:
+            record = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UnreadableRecordError(f"lineage record {path} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(record, dict) or "content_hash" not in record:
+        raise UnreadableRecordError(f"lineage record {path} is not a lineage record (no content_hash)")
+    return record
 
 
 def write_record(fs, path: str, record: dict) -> None:
+    """Write an artifact's record (atomically). Callers hold the artifact's lock (storage.locks)."""
     record = dict(record)
     record.setdefault("also_produced_by", [])
     _atomic_write(fs, path, json.dumps(record, indent=2, sort_keys=True))
 
 
 def add_producer(fs, path: str, record: dict) -> None:
-    """The same content was produced again (e.g. a rerun without cache): remember that producer too."""
-    with fs.open(path, "r") as f:
-        existing = json.load(f)
+    """The same content was produced again (e.g. a rerun without cache): remember that producer too. A
+    read-modify-write: callers hold the artifact's lock (storage.locks)."""
+    existing = load_record(fs, path)
     seen = existing.setdefault("also_produced_by", [])
     entry = {k: record.get(k) for k in ("producer", "flow_run_id", "created_at", "code_version")}
     if entry["flow_run_id"] not in {e.get("flow_run_id") for e in seen} | {existing.get("flow_run_id")}:
@@ -104,26 +135,43 @@ def add_producer(fs, path: str, record: dict) -> None:
         _atomic_write(fs, path, json.dumps(existing, indent=2, sort_keys=True))
 
 
+_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def record_names(fs, lineage_dir: str) -> list[str]:
+    """Paths of the record files (`<hash>.json`; temporary files excluded)."""
+    return [p for p in fs.ls(lineage_dir, detail=False) if p.endswith(".json")]
+
+
 def read_record(fs, lineage_dir: str, content_hash: str) -> dict:
-    """Find the record of an artifact by full content hash or a unique prefix of it."""
-    path = f"{lineage_dir}/{content_hash}.json"
+    """Find the record of an artifact by full content hash or a unique prefix of it (hex digits only: a name like
+    '../x' is refused, so nothing outside the store is read)."""
+    key = str(content_hash).strip().lower()
+    if not _HEX.match(key):
+        raise KeyError(f"{content_hash!r} is not a content hash (or a prefix of one): hex digits only")
+    path = f"{lineage_dir}/{key}.json"
     if not fs.exists(path):
-        matches = [p for p in fs.ls(lineage_dir, detail=False) if Path(p).name.startswith(content_hash)]
+        matches = [p for p in record_names(fs, lineage_dir) if Path(p).name.startswith(key)]
         if not matches:
             raise KeyError(f"no artifact with content hash {content_hash!r} in the store")
         if len(matches) > 1:
             raise KeyError(f"content hash prefix {content_hash!r} is ambiguous ({len(matches)} artifacts)")
         path = matches[0]
-    with fs.open(path, "r") as f:
-        return json.load(f)
+    return load_record(fs, path)
 
 
-def all_records(fs, lineage_dir: str) -> list[dict]:
+def all_records(fs, lineage_dir: str, skipped: list[str] | None = None) -> list[dict]:
+    """Every readable record. An unreadable one is skipped with a LineageRecordWarning naming its file (and its
+    message appended to `skipped`), so one damaged record does not hide the rest of the store."""
     out = []
-    for p in fs.ls(lineage_dir, detail=False):
-        if p.endswith(".json") and not p.endswith(".tmp"):
-            with fs.open(p, "r") as f:
-                out.append(json.load(f))
+    for p in sorted(record_names(fs, lineage_dir)):
+        try:
+            out.append(load_record(fs, p))
+        except (UnreadableRecordError, FileNotFoundError) as e:
+            msg = f"skipped: {e}" if isinstance(e, UnreadableRecordError) else f"skipped: {p} vanished while read"
+            if skipped is not None:
+                skipped.append(msg)
+            warnings.warn(msg, LineageRecordWarning, stacklevel=2)
     return out
 
 

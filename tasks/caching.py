@@ -9,10 +9,14 @@ A task's cache key covers everything that can change its result:
 Data from outside the store (corpus files, a local model directory) enters through an input that is a content
 fingerprint (see `storage.fingerprint`), never through a name alone.
 
-A cached result is trusted only if the artifacts it names are still complete in the store: when one is missing or
-fails its check, the key moves to a deterministic successor and the task recomputes (with a warning in the run log).
-Results are ArtifactRefs serialised as JSON by `RefsJSONSerializer` (never pickle: loading a cached result cannot
-run code). `--refresh` is Prefect's own `PREFECT_TASKS_REFRESH_CACHE` setting.
+A cached result is trusted only if the artifacts it names are still complete in the store and their files are as
+recorded (storage.verify.ref_problem): when one is missing or fails its check, the key moves to a deterministic
+successor and the task recomputes (with a warning in the run log). Results are ArtifactRefs serialised as JSON by
+`RefsJSONSerializer`; a cached record that names any other serializer (e.g. a tampered file saying "pickle") is
+never loaded. `--refresh` is Prefect's own `PREFECT_TASKS_REFRESH_CACHE` setting.
+
+Concurrent runs: the policy's isolation level is SERIALIZABLE with a flock-based lock manager (tasks.run_locks), so
+two runs that reach the same task at once compute it once: the second waits, then finds it `Cached`.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from pydantic import Field
 from schemas.jsonable import jsonable
 from storage import ArtifactRef
 from storage.verify import ref_problem
+from tasks.run_locks import FlockLockManager
 
 PROJECT_PACKAGES = ("schemas", "storage", "tasks", "flows")
 # the libraries whose versions can change a computed number
@@ -142,11 +147,26 @@ def refs_in(obj: Any) -> list[ArtifactRef]:
 
 
 _REF_TAG = "__artifact_ref__"
+_ERROR_TAG = "__task_error__"
+
+
+class RecordedTaskError(Exception):
+    """A task's exception as read back from a persisted failed result: its type's name and message only (the class
+    is not imported, so a result file cannot make loading it run code)."""
+
+    def __init__(self, type_name: str, message: str):
+        self.type_name, self.message = type_name, message
+        super().__init__(f"{type_name}: {message}")
 
 
 def _encode(obj: Any) -> Any:
     if isinstance(obj, ArtifactRef):
         return {_REF_TAG: obj.model_dump(mode="json")}
+    if isinstance(obj, BaseException):  # a failed task's result: kept as text
+        if isinstance(obj, RecordedTaskError):
+            return {_ERROR_TAG: {"type": obj.type_name, "message": obj.message}}
+        kind = type(obj)
+        return {_ERROR_TAG: {"type": f"{kind.__module__}.{kind.__qualname__}", "message": str(obj)}}
     if isinstance(obj, dict):
         return {str(k): _encode(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -157,12 +177,15 @@ def _encode(obj: Any) -> Any:
 def _decode(obj: dict) -> Any:
     if set(obj) == {_REF_TAG}:
         return ArtifactRef.model_validate(obj[_REF_TAG])
+    if set(obj) == {_ERROR_TAG} and isinstance(obj[_ERROR_TAG], dict):
+        return RecordedTaskError(str(obj[_ERROR_TAG].get("type")), str(obj[_ERROR_TAG].get("message")))
     return obj
 
 
 class RefsJSONSerializer(Serializer):
-    """Task results as JSON: ArtifactRefs (tagged) inside plain JSON data. Loading constructs ArtifactRefs and
-    nothing else (no class named in the file is imported), so a tampered result file cannot run code."""
+    """Task results as JSON: ArtifactRefs (tagged) inside plain JSON data (a failed task's exception as its type name
+    and message). Loading constructs ArtifactRefs and RecordedTaskErrors and nothing else (no class named in the file
+    is imported), so a tampered result file cannot run code."""
 
     type: Literal["quanta-refs-json"] = Field(default="quanta-refs-json", frozen=True)
 
@@ -174,10 +197,37 @@ class RefsJSONSerializer(Serializer):
 
 
 # ------------------------------------------------------------------------------------------ the cache policy
+def _raw_record(store, key: str) -> bytes:
+    storage = store.result_storage
+    try:
+        return storage.read_path(key, _sync=True)  # Prefect's explicit-sync call on storage blocks
+    except TypeError:
+        return storage.read_path(key)
+
+
+def untrusted_serializer(raw: bytes) -> str | None:
+    """The serializer a persisted result record names, when it is not this project's JSON serializer (None: ours).
+    Read with `json` alone: the record is not deserialized, so whatever it names is never imported or run."""
+    try:
+        doc = json.loads(raw)
+        name = doc["metadata"]["serializer"]["type"]
+    except Exception:  # noqa: BLE001
+        return "(unreadable)"
+    return None if name == RefsJSONSerializer().type else str(name)
+
+
 def _stale_reason(store, key: str) -> str | None:
-    """Why the cached record at `key` must not be trusted (None: absent or sound)."""
-    if not store.exists(key):
+    """Why the cached record at `key` must not be trusted (None: absent or sound). The raw bytes are checked before
+    anything deserializes them: Prefect's own `ResultStore.exists` loads the whole record with the serializer the file
+    names, so it is never called on a record this check has not passed."""
+    try:
+        raw = _raw_record(store, key)
+    except Exception:  # noqa: BLE001  (absent or unreadable: Prefect's `exists` says False for both)
         return None
+    foreign = untrusted_serializer(raw)
+    if foreign is not None:
+        return (f"its cached result record names serializer {foreign!r}, not {RefsJSONSerializer().type!r}: "
+                "not loading it (a foreign serializer could run code)")
     try:
         record = store.read(key)
     except Exception as e:  # noqa: BLE001  (an unreadable record is never trusted)
@@ -227,7 +277,7 @@ def _refreshing(task_ctx) -> bool:
     return bool(flag if flag is not None else PREFECT_TASKS_REFRESH_CACHE.value())
 
 
-CACHE_POLICY = VerifiedCache()
+CACHE_POLICY = VerifiedCache(isolation_level="SERIALIZABLE", lock_manager=FlockLockManager())
 
 
 def quanta_task(fn=None, **kwargs):

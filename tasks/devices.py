@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 import torch
 
+from schemas.errors import UserInputError
 
-class DeviceError(ValueError):
+
+class DeviceError(UserInputError):
     """A configured device is not available on this machine."""
 
 

@@ -5,6 +5,7 @@
     quanta lineage ARTIFACT [--store DIR] [--down] [--json]     # ARTIFACT: content-hash prefix or uri
     quanta fit --csv FILE --y COL --x COL [--x COL2] ...        # fit your own scaling data
     quanta serve [--study STUDY ...]                           # serve the scheduled deployments
+    quanta store verify [--repair] [--store DIR] [--json]      # re-hash every artifact; quarantine bad ones
     quanta studies                                             # list studies and their default configs
 
 Each subcommand lives in its own module (`flows.cli.run`, `.lineage`, `.fit`, `.serve`); `main` applies the
@@ -13,7 +14,9 @@ project's Prefect settings once, before any of them imports Prefect.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 
 from flows.cli import fit, lineage, run, serve, store
 from flows.prefect_home import configure_prefect
@@ -32,10 +35,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _store_warnings_as_lines():
+    """The store's warnings (a skipped unreadable lineage record) as `warning: ...` lines on stderr, every time."""
+    from storage.lineage import LineageRecordWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", LineageRecordWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, LineageRecordWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a `schemas.UserInputError` from any of them (a store path, a config) is one line on
+    stderr and exit code 2."""
+    from schemas import EXIT_USER_ERROR, UserInputError
+
     args = build_parser().parse_args(argv)
     configure_prefect()
-    return int(args.func(args) or 0)
+    try:
+        with _store_warnings_as_lines():
+            return int(args.func(args) or 0)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from schemas.errors import UserInputError
 from schemas.lm import CorpusConfig
 from storage import ArtifactRef, Store
 from storage.fingerprint import dir_fingerprint, files_fingerprint
 from tasks.caching import quanta_task
 
 
-class CorpusError(ValueError):
-    """The corpus is empty, unreadable, or every document was rejected."""
+class CorpusError(UserInputError):
+    """The corpus is empty, unreadable, or every document was rejected (a user error: `quanta run` exits 2)."""
 
 
 @dataclass
@@ -78,6 +79,12 @@ def _list_files(cfg: CorpusConfig) -> list[Path]:
     # deterministic order on every machine: by path relative to the root
     base = root if root.is_dir() else Path("/")
     return sorted(files, key=lambda p: str(p.relative_to(base)) if p.is_relative_to(base) else str(p))
+
+
+def corpus_files(cfg: CorpusConfig) -> list[Path]:
+    """The candidate files of a stdlib/files/jsonl corpus, in reading order; CorpusError (one line naming the path)
+    when the path does not exist or holds no file. A cheap check for before any work (flows.lm_losses PREFLIGHT)."""
+    return _list_files(cfg)
 
 
 def _read_text(path: Path, stats: CorpusStats) -> str | None:

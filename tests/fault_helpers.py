@@ -1,0 +1,43 @@
+"""Helpers shared by tests that damage artifacts and look at which tasks reran."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def task_states(flow_run_id: str) -> dict[str, str]:
+    """Task run name -> state name of one flow run, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     limit=200)
+    return {r.name: r.state.name for r in runs if r.state is not None}
+
+
+def states_of(states: dict[str, str], prefix: str) -> list[str]:
+    return sorted(v for k, v in states.items() if k.startswith(prefix))
+
+
+def flip_bytes(path: str | Path, keep_mtime: bool = True) -> None:
+    """Damage a file without changing its size (and by default its mtime): only a re-hash can tell. A Parquet file
+    is damaged in its first column's data page."""
+    st = os.stat(path)
+    at = st.st_size // 2
+    if str(path).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        col = pq.ParquetFile(path).metadata.row_group(0).column(0)
+        at = col.data_page_offset + col.total_compressed_size - 6
+    with open(path, "r+b") as f:
+        f.seek(at)
+        chunk = f.read(4)
+        f.seek(at)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def chunk_files(zarr_dir: str | Path) -> list[Path]:
+    return sorted(p for p in Path(zarr_dir).rglob("*") if p.is_file() and p.name != "zarr.json")

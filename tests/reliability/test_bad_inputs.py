@@ -1,0 +1,169 @@
+"""A table of bad inputs: each must exit with code 2 and one message that names the field, file or store, before any
+work and without writing anything to the store (including the errors a task finds inside the flow).
+
+Each case runs the real command line in this process (`flows.cli.main`), on Prefect's session test server.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import pytest
+
+from reliability_cli import LM_TINY, SP_TINY
+
+SP = ["run", "sparse-parity", "--config", SP_TINY]
+LM = ["run", "lm-losses", "--config", LM_TINY]
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[SimpleNamespace], list]
+    says: list[str]  # every one of these is in the message
+    rc: int = 2
+    skip_if_cuda: bool = False
+    # found by this flow module's PREFLIGHT when it has one (nothing written); else by a task, after earlier tasks wrote
+    preflight_of: str | None = None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+CASES = [
+    # non-finite floats: rejected by validation, before anything runs
+    Case("lr-inf", lambda p: [*SP, "--set", "grid.lr=inf"], ["grid.lr", "finite", "inf"]),
+    Case("lr-nan", lambda p: [*SP, "--set", "grid.lr=nan"], ["grid.lr", "finite"]),
+    Case("alpha-inf", lambda p: [*SP, "--set", "task.alpha=inf"], ["task.alpha", "finite"]),
+    Case("threshold-nan", lambda p: [*SP, "--set", "grid.learned_threshold_bits=nan"],
+         ["grid.learned_threshold_bits", "finite"]),
+    Case("huber-delta-minus-inf", lambda p: [*SP, "--set", "fit.huber_delta=-inf"], ["fit.huber_delta", "finite"]),
+    Case("lm-lr-inf", lambda p: [*LM, "--set", "suite.lr=inf"], ["suite.lr", "finite"]),
+    Case("sweep-alpha-inf", lambda p: ["run", "alpha-sweep", "--config", SP_TINY.parent / "alpha_sweep_demo.toml",
+                                       "--set", "sweep.alphas=[0.2, inf]"], ["sweep.alphas", "finite"]),
+    # values out of range, inconsistent, unknown
+    Case("lr-negative", lambda p: [*SP, "--set", "grid.lr=-1"], ["grid.lr", "-1"]),
+    Case("k-above-n-bits", lambda p: [*SP, "--set", "task.k=20"], ["k must be <= n_bits"]),
+    Case("widths-empty", lambda p: [*SP, "--set", "grid.widths=[]"], ["grid.widths", "empty"]),
+    Case("width-negative", lambda p: [*SP, "--set", "grid.widths=[8, -3]"], ["grid.widths", "-3"]),
+    Case("seeds-repeated", lambda p: [*SP, "--set", "grid.seeds=[0, 0]"], ["grid.seeds"]),
+    Case("log-points-above-steps", lambda p: [*SP, "--set", "grid.log_points=1000"], ["log_points", "steps"]),
+    Case("batch-size-zero", lambda p: [*SP, "--set", "grid.batch_size=0"], ["grid.batch_size"]),
+    Case("unknown-key", lambda p: [*SP, "--set", "grid.widthz=[8]"], ["unknown key 'widthz'", "grid"]),
+    Case("unknown-section", lambda p: [*SP, "--set", "gird.lr=0.1"], ["unknown key 'gird'"]),
+    Case("set-without-equals", lambda p: [*SP, "--set", "grid.lr"], ["--set 'grid.lr'", "section.key=value"]),
+    Case("lm-no-sizes", lambda p: [*LM, "--set", "suite.sizes=[]"], ["suite"]),
+    Case("lm-eval-fraction-one", lambda p: [*LM, "--set", "corpus.eval_fraction=1.0"], ["corpus.eval_fraction"]),
+    # files
+    Case("config-missing", lambda p: ["run", "sparse-parity", "--config", p.tmp / "nope.toml"],
+         ["config file not found", "nope.toml"]),
+    Case("config-is-a-directory", lambda p: ["run", "sparse-parity", "--config", p.tmp], ["config file not found"]),
+    Case("config-bad-toml", lambda p: ["run", "sparse-parity", "--config", p.bad_toml],
+         ["bad.toml", "not valid TOML"]),
+    Case("unknown-study", lambda p: ["run", "sparse-parityy"], ["unknown study 'sparse-parityy'"]),
+    # the machine and the corpus: PREFLIGHT, before any work
+    Case("lm-device-cuda", lambda p: [*LM, "--set", "suite.device='cuda'"], ["suite.device", "cuda"],
+         skip_if_cuda=True),
+    Case("lm-corpus-path-missing", lambda p: [*LM, "--set", "corpus.kind='files'",
+                                              "--set", f"corpus.path='{p.tmp / 'no-such-dir'}'"],
+         ["corpus", "does not exist", "no-such-dir"]),
+    Case("lm-corpus-empty-dir", lambda p: [*LM, "--set", "corpus.kind='files'", "--set", f"corpus.path='{p.empty}'"],
+         ["empty corpus", "empty"]),
+    # user errors only a task can find, inside the flow: still one line, exit 2
+    Case("lm-corpus-all-not-utf8", lambda p: [*LM, "--set", "corpus.kind='files'",
+                                              "--set", f"corpus.path='{p.non_utf8}'"],
+         ["not UTF-8", "all 2 were rejected", "flow run"]),
+    Case("lm-corpus-all-too-short", lambda p: [*LM, "--set", "corpus.kind='files'",
+                                               "--set", f"corpus.path='{p.too_short}'"],
+         ["empty corpus", "min_doc_chars", "flow run"]),
+    Case("sp-device-cuda", lambda p: [*SP, "--set", "grid.device='cuda'"], ["grid.device", "cuda"],
+         skip_if_cuda=True, preflight_of="flows.sparse_parity"),
+    # stores
+    Case("store-unknown-protocol", lambda p: [*SP, "--store", "nosuchproto://bucket/x"],
+         ["cannot open store 'nosuchproto://bucket/x'", "nosuchproto"]),
+    Case("lineage-mistyped-store", lambda p: ["lineage", "abc123", "--store", p.tmp / "typo" / "store"],
+         ["abc123", "typo"]),
+    Case("lineage-unknown-protocol", lambda p: ["lineage", "abc123", "--store", "nosuchproto://x"],
+         ["cannot open store", "nosuchproto"]),
+    Case("lineage-unknown-hash", lambda p: ["lineage", "abcdef0123", "--store", p.real_store],
+         ["abcdef0123"]),
+    Case("lineage-path-escape", lambda p: ["lineage", "../../etc/passwd", "--store", p.real_store],
+         ["../../etc/passwd"]),
+    Case("verify-mistyped-store", lambda p: ["store", "verify", "--store", p.tmp / "typo" / "store"],
+         ["no quanta store at", "typo"]),
+    Case("verify-unknown-protocol", lambda p: ["store", "verify", "--store", "nosuchproto://x"],
+         ["cannot open store"]),
+    # quanta fit
+    Case("fit-csv-missing", lambda p: ["fit", "--csv", p.tmp / "none.csv", "--y", "loss", "--x", "n"],
+         ["none.csv", "not found"]),
+    Case("fit-column-missing", lambda p: ["fit", "--csv", p.csv, "--y", "loss", "--x", "params"],
+         ["'params'", "not found"]),
+    Case("fit-non-numeric", lambda p: ["fit", "--csv", p.bad_csv, "--y", "loss", "--x", "n"],
+         ["non-numeric", "'loss'", "row 2"]),
+]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> SimpleNamespace:
+    from storage import Store
+
+    tmp = tmp_path_factory.mktemp("bad-inputs")
+    empty = tmp / "empty"
+    empty.mkdir()
+    non_utf8 = tmp / "non-utf8"
+    non_utf8.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (non_utf8 / name).write_bytes(b"\xff\xfe\xfa not text " * 20)
+    too_short = tmp / "too-short"
+    too_short.mkdir()
+    for name, blank in (("a.py", "   "), ("b.py", "\n\n\t\n")):
+        (too_short / name).write_text(blank)
+    bad_toml = tmp / "bad.toml"
+    bad_toml.write_text("[grid\nwidths = [8\n")
+    csv = tmp / "runs.csv"
+    csv.write_text("n,loss\n10,1.0\n20,0.8\n40,0.7\n80,0.65\n")
+    bad_csv = tmp / "bad.csv"
+    bad_csv.write_text("n,loss\n10,1.0\n20,oops\n40,0.7\n80,0.65\n")
+    real_store = tmp / "real-store"
+    import pandas as pd
+
+    Store(real_store).write_table("sparse_parity.runs", pd.DataFrame({
+        "model_id": ["m1"], "width": [4], "n_params": [100], "data_size": [-1], "seed": [0], "alpha": [0.4],
+        "step": [1], "mean_loss": [1.0], "subtasks_learned": [0]}))
+    return SimpleNamespace(tmp=tmp, empty=empty, non_utf8=non_utf8, too_short=too_short, bad_toml=bad_toml, csv=csv,
+                           bad_csv=bad_csv, real_store=real_store)
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, quanta, prefect_server, tmp_path):
+    if case.skip_if_cuda and _cuda():
+        pytest.skip("this machine has a GPU")
+    store = tmp_path / "store"
+    argv = [str(a) for a in case.argv(places)]
+    if argv[0] == "run" and "--store" not in argv:
+        argv += ["--store", str(store)]
+    before = sorted(os.listdir(places.real_store))
+    got = quanta(*argv)
+    assert got.rc == case.rc, f"{argv}: rc {got.rc}\n{got.text[-3000:]}"
+    errors = [line for line in got.err.splitlines() if line.startswith(("error:", "quanta fit: error:"))]
+    assert len(errors) == 1, got.err[-3000:]
+    message = got.err[got.err.index(errors[0]):]
+    for needle in case.says:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    assert "Traceback" not in got.text, got.text[-3000:]
+    if case.preflight_of is None or getattr(importlib.import_module(case.preflight_of), "PREFLIGHT", None):
+        assert not store.exists(), f"{argv} wrote to the store: {list(store.rglob('*'))[:5]}"
+    assert not (places.tmp / "typo").exists()
+    assert sorted(os.listdir(places.real_store)) == before
+    assert not Path("nosuchproto:").exists()
