@@ -277,7 +277,9 @@ def _refreshing(task_ctx) -> bool:
     return bool(flag if flag is not None else PREFECT_TASKS_REFRESH_CACHE.value())
 
 
-CACHE_POLICY = VerifiedCache(isolation_level="SERIALIZABLE", lock_manager=FlockLockManager())
+# every task transaction holds a lock on its cache key (a second run of the same task waits, then finds it Cached)
+LOCKING = {"isolation_level": "SERIALIZABLE", "lock_manager": FlockLockManager()}
+CACHE_POLICY = VerifiedCache(**LOCKING)
 
 
 def quanta_task(fn=None, **kwargs):

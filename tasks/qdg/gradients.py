@@ -32,7 +32,7 @@ from torch import nn
 
 from schemas.qdg import GradientConfig
 from storage import ArtifactRef, Store
-from tasks.caching import ProjectCode, VerifiedCache, quanta_task
+from tasks.caching import LOCKING, ProjectCode, VerifiedCache, quanta_task
 from tasks.devices import resolve_device
 from tasks.lm.suite import load_causal_lm, model_meta
 from tasks.progress import Progress
@@ -300,7 +300,7 @@ def load_gradient_model(model: ArtifactRef | None, model_name: str | None, revis
     return load_causal_lm(model_name, revision=revision, dtype=dtype, device=device), model_name
 
 
-@quanta_task(name="qdg-gradient-block", task_run_name="qdg-gradients-{start}-{stop}", cache_policy=BlockCache())
+@quanta_task(name="qdg-gradient-block", task_run_name="qdg-gradients-{start}-{stop}", cache_policy=BlockCache(**LOCKING))
 def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactRef | None, model_name: str | None,
                    revision: str | None, fingerprint: str | None, start: int, stop: int, cfg: GradientConfig,
                    context_length: int, dtype: str, store: str) -> ArtifactRef:
