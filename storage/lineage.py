@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.jsonable import jsonable
+from storage.lineage_graph import downstream, resolve, upstream  # noqa: F401  (moved there; importable here too)
 from storage.settings import PROJECT_ROOT
 
 
@@ -124,58 +125,4 @@ def all_records(fs, lineage_dir: str) -> list[dict]:
         if p.endswith(".json") and not p.endswith(".tmp"):
             with fs.open(p, "r") as f:
                 out.append(json.load(f))
-    return out
-
-
-def resolve(records: list[dict], key: str) -> dict:
-    """Find one record by content-hash prefix, uri, or path (relative or absolute, as a user would paste it)."""
-    key_s = str(key).rstrip("/")
-    as_path = os.path.abspath(key_s) if "/" in key_s and "://" not in key_s else None
-    hits = [r for r in records
-            if r["content_hash"].startswith(key_s) or r.get("uri", "").rstrip("/") in (key_s, as_path)]
-    if not hits:
-        raise KeyError(f"no artifact matches {key!r}")
-    if len(hits) > 1:
-        raise KeyError(f"{key!r} matches {len(hits)} artifacts; give more of the hash")
-    return hits[0]
-
-
-def upstream(records: list[dict], root: dict) -> list[tuple[int, dict]]:
-    """Depth-first chain of producers: [(depth, record)], root first."""
-    by_hash = {r["content_hash"]: r for r in records}
-    out, seen = [], set()
-
-    def walk(rec, depth):
-        out.append((depth, rec))
-        if rec["content_hash"] in seen:
-            return
-        seen.add(rec["content_hash"])
-        for inp in rec.get("inputs", []):
-            parent = by_hash.get(inp["content_hash"])
-            if parent is not None:
-                walk(parent, depth + 1)
-            else:
-                out.append((depth + 1, {"kind": inp["kind"], "content_hash": inp["content_hash"],
-                                        "uri": inp["uri"], "producer": "(record missing)"}))
-
-    walk(root, 0)
-    return out
-
-
-def downstream(records: list[dict], root: dict) -> list[tuple[int, dict]]:
-    """Everything computed (directly or transitively) from `root`."""
-    children: dict[str, list[dict]] = {}
-    for r in records:
-        for inp in r.get("inputs", []):
-            children.setdefault(inp["content_hash"], []).append(r)
-    out, seen = [], set()
-
-    def walk(rec, depth):
-        for child in children.get(rec["content_hash"], []):
-            out.append((depth, child))
-            if child["content_hash"] not in seen:
-                seen.add(child["content_hash"])
-                walk(child, depth + 1)
-
-    walk(root, 1)
     return out
