@@ -31,6 +31,7 @@ from storage import lineage as lineage_mod
 from storage.hashing import hash_arrays, hash_dir, hash_table
 from storage.refs import ArtifactRef
 from storage.settings import default_store_root
+from storage.staging import stage_dir
 
 EXT = {"zarr": "zarr", "parquet": "parquet", "dir": "d", "json": "json"}
 _HASH_PREFIX = 24
@@ -248,7 +249,7 @@ class Store:
     def local_dir(self, ref: ArtifactRef) -> Path:
         _, path = self._check_ref(ref, "dir")
         if not self.is_local:
-            raise NotImplementedError("reading a dir artifact needs a local store")
+            return stage_dir(self.fs, path, ref)  # a verified local copy, keyed by content hash (storage/staging.py)
         return Path(path)
 
     # ------------------------------------------------------------------------------------------ lineage
