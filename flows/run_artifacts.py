@@ -11,21 +11,22 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.upkeep import hashes_in_result_file
+from storage.upkeep import refs_in_result_file
 
 _PAGE = 200
 
 
 @dataclass
 class RunUsage:
-    """One flow run as the Prefect API knows it: name, flow, start time and the artifact hashes its tasks returned."""
+    """One flow run as the Prefect API knows it: name, flow, start time and the refs its tasks returned, as
+    (content hash, uri) pairs."""
 
     flow_run_id: str
     name: str = ""
     flow_name: str = ""
     started: dt.datetime | None = None
     state: str = ""
-    hashes: set[str] = field(default_factory=set)
+    refs: set[tuple[str, str]] = field(default_factory=set)
 
 
 def _result_path(task_run) -> Path | None:
@@ -53,8 +54,8 @@ def _paged(read, **kw) -> list:
 
 
 def run_usage(flow_run_ids: list[str] | None = None, flow_names: list[str] | None = None) -> dict[str, RunUsage]:
-    """{flow run id: RunUsage} for the given runs (or every run of the given flows, or every run), with the content
-    hashes in its task runs' persisted results. Raises whatever the client raises when no API answers."""
+    """{flow run id: RunUsage} for the given runs (or every run of the given flows, or every run), with the refs in
+    its task runs' persisted results. Raises whatever the client raises when no API answers."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 
@@ -76,7 +77,7 @@ def run_usage(flow_run_ids: list[str] | None = None, flow_names: list[str] | Non
             for tr in _paged(client.read_task_runs, flow_run_filter=batch):
                 path = _result_path(tr)
                 if path is not None and str(tr.flow_run_id) in out:
-                    out[str(tr.flow_run_id)].hashes |= hashes_in_result_file(path)
+                    out[str(tr.flow_run_id)].refs |= refs_in_result_file(path)
     return out
 
 

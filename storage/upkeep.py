@@ -25,42 +25,54 @@ import pandas as pd
 
 from storage.lineage_graph import upstream_closure
 
-_HEX64 = re.compile(rb"[0-9a-f]{64}")
 _REF_TAG = "__artifact_ref__"
 
 
 # ------------------------------------------------------------------------------------------ Prefect result files
-def _refs_hashes(obj) -> set[str]:
+def _refs(obj) -> set[tuple[str, str]]:
     if isinstance(obj, dict):
         if set(obj) == {_REF_TAG}:
-            return {obj[_REF_TAG]["content_hash"]}
-        return set().union(*(_refs_hashes(v) for v in obj.values())) if obj else set()
+            return {(obj[_REF_TAG]["content_hash"], obj[_REF_TAG]["uri"])}
+        return set().union(*(_refs(v) for v in obj.values())) if obj else set()
     if isinstance(obj, list):
-        return set().union(*(_refs_hashes(v) for v in obj)) if obj else set()
+        return set().union(*(_refs(v) for v in obj)) if obj else set()
     return set()
 
 
-def hashes_in_result_file(path: str | os.PathLike) -> set[str]:
-    """Content hashes of the artifacts a Prefect result file names. A quanta task result (JSON refs) is parsed;
-    any other file (e.g. a flow's pickled result) is only *searched* for 64-hex-digit hashes, in its bytes and in
-    its base64-decoded bytes: nothing is unpickled. Unreadable or missing files name nothing."""
+def _read_result(path) -> tuple[bytes, set[tuple[str, str]] | None]:
+    """(raw bytes, refs) of a Prefect result file; refs is None when it is not a quanta task result (JSON refs)."""
     try:
         raw = Path(path).read_bytes()
     except OSError:
-        return set()
+        return b"", set()
     try:
         record = json.loads(raw)
         if isinstance(record, dict) and isinstance(record.get("result"), str):
             if (record.get("metadata") or {}).get("serializer", {}).get("type") == "quanta-refs-json":
-                return _refs_hashes(json.loads(record["result"]))
-    except (ValueError, AttributeError, TypeError):
+                return raw, _refs(json.loads(record["result"]))
+    except (ValueError, AttributeError, TypeError, KeyError):
         pass
-    found = set(_HEX64.findall(raw))
+    return raw, None
+
+
+def refs_in_result_file(path: str | os.PathLike) -> set[tuple[str, str]]:
+    """(content hash, uri) of every ArtifactRef in a quanta task's Prefect result file (JSON refs, see
+    tasks.caching.RefsJSONSerializer); nothing for any other or unreadable file."""
+    return _read_result(path)[1] or set()
+
+
+def result_file_names(path: str | os.PathLike, uris: set[str]) -> bool:
+    """Whether a Prefect result file names an artifact at one of `uris`: a quanta task result by its refs; any other
+    file (e.g. a flow's pickled result) by searching its bytes and its base64-decoded bytes for the uri (nothing is
+    unpickled)."""
+    raw, refs = _read_result(path)
+    if refs is not None:
+        return any(u in uris for _, u in refs)
     try:
-        found |= set(_HEX64.findall(base64.b64decode(raw, validate=False)))
+        blobs = [raw, base64.b64decode(raw, validate=False)]
     except (binascii.Error, ValueError):
-        pass
-    return {h.decode() for h in found}
+        blobs = [raw]
+    return any(u.encode() in b for u in uris for b in blobs)
 
 
 # ------------------------------------------------------------------------------------------ inventory
@@ -157,12 +169,14 @@ def runs_from_records(records: list[dict]) -> dict[str, Run]:
     return runs
 
 
-def merge_runs(runs: dict[str, Run], usage: Iterable, known: set[str]) -> dict[str, Run]:
-    """Add what the Prefect API says each run used (objects with flow_run_id, started, hashes, flow_name), keeping
-    only runs that touched an artifact of this store (`known` hashes). The API's start time wins."""
+def merge_runs(runs: dict[str, Run], usage: Iterable, records: list[dict]) -> dict[str, Run]:
+    """Add what the Prefect API says each run used (objects with flow_run_id, started, flow_name and refs: a set of
+    (content hash, uri)), keeping only runs that used an artifact of this store (matched by uri, so a run on another
+    store with the same content does not count). The API's start time wins."""
+    by_uri = {r.get("uri"): r["content_hash"] for r in records if r.get("uri")}
     out = {k: Run(v.flow_run_id, v.started, set(v.hashes), v.flow_name) for k, v in runs.items()}
     for u in usage:
-        used = set(u.hashes) & known
+        used = {by_uri[uri] for _, uri in u.refs if uri in by_uri}
         if not used and u.flow_run_id not in out:
             continue
         run = out.setdefault(u.flow_run_id, Run(u.flow_run_id, None, set(), None))
@@ -208,7 +222,7 @@ def apply_gc(store, plan: GcPlan, result_dirs: Iterable[str | os.PathLike] = ())
     """Remove the plan's artifacts from the store (lineage record first, so an interrupted gc leaves artifacts that
     are never trusted rather than trusted half-deleted ones), then every file under `result_dirs` (Prefect result
     storage) that names a removed artifact. Returns counts and bytes freed."""
-    gone = {r["content_hash"] for r in plan.remove}
+    gone = {r["uri"] for r in plan.remove if r.get("uri")}
     freed, removed = 0, 0
     for r in plan.remove:
         uri = r.get("uri") or ""
@@ -226,7 +240,7 @@ def apply_gc(store, plan: GcPlan, result_dirs: Iterable[str | os.PathLike] = ())
         if not d.is_dir():
             continue
         for f in d.iterdir():
-            if f.is_file() and hashes_in_result_file(f) & gone:
+            if f.is_file() and gone and result_file_names(f, gone):
                 f.unlink(missing_ok=True)
                 result_files += 1
     return {"artifacts_removed": removed, "bytes_freed": freed, "result_files_removed": result_files}

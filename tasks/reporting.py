@@ -31,7 +31,7 @@ def artifact_key(text: str) -> str:
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub-style markdown table (`DataFrame.to_markdown`, via tabulate): numbers to 4 significant digits,
     missing values as `n/a`, no index."""
-    return df.to_markdown(index=False, floatfmt=".4g", missingval="n/a")
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="n/a")
 
 
 @dataclass

@@ -106,7 +106,9 @@ def _flow_run(st, records: list[dict], run_id: str, down: bool, fmt: str) -> int
     try:
         usage = run_usage([run_id]).get(run_id)
         if usage is not None:
-            used, run_name = usage.hashes & set(by_hash), f"{usage.name} ({usage.flow_name}, {usage.state})"
+            by_uri = {r.get("uri"): h for h, r in by_hash.items()}
+            used = {by_uri[u] for _, u in usage.refs if u in by_uri}
+            run_name = f"{usage.name} ({usage.flow_name}, {usage.state})"
     except Exception as e:  # noqa: BLE001  (no API: the records still say what the run wrote)
         print(f"warning: Prefect API not reachable ({type(e).__name__}); showing only what the run wrote",
               file=sys.stderr)

@@ -98,7 +98,7 @@ def cmd_gc(args) -> int:
             print(f"error: cannot read the runs from the Prefect API ({type(e).__name__}: {e}); start it, or "
                   "use --records-only", file=sys.stderr)
             return 2
-        runs = merge_runs(runs, usage.values(), {r["content_hash"] for r in records})
+        runs = merge_runs(runs, usage.values(), records)
         result_dirs.append(PREFECT_LOCAL_STORAGE_PATH.value())
     try:
         plan = plan_gc(records, runs, keep_last=args.keep_last, older_than=older)
