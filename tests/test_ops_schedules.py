@@ -8,23 +8,18 @@ the first Completed with its artifacts in the store, the second all Cached.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixture import free_port
+from tests.prefect_servers import BIN, ROOT, clean_env, prefect_server, spawn, stop
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TINY = ROOT / "configs/sparse_parity/tiny.toml"
 INTERVAL_S = 15
 SP = "sparse-parity"
@@ -41,60 +36,6 @@ def _scheduler_can_insert_runs() -> bool:
 pytestmark = pytest.mark.skipif(not _scheduler_can_insert_runs(), reason=(
     "SQLAlchemy >= 2.1 is installed: Prefect 3.8's scheduler cannot create runs with it; run `make setup` "
     "(pyproject.toml pins sqlalchemy<2.1)"))
-
-
-def _env(home: Path, **extra) -> dict:
-    """A clean Prefect environment: this home, no inherited test-session settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "QUANTA_"))}
-    path = os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)
-    env.update(PREFECT_HOME=str(home), QUANTA_PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONPATH=path, OMP_NUM_THREADS="1", PREFECT_LOGGING_LEVEL="INFO")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def _spawn(cmd: list[str], env: dict, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def prefect_server(tmp: Path, timeout: float = 240) -> Iterator[str]:
-    """`prefect server start` on a free loopback port with its own home and SQLite database; yields the API URL.
-    The scheduler checks new deployments every 2 s (default 5) so that the test does not wait on it."""
-    import httpx
-
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    home = tmp / "server-home"
-    env = _env(home, PREFECT_UI_ENABLED="false",
-               PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS=2,
-               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=5)
-    log = tmp / "server.log"
-    proc = _spawn([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"prefect server not healthy:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield api
-    finally:
-        _stop(proc, signal.SIGTERM)
 
 
 def _scheduled_runs(api: str, timeout: float, logs: list[Path]) -> list:
@@ -149,15 +90,15 @@ def _check_two_runs(api: str, runs: list, store: Path) -> None:
 def test_served_schedule_runs_then_comes_back_cached(tmp_path):
     store = tmp_path / "store"
     with prefect_server(tmp_path) as api:
-        env = _env(tmp_path / "client-home", PREFECT_API_URL=api, QUANTA_STORE=store,
+        env = clean_env(tmp_path / "client-home", PREFECT_API_URL=api, QUANTA_STORE=store,
                    QUANTA_SCHEDULE_SPARSE_PARITY=INTERVAL_S, QUANTA_CONFIG_SPARSE_PARITY=TINY,
                    PREFECT_RUNNER_POLL_FREQUENCY=2)
         log = tmp_path / "serve.log"
-        serve = _spawn([sys.executable, "-m", "flows.cli", "serve", "--study", SP], env, log)
+        serve = spawn([sys.executable, "-m", "flows.cli", "serve", "--study", SP], env, log)
         try:
             runs = _scheduled_runs(api, 240, [log])
         finally:
-            _stop(serve)
+            stop(serve)
         _check_two_runs(api, runs, store)
 
 
@@ -166,21 +107,21 @@ def test_deployed_schedule_runs_on_a_process_worker(tmp_path):
     store = tmp_path / "store"
     tiny = tomllib.loads(TINY.read_text())
     with prefect_server(tmp_path) as api:
-        env = _env(tmp_path / "client-home", PREFECT_API_URL=api, QUANTA_STORE=store,
+        env = clean_env(tmp_path / "client-home", PREFECT_API_URL=api, QUANTA_STORE=store,
                    PREFECT_WORKER_QUERY_SECONDS=2)
         logs = []
         for i, cmd in enumerate([
                 ["work-pool", "create", "quanta", "--type", "process"],
-                ["--no-prompt", "deploy", "--name", f"{SP}/scheduled", "--interval", str(INTERVAL_S),
+                ["--no-prompt", "deploy", "--name", "sparse_parity_flow/scheduled", "--interval", str(INTERVAL_S),
                  "--params", json.dumps({"config": tiny})]]):
             proc = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
                                   timeout=300)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         log = tmp_path / "worker.log"
         logs.append(log)
-        worker = _spawn([str(BIN / "prefect"), "worker", "start", "--pool", "quanta"], env, log)
+        worker = spawn([str(BIN / "prefect"), "worker", "start", "--pool", "quanta"], env, log)
         try:
             runs = _scheduled_runs(api, 420, logs)
         finally:
-            _stop(worker)
+            stop(worker)
         _check_two_runs(api, runs, store)
