@@ -112,6 +112,8 @@ def test_deployed_schedule_runs_on_a_process_worker(tmp_path):
         logs = []
         for i, cmd in enumerate([
                 ["work-pool", "create", "quanta", "--type", "process"],
+                # one run at a time, as `quanta serve` does (limit=1): a 15 s interval must not overlap its runs
+                ["work-pool", "set-concurrency-limit", "quanta", "1"],
                 ["--no-prompt", "deploy", "--name", "sparse_parity_flow/scheduled", "--interval", str(INTERVAL_S),
                  "--params", json.dumps({"config": tiny})]]):
             proc = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
