@@ -29,7 +29,8 @@ class RunUsage:
     refs: set[tuple[str, str]] = field(default_factory=set)
 
 
-def _result_path(task_run) -> Path | None:
+def result_path(task_run) -> Path | None:
+    """Where Prefect persisted a task run's result (its cache record), from its state's result metadata."""
     data = task_run.state.data if task_run.state else None
     meta = getattr(data, "metadata", data)
     key = getattr(meta, "storage_key", None) or (meta.get("storage_key") if isinstance(meta, dict) else None)
@@ -75,7 +76,7 @@ def run_usage(flow_run_ids: list[str] | None = None, flow_names: list[str] | Non
         for i in range(0, len(ids), 50):
             batch = FlowRunFilter(id=FlowRunFilterId(any_=ids[i:i + 50]))
             for tr in _paged(client.read_task_runs, flow_run_filter=batch):
-                path = _result_path(tr)
+                path = result_path(tr)
                 if path is not None and str(tr.flow_run_id) in out:
                     out[str(tr.flow_run_id)].refs |= refs_in_result_file(path)
     return out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flows.cli import main
 from storage import Store
-from storage.upkeep import refs_in_result_file, result_file_names
+from storage.upkeep import result_file_names
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs/sparse_parity/tiny.toml")
