@@ -136,10 +136,10 @@ def publish(report: Report, store: Store, key_prefix: str, *, inputs: list[Artif
 
 def lineage_markdown(graph: LineageGraph, report_ref: ArtifactRef) -> str:
     """The lineage artifact: the graph (green: written by this run; blue: reused from earlier runs) and a table of
-    every artifact with its producer, flow run, time and location."""
+    every artifact with its producer, flow run and time (uris: `quanta lineage <hash>`; they do not fit the UI)."""
     rows = pd.DataFrame([{"kind": r.get("kind"), "hash": r["content_hash"][:12], "producer": r.get("producer"),
                           "flow run": str(r.get("flow_run_id") or "")[:8], "created": (r.get("created_at") or "")[:19],
-                          "this run": graph.roles.get(h) == PRODUCED, "uri": r.get("uri")}
+                          "this run": graph.roles.get(h) == PRODUCED}
                          for h in graph.ordered() for r in [graph.nodes[h]]])
     return "\n".join([
         f"# {graph.title}", "",

@@ -53,7 +53,9 @@ def prefect_server(tmp: Path, timeout: float = 240, ui: bool = False) -> Iterato
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     home = tmp / "server-home"
-    env = clean_env(home, PREFECT_UI_ENABLED="true" if ui else "false",
+    # the UI asks this server's API (its default is the settings' host and port: 127.0.0.1:4200)
+    env = clean_env(home, PREFECT_UI_ENABLED="true" if ui else "false", PREFECT_UI_API_URL=api,
+                    PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=port,
                      PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS=2,
                      PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=5)
     log = tmp / "server.log"

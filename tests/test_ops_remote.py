@@ -1,8 +1,10 @@
 """Every study runs on a store at an fsspec URL: the tiny lm-losses study on `memory://` (its models and tokenizer
-are staged into a local cache keyed by content hash), and a diverging LM training run fails its task, naming the
+are staged into a local cache keyed by content hash), the tiny sparse-parity study too (its report's lineage read
+back from the memory store), and a diverging LM training run fails its task, naming the
 model and the learning rate, with nothing stored."""
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from pathlib import Path
@@ -38,6 +40,32 @@ def test_lm_losses_runs_on_a_memory_store(prefect_server, tmp_path, monkeypatch)
         arts["model_0"]["content_hash"], arts["model_1"]["content_hash"]}
     st = Store(url)
     assert {r["kind"] for r in st.lineage_index()} >= {"lm.model", "lm.loss_column", "lm.token_losses", "report"}
+
+
+def test_sparse_parity_runs_on_a_memory_store_and_its_lineage_reads_back(prefect_server, tmp_path, monkeypatch,
+                                                                          capsys):
+    from flows.cli import main
+    from flows.running import run_study
+    from schemas.sparse_parity import SparseParityConfig
+
+    monkeypatch.setenv("QUANTA_CACHE", str(tmp_path / "cache"))
+    url = f"memory://quanta-{uuid.uuid4().hex}"
+    cfg = load_config(SparseParityConfig, ROOT / "configs/sparse_parity/tiny.toml", ["grid.steps=60"])
+    out = run_study("sparse-parity", cfg, url)
+    report = out["artifacts"]["report"]
+    assert report["uri"].startswith("memory://") and out["results"]["final_loss_by_width"]
+    md = Store(url).local_dir(_ref(report, url)) / "report.md"  # staged from the memory store
+    assert "```mermaid" in md.read_text()
+    assert main(["lineage", "report", "--store", url, "--format", "json"]) == 0
+    nodes = {n["kind"] for n in json.loads(capsys.readouterr().out)["nodes"]}
+    assert nodes == {"report", "sparse_parity.runs", "sparse_parity.fits", "sparse_parity.emergence",
+                     "sparse_parity.curves", "sparse_parity.spec"}
+
+
+def _ref(art: dict, url: str):
+    from storage import ArtifactRef
+
+    return ArtifactRef(**art, schema_version=Store(url).lineage(art["content_hash"])["schema_version"])
 
 
 def test_a_diverging_training_run_fails_its_task_naming_model_and_lr(prefect_server, tmp_path):
