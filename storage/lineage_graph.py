@@ -180,8 +180,9 @@ class LineageGraph:
                 "edges": [{"input": a, "output": b} for a, b in self.edges]}
 
     def to_mermaid(self, detail: bool = True) -> str:
-        """A Mermaid flowchart (left to right); `detail` adds the producer task and flow run to each node."""
-        lines = ["flowchart LR"]
+        """A Mermaid flowchart, left to right (top to bottom past 10 artifacts, where a wide graph would be drawn
+        too small to read); `detail` adds the producer task to each node."""
+        lines = ["flowchart LR" if len(self.nodes) <= 10 else "flowchart TB"]
         for h in self.ordered():
             lines.append(f'  {_node_id(h)}["{_label(self.nodes[h], detail, "<br/>")}"]')
         for a, b in self.edges:

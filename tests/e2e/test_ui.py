@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,12 @@ def test_each_study_report_renders_in_the_prefect_ui(tmp_path):
 
                 lineage = _latest(api, f"{study}-lineage")
                 browser.open(f"{ui}/artifacts/artifact/{lineage.id}")
+                # Mermaid draws into an <svg id="mermaid-..."> once rendered (a grey placeholder before that)
                 drawn = browser.wait_for(
-                    "[...document.querySelectorAll('svg')].filter(s => s.textContent.includes('report')"
-                    " || s.textContent.includes('lm.')).length", 120)
+                    "[...document.querySelectorAll('svg[id^=\"mermaid\"]')].filter(s => "
+                    "s.getBoundingClientRect().width > 100 && s.querySelectorAll('g.node').length >= 3"
+                    " && s.textContent.includes('report')).length", 120)
+                time.sleep(1)  # let the layout settle before the screenshot
                 browser.screenshot(SHOTS / f"{study}-lineage.png")
                 seen[study] = {"title": title, "plots": len(images), "mermaid_svgs": drawn, "ui": browser.evaluate(
                     "location.pathname")}
