@@ -1,4 +1,4 @@
-# quanta: make demo | make test | make ui | make bench | make setup
+# quanta: make demo | make test | make ui | make bench | make setup | make test-slow | make e2e
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export QUANTA_PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_HOME ?= $(QUANTA_PREFECT_HOME)
 
-.PHONY: setup demo test ui serve bench clean-store
+.PHONY: setup demo test test-slow e2e ui serve bench clean-store
 
 setup: $(STAMP)
 
@@ -31,6 +31,17 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# slower tests, not in `make test`: schedules through `prefect deploy` + a process work pool + `prefect worker start`
+test-slow: setup
+	QUANTA_SLOW_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ops_schedules.py
+
+# the Prefect UI in a headless browser (not in `make test`): a `make ui` server on a free port, the tiny studies run
+# against it, each report page checked (title, plots decode and render, lineage graph drawn); screenshots in
+# e2e-screenshots/. Installs Debian's chromium when missing.
+e2e: setup
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	QUANTA_E2E=1 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/e2e
 
 ui: setup
 	@echo "Prefect UI on http://127.0.0.1:4200 (Prefect home: $(PREFECT_HOME)); Ctrl-C to stop."

@@ -40,6 +40,7 @@ from storage.hashing import hash_arrays, hash_arrow_table, hash_dir, table_to_ar
 from storage.locks import artifact_lock_path, file_lock, owner_tag
 from storage.refs import ArtifactRef
 from storage.settings import default_store_root
+from storage.staging import stage_dir
 
 EXT = {"zarr": "zarr", "parquet": "parquet", "dir": "d", "json": "json"}
 _HASH_PREFIX = 24
@@ -370,7 +371,7 @@ class Store:
     def local_dir(self, ref: ArtifactRef) -> Path:
         _, path = self._check_ref(ref, "dir")
         if not self.is_local:
-            raise NotImplementedError("reading a dir artifact needs a local store")
+            return stage_dir(self.fs, path, ref)  # a verified local copy, keyed by content hash (storage/staging.py)
         return Path(path)
 
     # ------------------------------------------------------------------------------------------ lineage

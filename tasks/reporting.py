@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from storage import ArtifactRef, Store
+from storage.lineage_graph import PRODUCED, REUSED, LineageGraph, graph_of, upstream_closure
 
 
 def subplots(*args, figsize=(5, 3.6), **kwargs):
@@ -27,12 +28,10 @@ def artifact_key(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")
 
 
-def _fmt(x) -> str:
-    if isinstance(x, (float, np.floating)):
-        if np.isnan(x):
-            return "n/a"
-        return f"{x:.4g}"
-    return str(x)
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-style markdown table (`DataFrame.to_markdown`, via tabulate): numbers to 4 significant digits,
+    missing values as `n/a`, no index."""
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="n/a")
 
 
 @dataclass
@@ -51,6 +50,11 @@ class Report:
         if show:
             self.blocks.append(("table", (name, df.head(max_rows), len(df))))
 
+    def mermaid(self, heading: str, chart: str) -> None:
+        """A Mermaid chart under a heading (the Prefect UI and most markdown viewers draw it)."""
+        self.blocks.append(("text", heading))
+        self.blocks.append(("mermaid", chart))
+
     def figure(self, name: str, fig) -> None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight")
@@ -66,11 +70,10 @@ class Report:
                 name, df, total = payload
                 out.append(f"**{name}**" + (f" (first {len(df)} of {total} rows)" if total > len(df) else ""))
                 out.append("")
-                out.append("| " + " | ".join(map(str, df.columns)) + " |")
-                out.append("|" + "---|" * len(df.columns))
-                for row in df.itertuples(index=False):
-                    out.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+                out.append(markdown_table(df))
                 out.append("")
+            elif kind == "mermaid":
+                out += ["```mermaid", str(payload), "```", ""]
             elif kind == "figure":
                 if embed:
                     b64 = base64.b64encode(self.figures[payload]).decode()
@@ -89,22 +92,114 @@ class Report:
             df.to_csv(path / f"{name}.csv", index=False)
 
 
+def lineage_graph(store: Store, inputs: list[ArtifactRef]) -> LineageGraph:
+    """The lineage closure of a report's inputs (the artifacts its plots and tables come from, and everything they
+    were computed from), read record by record from the store's lineage index."""
+    return graph_of(upstream_closure(store.lineage, [r.content_hash for r in inputs]))
+
+
 def publish(report: Report, store: Store, key_prefix: str, *, inputs: list[ArtifactRef],
             params: dict | None = None) -> ArtifactRef:
-    """Write the report into the store and, inside a Prefect run, as keyed Prefect artifacts."""
-    ref = store.write_dir("report", report.write, inputs=inputs, params=params)
-    try:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-        from prefect.context import TaskRunContext, FlowRunContext
+    """Write the report into the store and, inside a Prefect run, as keyed Prefect artifacts: the report
+    (`<key_prefix>-report`, markdown with embedded plots), its tables (`<key_prefix>-<table>`) and its lineage
+    (`<key_prefix>-lineage`: a Mermaid graph of every artifact it was computed from, and a table of them); and emit
+    Prefect asset events for the artifacts this flow run wrote.
 
-        if TaskRunContext.get() or FlowRunContext.get():
-            md = report.markdown(embed=True) + f"\n\n_Store copy: `{ref.uri}` (content {ref.content_hash[:12]})_\n"
-            create_markdown_artifact(markdown=md, key=artifact_key(f"{key_prefix}-report"),
-                                     description=report.title)
-            for name, df in report.tables.items():
-                records = df.replace({np.nan: None}).to_dict(orient="records")
-                create_table_artifact(table=records, key=artifact_key(f"{key_prefix}-{name}"),
-                                      description=f"{report.title}: {name}")
-    except ImportError:  # pragma: no cover
-        pass
+    The report itself ends with the same graph (kinds, hashes and producing tasks only, so that the report's
+    content, hence its hash, does not change with run ids or times)."""
+    graph = lineage_graph(store, inputs)
+    report.mermaid("**Where this report comes from** (each artifact it was computed from, by content hash; "
+                   "`quanta lineage <hash>` shows one in full)", graph.to_mermaid())
+    ref = store.write_dir("report", report.write, inputs=inputs, params=params)
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if not (TaskRunContext.get() or FlowRunContext.get()):
+        return ref
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    md = report.markdown(embed=True) + f"\n\n_Store copy: `{ref.uri}` (content {ref.content_hash[:12]})_\n"
+    create_markdown_artifact(markdown=md, key=artifact_key(f"{key_prefix}-report"), description=report.title)
+    for name, df in report.tables.items():
+        records = df.replace({np.nan: None}).to_dict(orient="records")
+        create_table_artifact(table=records, key=artifact_key(f"{key_prefix}-{name}"),
+                              description=f"{report.title}: {name}")
+    nodes = dict(graph.nodes)
+    nodes[ref.content_hash] = store.lineage(ref.content_hash)
+    run_id = _current_flow_run_id()
+    roles = {h: PRODUCED if _written_by(r, run_id) else REUSED for h, r in nodes.items()}
+    full = graph_of(nodes, roles, f"{report.title}: lineage")
+    create_markdown_artifact(markdown=lineage_markdown(full, ref), key=artifact_key(f"{key_prefix}-lineage"),
+                             description=f"{report.title}: where each plot and table came from")
+    emit_asset_events([r for h, r in nodes.items() if roles[h] == PRODUCED], run_id)
     return ref
+
+
+def lineage_markdown(graph: LineageGraph, report_ref: ArtifactRef) -> str:
+    """The lineage artifact: the graph (green: written by this run; blue: reused from earlier runs) and a table of
+    every artifact with its producer, flow run and time (uris: `quanta lineage <hash>`; they do not fit the UI)."""
+    rows = pd.DataFrame([{"kind": r.get("kind"), "hash": r["content_hash"][:12], "producer": r.get("producer"),
+                          "flow run": str(r.get("flow_run_id") or "")[:8], "created": (r.get("created_at") or "")[:19],
+                          "this run": graph.roles.get(h) == PRODUCED}
+                         for h in graph.ordered() for r in [graph.nodes[h]]])
+    return "\n".join([
+        f"# {graph.title}", "",
+        f"The report `{report_ref.uri}` and every artifact it was computed from (green: written by this flow run; "
+        "blue: reused from an earlier run's cache). `quanta lineage <hash>` shows any of them in full; "
+        "`quanta lineage <flow run id> --format mermaid` draws a whole run.", "",
+        "```mermaid", graph.to_mermaid(), "```", "", markdown_table(rows), ""])
+
+
+def _current_flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    trc = TaskRunContext.get()
+    if trc is not None and trc.task_run.flow_run_id:
+        return str(trc.task_run.flow_run_id)
+    frc = FlowRunContext.get()
+    return str(frc.flow_run.id) if frc is not None and frc.flow_run is not None else None
+
+
+def _written_by(record: dict, run_id: str | None) -> bool:
+    return run_id is not None and (record.get("flow_run_id") == run_id or any(
+        e.get("flow_run_id") == run_id for e in record.get("also_produced_by") or []))
+
+
+def asset_key(uri: str) -> str:
+    """A Prefect asset key for an artifact: its uri, with `file://` for a local path."""
+    return uri if "://" in uri else "file://" + Path(uri).resolve().as_posix()
+
+
+def emit_asset_events(records: list[dict], flow_run_id: str | None) -> int:
+    """Prefect asset events for artifacts written in this flow run, as `@materialize` emits them
+    (`prefect.asset.materialization.succeeded`, the artifact's asset key as the resource, its inputs as related
+    `asset`s; `prefect.asset.referenced` for each input), plus the producing task and content hash in the payload.
+    (`@materialize` itself needs the asset keys when the task is defined; ours are content-addressed.)
+    Returns the number of materialization events sent."""
+    from prefect.assets import Asset
+    from prefect.events import emit_event
+
+    def valid(uri):
+        try:
+            return Asset(key=asset_key(uri)).key
+        except ValueError:  # a uri with characters an asset key may not hold: no event for it
+            return None
+
+    sent = 0
+    run = [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}] \
+        if flow_run_id else []
+    for r in records:
+        key = valid(r.get("uri") or "")
+        if key is None:
+            continue
+        upstream = [k for k in (valid(i.get("uri") or "") for i in r.get("inputs", [])) if k]
+        for k in upstream:
+            emit_event(event="prefect.asset.referenced", resource={"prefect.resource.id": k}, related=[])
+        emit_event(event="prefect.asset.materialization.succeeded",
+                   resource={"prefect.resource.id": key,
+                             "prefect.resource.name": f"{r.get('kind')}@{r['content_hash'][:12]}"},
+                   related=[{"prefect.resource.id": k, "prefect.resource.role": "asset"} for k in upstream]
+                   + [{"prefect.resource.id": f"quanta.task.{r.get('producer')}",
+                       "prefect.resource.role": "asset-materialized-by"}] + run,
+                   payload={"kind": r.get("kind"), "content_hash": r["content_hash"], "producer": r.get("producer")})
+        sent += 1
+    return sent

@@ -11,6 +11,7 @@ import pytest
 from schemas import ArtifactCorruptError, ArtifactValidationError
 from storage import ArtifactMissingError, Store
 from storage import lineage as L
+from storage import lineage_graph as G
 
 from fault_helpers import flip_bytes
 
@@ -116,9 +117,9 @@ def test_lineage_records_producer_inputs_and_dependents(store):
     assert rec["inputs"][0]["content_hash"] == spec.content_hash
     assert rec["code_version"].startswith("0.1.0") and rec["created_at"]
     records = store.lineage_index()
-    up = L.upstream(records, L.resolve(records, runs.content_hash[:12]))
+    up = G.upstream(records, G.resolve(records, runs.content_hash[:12]))
     assert [r["kind"] for _, r in up] == ["sparse_parity.runs", "sparse_parity.spec"]
-    assert L.resolve(records, os.path.relpath(spec.uri))["content_hash"] == spec.content_hash  # a pasted path
+    assert G.resolve(records, os.path.relpath(spec.uri))["content_hash"] == spec.content_hash  # a pasted path
     down = L.downstream(records, L.resolve(records, spec.uri))
     assert [r["content_hash"] for _, r in down] == [runs.content_hash]
     # the Parquet file carries the same record in its key-value metadata

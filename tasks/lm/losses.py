@@ -21,6 +21,23 @@ from storage.fingerprint import dir_fingerprint
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device
 from tasks.lm.suite import load_causal_lm, param_counts
+from tasks.progress import Progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A model gave a NaN or infinite loss to a token it predicts: the column is not stored."""
+
+
+def check_finite(loss: np.ndarray, offsets: np.ndarray, label: str) -> None:
+    """Every predicted token (all but the first of each document) must have a finite loss; raises
+    NonFiniteLossError naming the model, how many tokens and the first one."""
+    predicted = np.ones(len(loss), dtype=bool)
+    predicted[np.asarray(offsets[:-1], dtype=np.int64)[np.diff(offsets) > 0]] = False
+    bad = np.flatnonzero(predicted & ~np.isfinite(loss))
+    if len(bad):
+        raise NonFiniteLossError(f"model {label} gave a non-finite loss ({loss[bad[0]]}) to {len(bad)} of "
+                                 f"{int(predicted.sum())} predicted tokens (first: token {int(bad[0])}); "
+                                 "its weights are probably NaN/inf")
 
 
 def document_windows(offsets: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +131,16 @@ def token_loss_column(tokens: ArtifactRef, label: str, model_ref: ArtifactRef | 
         raise ValueError(f"model {label} has vocab_size {model.config.vocab_size} < the tokenizer's "
                          f"{attrs['vocab_size']}: it was not trained with this tokenizer")
     t0 = time.time()
-    loss = per_token_losses(model, arrays["ids"], arrays["offsets"], ctx, batch_size, dev)
+    progress = Progress(f"lm-token-losses-{label}", total=None, unit="batch")
+
+    def report(done: int, total: int) -> None:
+        progress.total = total
+        progress.update(done - progress.n)
+
+    loss = per_token_losses(model, arrays["ids"], arrays["offsets"], ctx, batch_size, dev, progress=report)
+    progress.close()
     secs = time.time() - t0
+    check_finite(loss, arrays["offsets"], label)
     n_pred = int(np.isfinite(loss).sum())
     print(f"losses {label}: mean {np.nanmean(loss):.4f} nats over {n_pred} tokens, {n_pred / max(secs, 1e-9):.0f} "
           f"tokens/s on {dev}")

@@ -21,6 +21,13 @@ from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device
 from tasks.lm.tokenizer import load_tokenizer
+from tasks.progress import Progress
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A training run's loss became NaN or infinite: the task fails (nothing is stored) naming the model and the
+    learning rate."""
+
 
 def _quiet_transformers() -> None:
     """No progress bars from transformers' weight loading/saving in task logs."""
@@ -109,7 +116,9 @@ def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_le
              batch_size: int, lr: float, warmup_steps: int, weight_decay: float, seed: int,
              device: str | torch.device = "cpu", eos_token_id: int = 0, log_every: int = 25, progress=None):
     """Train one GPT-NeoX of `size` from scratch on windows of `stream` (nanoGPT-style loop: AdamW, warmup +
-    cosine, grad clip 1). Returns (model on CPU in eval mode, [(step, train loss)])."""
+    cosine, grad clip 1). Returns (model on CPU in eval mode, [(step, train loss)]); `progress(step, loss)` is called
+    every `log_every` steps. Raises TrainingDivergedError, naming the model and `lr`, as soon as a logged step finds
+    that some loss so far was NaN or infinite (checked on the device every step, read back only when logging)."""
     from transformers import GPTNeoXForCausalLM
 
     _quiet_transformers()
@@ -126,17 +135,23 @@ def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_le
     data = torch.as_tensor(stream, device=device)
     offs = torch.arange(context_length, device=device)
     history = []
+    diverged = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup_steps)
         x = data[torch.as_tensor(starts[step], device=device)[:, None] + offs]
         loss = model(input_ids=x, labels=x).loss
+        diverged |= ~torch.isfinite(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % log_every == 0 or step == steps - 1:
             history.append((step, float(loss.item())))
+            if bool(diverged):
+                raise TrainingDivergedError(
+                    f"training model {size.label} diverged: its loss became {history[-1][1]} by step {step} of "
+                    f"{steps} with learning rate {lr:g}; lower suite.lr (or raise suite.warmup_steps)")
             if progress is not None:
                 progress(step, history[-1][1])
     return model.cpu().eval(), history
@@ -161,10 +176,13 @@ def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, size: ModelSi
     stream = training_stream(arrays["ids"], arrays["offsets"], eos)
     device = resolve_device(params["device"], "suite.device")
     t0 = time.time()
+    progress = Progress(f"lm-train-{size.label}", total=params["steps"], unit="step")
     model, history = train_lm(
         size, stream, int(attrs["vocab_size"]), context_length=params["context_length"], steps=params["steps"],
         batch_size=params["batch_size"], lr=params["lr"], warmup_steps=params["warmup_steps"],
-        weight_decay=params["weight_decay"], seed=params["seed"], device=device, eos_token_id=eos)
+        weight_decay=params["weight_decay"], seed=params["seed"], device=device, eos_token_id=eos,
+        progress=lambda step, loss: progress.update(step + 1 - progress.n, loss=f"{loss:.3f}"))
+    progress.close()
     seconds = time.time() - t0
     n_all, n_ne = param_counts(model)
     print(f"trained {size.label}: {n_all} params ({n_ne} non-embedding), final train loss {history[-1][1]:.3f}, "
