@@ -12,10 +12,17 @@ coefficient is fitted in log space (E = exp(e), A = exp(a0), B = exp(b0)); the p
 log-loss is the logsumexp of the log terms; the objective is the Huber loss (``huber_delta``,
 default 1e-3) of ``log L_pred - log L_obs``, **summed** over points (a mean makes the objective
 tiny and L-BFGS stops early); minimised with L-BFGS-B (analytic gradient, tight tolerances)
-from a grid of initialisations, the best one kept. Uncertainty: nonparametric bootstrap over
-data points (each refit warm-started from the full-data optimum), percentile confidence
-intervals and bootstrap standard errors for every parameter and, through
-:meth:`PowerLawFit.derived`, for any function of the parameters.
+from a grid of initialisations (screened, the best few run to convergence), the best one kept.
+
+Uncertainty (``ci``, see `uncertainty`): up to 200 points the nonparametric bootstrap over
+points with BCa intervals (bias-corrected and accelerated; the jackknife gives the
+acceleration); up to 20,000 points the bootstrap with percentile intervals; beyond, the
+asymptotic sandwich covariance of the M-estimator. Bootstrap refits are warm-started from the
+full-data optimum; resamples with fewer distinct x than the law has parameters are counted as
+failed and left out. Every parameter gets an interval and a standard error and, through
+:meth:`PowerLawFit.derived`, so does any function of the parameters. ``warnings`` flag data a
+decreasing power law does not describe (rising or trendless loss, a parameter at its bound);
+constant loss is refused.
 
 Conventions: exponents are reported positive for decreasing laws (``a`` in ``A x^-a``); OLS
 slopes keep their sign (a Zipf rank-frequency slope is negative). ``level`` is the two-sided
@@ -31,19 +38,24 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scipy import stats
+
 from schemas.jsonable import jsonable
 from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, minimise, single_threaded_blas
 from tasks.stats.inputs import FitError, as_1d, check_level, same_length
-from tasks.stats.intervals import percentile_ci, sample_se
+from tasks.stats.intervals import bca_ci, percentile_ci, sample_se
+from tasks.stats.uncertainty import (Identification, Progress, asymptotic, bootstrap, bootstrap_intervals, jackknife,
+                                     resolve_ci_method)
 
 
 @dataclass
 class DerivedValue:
-    """A function of fitted parameters with its bootstrap uncertainty.
+    """A function of fitted parameters with its uncertainty.
 
-    ``value``: the function at the full-data fit; ``ci``: percentile interval [lo, hi] of the
-    bootstrap distribution at ``level``; ``se``: its standard deviation; ``samples``: shape
-    (n_ok,), one value per successful bootstrap refit (empty without bootstrap).
+    ``value``: the function at the full-data fit; ``ci``: interval [lo, hi] at ``level`` by the
+    fit's ``ci_method`` (BCa or percentile over the bootstrap refits; percentile over draws from
+    the asymptotic normal); ``se``: the samples' standard deviation; ``samples``: shape (m,), one
+    value per bootstrap refit or normal draw (empty without uncertainty).
     """
 
     value: float
@@ -64,16 +76,21 @@ class PowerLawFit:
     ----------
     params : {name: value}; names ``E``, ``A``, ``a`` (and ``B``, ``b`` for 2-D), natural units
         (E and A, B in the units of y; exponents dimensionless).
-    ci : {name: [lo, hi]} bootstrap percentile interval at ``level`` ([nan, nan] without
-        bootstrap; [0, 0] for E when ``offset=False``).
-    se : {name: value} bootstrap standard error (0 for a fixed E).
+    ci : {name: [lo, hi]} interval at ``level`` by ``ci_method`` ([nan, nan] without
+        uncertainty, ``n_bootstrap=0``; [0, 0] for E when ``offset=False``).
+    se : {name: value} bootstrap (or asymptotic, delta-method) standard error (0 for a fixed E).
     n_points : number of data points used.
-    method : e.g. ``"huber-lbfgs-bootstrap"``.
+    method : ``"huber-lbfgs-bootstrap"``, ``"huber-lbfgs-sandwich"`` or ``"huber-lbfgs"`` (no CIs).
+    ci_method : ``"bca"``, ``"percentile"``, ``"asymptotic"`` or ``"none"``.
     converged : whether the best full-data L-BFGS run converged.
     loss : summed Huber loss of log residuals at the optimum.
     law : ``"1d"`` or ``"2d"``.
-    bootstrap_samples : array (n_ok, n_params), columns in ``param_names`` order, one row per
-        successful bootstrap refit. Not serialised by :meth:`to_dict`.
+    bootstrap_samples : array (m, n_params), columns in ``param_names`` order: one row per
+        successful bootstrap refit, or (``ci_method="asymptotic"``) per draw from the asymptotic
+        normal. Not serialised by :meth:`to_dict`.
+    jackknife_samples : array (n_points, n_params) of leave-one-out refits (NaN rows where one
+        failed), for BCa intervals of derived values; None otherwise.
+    warnings : {code: message}; codes ``not-decreasing``, ``no-trend``, ``at-bound``.
     """
 
     params: dict[str, float]
@@ -92,6 +109,9 @@ class PowerLawFit:
     seed: int | None = None
     param_names: tuple[str, ...] = ()
     bootstrap_samples: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 0)))
+    ci_method: str = "none"
+    warnings: dict[str, str] = field(default_factory=dict)
+    jackknife_samples: np.ndarray | None = field(repr=False, default=None)
 
     def predict(self, x: Any, d: Any = None) -> np.ndarray:
         """Predicted loss. 1-D: ``predict(x)``; 2-D: ``predict(n, d)`` (broadcasting arrays)."""
@@ -105,17 +125,23 @@ class PowerLawFit:
         return p["E"] + p["A"] * x ** (-p["a"]) + p["B"] * d ** (-p["b"])
 
     def derived(self, fn: Callable[[dict[str, float]], float], level: float | None = None) -> DerivedValue:
-        """Value and bootstrap CI/SE of ``fn(params)``, e.g. ``fit.derived(lambda p: p["a"]/(p["a"]+1))``.
-
-        ``fn`` receives a dict of floats with the keys of ``params``.
+        """Value and CI/SE of ``fn(params)`` from the same joint samples as the parameters' own intervals, e.g.
+        ``fit.derived(lambda p: p["a"]/(p["a"]+1))``. ``fn`` receives a dict of floats with the keys of ``params``.
         """
         level = self.level if level is None else check_level(level)
         value = float(fn(dict(self.params)))
-        samples = self.bootstrap_samples
-        if samples.size == 0:
+        if self.bootstrap_samples.size == 0:
             return DerivedValue(value, [math.nan, math.nan], math.nan, level, np.empty(0))
-        vals = np.array([fn(dict(zip(self.param_names, map(float, row)))) for row in samples], dtype=float)
-        return DerivedValue(value, percentile_ci(vals, level), sample_se(vals), level, vals)
+        vals = self._apply(fn, self.bootstrap_samples)
+        if self.ci_method == "bca" and self.jackknife_samples is not None:
+            ci = bca_ci(vals, value, self._apply(fn, self.jackknife_samples), level)
+        else:
+            ci = percentile_ci(vals, level)
+        return DerivedValue(value, ci, sample_se(vals), level, vals)
+
+    def _apply(self, fn: Callable[[dict[str, float]], float], rows: np.ndarray) -> np.ndarray:
+        return np.array([fn(dict(zip(self.param_names, map(float, row)))) if np.all(np.isfinite(row)) else math.nan
+                         for row in rows], dtype=float)
 
     def samples_of(self, name: str) -> np.ndarray:
         """Bootstrap samples of one parameter, shape (n_ok,) (empty without bootstrap)."""
@@ -139,17 +165,159 @@ class PowerLawFit:
             "huber_delta": float(self.huber_delta),
             "n_bootstrap": int(self.n_bootstrap),
             "n_bootstrap_failed": int(self.n_bootstrap_failed),
+            "ci_method": self.ci_method,
             "seed": self.seed,
+            "warnings": self.warnings,
         })
 
 
 
-def _fit_lse(*args: Any, **kwargs: Any) -> PowerLawFit:
-    with single_threaded_blas():
-        return _fit_lse_body(*args, **kwargs)
+# ------------------------------------------------------------------------------------------ the fit, stage by stage
+SCREEN_ITERS = 30  # L-BFGS iterations per initialisation in the screening pass of the multistart
+POLISH_TOP = 3  # the best screened initialisations, run to convergence
+MULTISTART_MAX_ROWS = 20_000  # above this, initialisations are screened on a fixed random subsample of rows
+CI_METHODS = ("auto", "bca", "percentile", "asymptotic")
 
 
-def _fit_lse_body(
+@dataclass
+class _Optimum:
+    theta: np.ndarray
+    f: float  # scaled objective (LogSumExpLaw.fun_grad)
+    converged: bool
+
+
+def _bounds(law: LogSumExpLaw, logy: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """Box bounds of theta: log E from ~1e-13 * min(y) to ~7 * max(y); coefficients free; exponents EXP_BOUNDS."""
+    bounds: list[tuple[float | None, float | None]] = []
+    if law.offset:
+        bounds.append((float(logy.min()) - 30.0, float(logy.max()) + 2.0))
+    for _ in range(law.K):
+        bounds += [(None, None), EXP_BOUNDS]
+    return bounds
+
+
+def _clip(theta: np.ndarray, bounds) -> np.ndarray:
+    lo = [-np.inf if b[0] is None else b[0] for b in bounds]
+    hi = [np.inf if b[1] is None else b[1] for b in bounds]
+    return np.clip(theta, lo, hi)
+
+
+def _better(cand: _Optimum, best: _Optimum | None) -> bool:
+    """Converged runs first; among equals the lowest objective."""
+    if best is None:
+        return True
+    return (cand.converged and not best.converged) or (cand.converged == best.converged and cand.f < best.f)
+
+
+def _multistart(law: LogSumExpLaw, inits: list[np.ndarray], bounds, law_name: str, huber_delta: float,
+                progress: Progress | None) -> _Optimum:
+    """L-BFGS from every initialisation for at most SCREEN_ITERS iterations, then the POLISH_TOP best run to
+    convergence; the best converged run is kept. Screening finds the basin as full runs from every start did, at a
+    fraction of the cost. With more than MULTISTART_MAX_ROWS rows, all of this runs on a fixed random subsample and
+    the winner is then refined on all rows (one run from near the optimum: the subsample's optimum is within its
+    sampling error of the full one). Raises FitError if nothing converged."""
+    n = len(law.ly_all)
+    sub = None
+    if n > MULTISTART_MAX_ROWS:
+        sub = np.sort(np.random.default_rng(0).choice(n, MULTISTART_MAX_ROWS, replace=False))
+    law.set_rows(sub)
+    try:
+        screened = []
+        for i, nat0 in enumerate(inits):
+            theta, f, conv = minimise(law, _clip(law.from_natural(nat0), bounds), bounds, maxiter=SCREEN_ITERS)
+            screened.append(_Optimum(theta, f, conv))
+            if progress is not None:
+                progress("multistart", i + 1, len(inits))
+        best = None
+        for cand in sorted((s for s in screened if math.isfinite(s.f)), key=lambda s: s.f)[:POLISH_TOP]:
+            if not cand.converged:
+                cand = _Optimum(*minimise(law, cand.theta, bounds))
+            if _better(cand, best):
+                best = cand
+    finally:
+        law.set_rows(None)
+    if best is not None and sub is not None and math.isfinite(best.f):
+        best = _Optimum(*minimise(law, best.theta, bounds))
+    if best is None or not math.isfinite(best.f):
+        raise FitError(f"{law_name} fit failed: the objective was non-finite from every initialisation")
+    if not best.converged:
+        raise FitError(
+            f"{law_name} fit did not converge: no initialisation out of {len(inits)} converged "
+            f"(best Huber loss {best.f * huber_delta:.3g})"
+        )
+    return best
+
+
+def _full_vector(nat: np.ndarray, offset: bool) -> np.ndarray:
+    """Natural parameters with E = 0 prepended when the law has no offset."""
+    return nat if offset else np.concatenate([[0.0], nat])
+
+
+def _full_rows(rows: np.ndarray, offset: bool) -> np.ndarray:
+    return rows if offset else np.column_stack([np.zeros(len(rows)), rows])
+
+
+def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, best: _Optimum, offset: bool, n_bootstrap: int,
+                 ci: str, level: float, seed: int | None, progress: Progress | None):
+    """(ci_method, intervals, SEs, joint samples (m, p_all), jackknife rows (n, p_all) or None, failed resamples)
+    for every parameter in output order (E first, fixed at 0 without offset)."""
+    p_all = law.npar + (0 if offset else 1)
+    if n_bootstrap <= 0:
+        return "none", [[math.nan, math.nan]] * p_all, [math.nan] * p_all, np.empty((0, p_all)), None, 0
+    method = resolve_ci_method(ci, len(law.ly_all))
+    if method == "asymptotic":
+        asy = asymptotic(law, best.theta, level, seed)
+        draws = _full_rows(asy.draws, offset)
+        return method, _fixed_e(asy.ci, offset), _fixed_e_se(asy.se, offset), draws, None, 0
+    identified = Identification(logx, law.npar)
+    reps = bootstrap(law, best.theta, bounds, identified, n_bootstrap, seed, progress)
+    if method == "bca":
+        reps.jackknife = jackknife(law, best.theta, bounds, identified)
+    cis, ses = bootstrap_intervals(reps, law.to_natural(best.theta), method, level)
+    jack = None if reps.jackknife is None else _full_rows(reps.jackknife, offset)
+    return method, _fixed_e(cis, offset), _fixed_e_se(ses, offset), _full_rows(reps.samples, offset), jack, reps.failed
+
+
+def _fixed_e(cis: list, offset: bool) -> list:
+    return cis if offset else [[0.0, 0.0], *cis]
+
+
+def _fixed_e_se(ses: list, offset: bool) -> list:
+    return ses if offset else [0.0, *ses]
+
+
+def _diagnose(logx: np.ndarray, y: np.ndarray, theta: np.ndarray, bounds, params: dict[str, float],
+              names: tuple[str, ...], offset: bool) -> dict[str, str]:
+    """Warnings that the numbers should not be read as a confident scaling law, by code:
+    ``not-decreasing`` (y rises with x: Spearman rho >= 0, or a fitted exponent <= 0), ``no-trend`` (no significant
+    decrease: one-sided Spearman p > 0.05), ``at-bound`` (an exponent at EXP_BOUNDS or E at its upper bound: the
+    optimum is on the box, its interval is not meaningful)."""
+    warn: dict[str, str] = {}
+    yn = names[-1]
+    exps = [k for k in ("a", "b") if k in params]
+    for k, xname in zip(range(logx.shape[1]), names[:-1]):
+        res = stats.spearmanr(logx[:, k], y, alternative="less")
+        rho, pval = float(res.statistic), float(res.pvalue)
+        if not rho < 0:
+            warn["not-decreasing"] = (f"{yn} does not decrease with {xname} (Spearman rho = {rho:+.2f}): a decreasing "
+                                      "power law does not describe these data")
+        elif pval > 0.05 and "no-trend" not in warn:
+            warn["no-trend"] = (f"no significant decrease of {yn} with {xname} (Spearman rho = {rho:+.2f}, one-sided "
+                                f"p = {pval:.2g}): the exponent is not determined by these data")
+    negative = [f"{k} = {params[k]:.3g}" for k in exps if params[k] <= 0]
+    if negative and "not-decreasing" not in warn:
+        warn["not-decreasing"] = f"fitted exponent {', '.join(negative)} <= 0: {yn} does not fall as a power law"
+    o = 1 if offset else 0
+    at = [k for j, k in zip(range(o + 1, len(theta), 2), exps) if min(abs(theta[j] - b) for b in EXP_BOUNDS) < 1e-6]
+    if offset and abs(theta[0] - bounds[0][1]) < 1e-6:
+        at.append("E")
+    if at:
+        warn["at-bound"] = (f"{', '.join(at)} at the edge of its allowed range: the data do not determine it "
+                            "(no curvature to fit); its interval is not meaningful")
+    return warn
+
+
+def _fit_lse(
     logx: np.ndarray,
     y: np.ndarray,
     *,
@@ -161,85 +329,42 @@ def _fit_lse_body(
     level: float,
     seed: int | None,
     inits: list[np.ndarray],
+    ci: str = "auto",
+    var_names: tuple[str, ...],
+    progress: Progress | None = None,
 ) -> PowerLawFit:
-    n = len(y)
-    logy = np.log(y)
-    law = LogSumExpLaw(logx, logy, offset, huber_delta)
-    ly_min, ly_max = float(logy.min()), float(logy.max())
-    bounds = []
-    if offset:
-        bounds.append((ly_min - 30.0, ly_max + 2.0))  # E from ~1e-13 * min(y) to ~7 * max(y)
-    for _ in range(law.K):
-        bounds += [(None, None), EXP_BOUNDS]
-
-    best_theta, best_f, any_conv, best_conv = None, math.inf, False, False
-    for nat0 in inits:
-        theta0 = law.from_natural(nat0)
-        theta0 = np.array([np.clip(t, b[0] if b[0] is not None else -np.inf, b[1] if b[1] is not None else np.inf)
-                           for t, b in zip(theta0, bounds)])
-        theta, f, conv = minimise(law, theta0, bounds)
-        any_conv |= conv
-        # prefer converged runs; among them the lowest objective
-        if (conv and not best_conv) or ((conv == best_conv) and f < best_f):
-            best_theta, best_f, best_conv = theta, f, conv
-    if best_theta is None or not math.isfinite(best_f):
-        raise FitError(f"{law_name} fit failed: the objective was non-finite from every initialisation")
-    if not any_conv:
-        raise FitError(
-            f"{law_name} fit did not converge: no initialisation out of {len(inits)} converged "
-            f"(best Huber loss {best_f * huber_delta:.3g})"
-        )
-
-    nat = law.to_natural(best_theta)
-    loss = best_f * huber_delta
-    # parameter names in output order
-    all_names = list(names)
-    if not offset:
-        full = np.concatenate([[0.0], nat])
-    else:
-        full = nat
-    params = {k: float(v) for k, v in zip(all_names, full)}
-
-    # bootstrap, warm-started from the full-data optimum
-    rng = np.random.default_rng(seed)
-    samples, failed = [], 0
-    for _ in range(int(n_bootstrap)):
-        idx = rng.integers(0, n, size=n)
-        law.set_rows(idx)
-        theta, f, conv = minimise(law, best_theta, bounds)
-        if not (conv and math.isfinite(f)):
-            failed += 1
-            continue
-        nb = law.to_natural(theta)
-        samples.append(nb if offset else np.concatenate([[0.0], nb]))
-    law.set_rows(None)
-    samples_arr = np.array(samples) if samples else np.empty((0, len(all_names)))
-
-    ci, se = {}, {}
-    for j, k in enumerate(all_names):
-        if k == "E" and not offset:
-            ci[k], se[k] = [0.0, 0.0], 0.0
-        elif samples_arr.shape[0] >= 2:
-            ci[k], se[k] = percentile_ci(samples_arr[:, j], level), sample_se(samples_arr[:, j])
-        else:
-            ci[k], se[k] = [math.nan, math.nan], math.nan
+    """The fit, stage by stage: bounds, multistart, natural units, uncertainty, diagnostics."""
+    with single_threaded_blas():
+        logy = np.log(y)
+        law = LogSumExpLaw(logx, logy, offset, huber_delta)
+        bounds = _bounds(law, logy)
+        best = _multistart(law, inits, bounds, law_name, huber_delta, progress)
+        full = _full_vector(law.to_natural(best.theta), offset)
+        params = {k: float(v) for k, v in zip(names, full)}
+        method, cis, ses, samples, jack, failed = _uncertainty(law, logx, bounds, best, offset, n_bootstrap, ci,
+                                                               level, seed, progress)
+        warnings = _diagnose(logx, y, best.theta, bounds, params, var_names, offset)
+    kind = {"none": "huber-lbfgs", "asymptotic": "huber-lbfgs-sandwich"}.get(method, "huber-lbfgs-bootstrap")
     return PowerLawFit(
         params=params,
-        ci=ci,
-        se=se,
-        n_points=n,
-        method="huber-lbfgs-bootstrap" if n_bootstrap > 0 else "huber-lbfgs",
-        converged=bool(best_conv),
-        loss=float(loss),
+        ci={k: [float(v) for v in c] for k, c in zip(names, cis)},
+        se={k: float(v) for k, v in zip(names, ses)},
+        n_points=len(y),
+        method=kind,
+        converged=bool(best.converged),
+        loss=float(best.f * huber_delta),
         law=law_name,
         offset=offset,
         level=level,
         huber_delta=float(huber_delta),
-        n_bootstrap=int(n_bootstrap),
+        n_bootstrap=int(n_bootstrap) if method in ("bca", "percentile") else 0,
         n_bootstrap_failed=failed,
         seed=seed,
-        param_names=tuple(all_names),
-        bootstrap_samples=samples_arr,
+        param_names=tuple(names),
+        bootstrap_samples=samples,
+        ci_method=method,
+        warnings=warnings,
+        jackknife_samples=jack,
     )
 
 
@@ -254,6 +379,16 @@ def _ols_exponent(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
+def _check_fit_options(y: np.ndarray, yn: str, huber_delta: float, ci: str) -> None:
+    """Refuse constant y (no law to fit: every exponent explains it equally) and bad options, before any work."""
+    if huber_delta <= 0:
+        raise FitError(f"huber_delta must be > 0; got {huber_delta}")
+    if ci not in CI_METHODS:
+        raise FitError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci!r}")
+    if np.all(y == y[0]):
+        raise FitError(f"{yn} is constant (all {len(y)} values are {y[0]:g}): there is no scaling law to fit")
+
+
 def fit_power_law(
     x: Any,
     y: Any,
@@ -264,8 +399,10 @@ def fit_power_law(
     level: float = 0.95,
     seed: int | None = 0,
     names: tuple[str, str] = ("x", "y"),
+    ci: str = "auto",
+    progress: Progress | None = None,
 ) -> PowerLawFit:
-    """Fit L(x) = E + A * x**-a by Huber loss on log residuals, L-BFGS from a grid, bootstrap CIs.
+    """Fit L(x) = E + A * x**-a by Huber loss on log residuals, L-BFGS from a grid, with CIs.
 
     Parameters
     ----------
@@ -275,19 +412,24 @@ def fit_power_law(
     offset : fit E >= 0 (default). ``False`` fixes E = 0 (reported as 0 with CI [0, 0]).
     huber_delta : Huber threshold on log residuals (default 1e-3, Hoffmann et al.).
     n_bootstrap : number of nonparametric bootstrap resamples of the points (default 200;
-        0 skips uncertainty and gives NaN CIs).
-    level : two-sided confidence level of the percentile CIs (default 0.95).
-    seed : seed of the bootstrap resampling (default 0).
-    names : names of (x, y) used in error messages (e.g. the CSV columns).
+        0 skips uncertainty and gives NaN CIs; unused by the asymptotic method).
+    level : two-sided confidence level of the CIs (default 0.95).
+    seed : seed of the bootstrap resampling (and of the asymptotic normal's draws; default 0).
+    names : names of (x, y) used in error messages and warnings (e.g. the CSV columns).
+    ci : ``"auto"`` (default: BCa bootstrap up to 200 points, percentile bootstrap below
+        20,000, asymptotic sandwich from there), ``"bca"``, ``"percentile"`` or ``"asymptotic"``.
+    progress : optional ``progress(stage, done, total)`` callback, called after every
+        initialisation (stage ``"multistart"``) and bootstrap resample (``"bootstrap"``).
 
     Returns
     -------
-    PowerLawFit with ``params`` {"E", "A", "a"}, ``law="1d"``.
+    PowerLawFit with ``params`` {"E", "A", "a"}, ``law="1d"``; ``warnings`` when the data do
+    not look like a decreasing power law.
 
     Raises
     ------
     FitError on non-finite or non-positive input, mismatched lengths, fewer than 4 distinct
-    x values (3 with ``offset=False``), or when no initialisation converged.
+    x values (3 with ``offset=False``), constant y, or when no initialisation converged.
     """
     level = check_level(level)
     xn, yn = names
@@ -301,8 +443,7 @@ def fit_power_law(
             f"too few points for the 1-D law {'with' if offset else 'without'} offset E: need at least "
             f"{need} distinct {xn} values, got {n_distinct} (n_points={len(x)})"
         )
-    if huber_delta <= 0:
-        raise FitError(f"huber_delta must be > 0; got {huber_delta}")
+    _check_fit_options(y, yn, huber_delta, ci)
 
     lx = np.log(x)
     ymin = float(y.min())
@@ -320,7 +461,7 @@ def fit_power_law(
             inits.append(np.array(nat))
     return _fit_lse(
         lx[:, None], y, offset=offset, names=("E", "A", "a"), law_name="1d", huber_delta=huber_delta,
-        n_bootstrap=n_bootstrap, level=level, seed=seed, inits=inits,
+        n_bootstrap=n_bootstrap, level=level, seed=seed, inits=inits, ci=ci, var_names=(xn, yn), progress=progress,
     )
 
 
@@ -335,15 +476,17 @@ def fit_chinchilla(
     level: float = 0.95,
     seed: int | None = 0,
     names: tuple[str, str, str] = ("N", "D", "y"),
+    ci: str = "auto",
+    progress: Progress | None = None,
 ) -> PowerLawFit:
-    """Fit L(N, D) = E + A / N**a + B / D**b (Hoffmann et al. Approach 3), bootstrap CIs.
+    """Fit L(N, D) = E + A / N**a + B / D**b (Hoffmann et al. Approach 3), with CIs.
 
     Parameters
     ----------
     n, d, y : array-like, shape (n_points,)
         Positive, finite: N (e.g. parameters), D (e.g. tokens or dataset size), the loss.
-    offset, huber_delta, n_bootstrap, level, seed : as in :func:`fit_power_law`.
-    names : names of (n, d, y) used in error messages.
+    offset, huber_delta, n_bootstrap, level, seed, ci, progress : as in :func:`fit_power_law`.
+    names : names of (n, d, y) used in error messages and warnings.
 
     Returns
     -------
@@ -351,8 +494,8 @@ def fit_chinchilla(
 
     Raises
     ------
-    FitError on bad input, fewer than 6 points or fewer than 2 distinct N or D values, or when
-    no initialisation converged.
+    FitError on bad input, fewer than 6 points or fewer than 2 distinct N or D values, constant
+    y, or when no initialisation converged.
     """
     level = check_level(level)
     nn, dn, yn = names
@@ -366,8 +509,7 @@ def fit_chinchilla(
         k = len(np.unique(arr))
         if k < 2:
             raise FitError(f"too few points for the 2-D law: need at least 2 distinct {nm} values, got {k}")
-    if huber_delta <= 0:
-        raise FitError(f"huber_delta must be > 0; got {huber_delta}")
+    _check_fit_options(y, yn, huber_delta, ci)
 
     lN, lD = np.log(N), np.log(D)
     ymin = float(y.min())
@@ -386,5 +528,6 @@ def fit_chinchilla(
                     inits.append(np.array(([max(E, 1e-6 * ymin)] if offset else []) + nat))
     return _fit_lse(
         np.column_stack([lN, lD]), y, offset=offset, names=("E", "A", "a", "B", "b"), law_name="2d",
-        huber_delta=huber_delta, n_bootstrap=n_bootstrap, level=level, seed=seed, inits=inits,
+        huber_delta=huber_delta, n_bootstrap=n_bootstrap, level=level, seed=seed, inits=inits, ci=ci,
+        var_names=(nn, dn, yn), progress=progress,
     )
