@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["benchmarks.bench_training", "benchmarks.bench_token_losses"]
+BENCHES = ["benchmarks.bench_training", "benchmarks.bench_token_losses", "benchmarks.bench_fit"]
 BEGIN, END = "<!-- latest make bench: begin -->", "<!-- latest make bench: end -->"
 
 
