@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import tasks.stats as fitting
-import tasks.stats.powerlaw as powerlaw
+import tasks.stats.huber as huber
 from flows.cli.fit import add_fit_parser, run_fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def test_two_d_too_few_distinct(tmp_path, capsys):
 
 
 def test_non_convergence_exit_2(good_csv, capsys, monkeypatch):
-    monkeypatch.setattr(powerlaw, "minimise", lambda law, theta0, bounds, **kw: (theta0, 1.0, False))
+    monkeypatch.setattr(huber, "minimise", lambda law, theta0, bounds, **kw: (theta0, 1.0, False))
     code, out, err = run(capsys, "--csv", str(good_csv), "--y", "loss", "--x", "params", "--bootstrap", "0")
     assert code == 2 and out == "" and "did not converge" in err
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tasks.stats as fitting
-import tasks.stats.powerlaw as powerlaw
+import tasks.stats.huber as huber
 from tasks.stats import (
     FitError,
     LogLogFit,
@@ -241,14 +241,14 @@ def test_non_convergence_is_a_clear_error(monkeypatch):
     def never(law, theta0, bounds, **kw):
         return theta0, 1.0, False
 
-    monkeypatch.setattr(powerlaw, "minimise", never)
+    monkeypatch.setattr(huber, "minimise", never)
     with pytest.raises(FitError, match="did not converge"):
         fit_power_law(x, y, n_bootstrap=0)
 
     def nonfinite(law, theta0, bounds, **kw):
         return theta0, math.inf, False
 
-    monkeypatch.setattr(powerlaw, "minimise", nonfinite)
+    monkeypatch.setattr(huber, "minimise", nonfinite)
     with pytest.raises(FitError, match="non-finite"):
         fit_power_law(x, y, n_bootstrap=0)
 

@@ -38,10 +38,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scipy import stats
-
 from schemas.jsonable import jsonable
-from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, minimise, single_threaded_blas
+from tasks.stats.diagnostics import diagnose
+from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, Optimum, multistart, single_threaded_blas
 from tasks.stats.inputs import FitError, as_1d, check_level, same_length
 from tasks.stats.intervals import bca_ci, percentile_ci, sample_se
 from tasks.stats.uncertainty import (Identification, Progress, asymptotic, bootstrap, bootstrap_intervals, jackknife,
@@ -173,17 +172,7 @@ class PowerLawFit:
 
 
 # ------------------------------------------------------------------------------------------ the fit, stage by stage
-SCREEN_ITERS = 30  # L-BFGS iterations per initialisation in the screening pass of the multistart
-POLISH_TOP = 3  # the best screened initialisations, run to convergence
-MULTISTART_MAX_ROWS = 20_000  # above this, initialisations are screened on a fixed random subsample of rows
 CI_METHODS = ("auto", "bca", "percentile", "asymptotic")
-
-
-@dataclass
-class _Optimum:
-    theta: np.ndarray
-    f: float  # scaled objective (LogSumExpLaw.fun_grad)
-    converged: bool
 
 
 def _bounds(law: LogSumExpLaw, logy: np.ndarray) -> list[tuple[float | None, float | None]]:
@@ -196,58 +185,6 @@ def _bounds(law: LogSumExpLaw, logy: np.ndarray) -> list[tuple[float | None, flo
     return bounds
 
 
-def _clip(theta: np.ndarray, bounds) -> np.ndarray:
-    lo = [-np.inf if b[0] is None else b[0] for b in bounds]
-    hi = [np.inf if b[1] is None else b[1] for b in bounds]
-    return np.clip(theta, lo, hi)
-
-
-def _better(cand: _Optimum, best: _Optimum | None) -> bool:
-    """Converged runs first; among equals the lowest objective."""
-    if best is None:
-        return True
-    return (cand.converged and not best.converged) or (cand.converged == best.converged and cand.f < best.f)
-
-
-def _multistart(law: LogSumExpLaw, inits: list[np.ndarray], bounds, law_name: str, huber_delta: float,
-                progress: Progress | None) -> _Optimum:
-    """L-BFGS from every initialisation for at most SCREEN_ITERS iterations, then the POLISH_TOP best run to
-    convergence; the best converged run is kept. Screening finds the basin as full runs from every start did, at a
-    fraction of the cost. With more than MULTISTART_MAX_ROWS rows, all of this runs on a fixed random subsample and
-    the winner is then refined on all rows (one run from near the optimum: the subsample's optimum is within its
-    sampling error of the full one). Raises FitError if nothing converged."""
-    n = len(law.ly_all)
-    sub = None
-    if n > MULTISTART_MAX_ROWS:
-        sub = np.sort(np.random.default_rng(0).choice(n, MULTISTART_MAX_ROWS, replace=False))
-    law.set_rows(sub)
-    try:
-        screened = []
-        for i, nat0 in enumerate(inits):
-            theta, f, conv = minimise(law, _clip(law.from_natural(nat0), bounds), bounds, maxiter=SCREEN_ITERS)
-            screened.append(_Optimum(theta, f, conv))
-            if progress is not None:
-                progress("multistart", i + 1, len(inits))
-        best = None
-        for cand in sorted((s for s in screened if math.isfinite(s.f)), key=lambda s: s.f)[:POLISH_TOP]:
-            if not cand.converged:
-                cand = _Optimum(*minimise(law, cand.theta, bounds))
-            if _better(cand, best):
-                best = cand
-    finally:
-        law.set_rows(None)
-    if best is not None and sub is not None and math.isfinite(best.f):
-        best = _Optimum(*minimise(law, best.theta, bounds))
-    if best is None or not math.isfinite(best.f):
-        raise FitError(f"{law_name} fit failed: the objective was non-finite from every initialisation")
-    if not best.converged:
-        raise FitError(
-            f"{law_name} fit did not converge: no initialisation out of {len(inits)} converged "
-            f"(best Huber loss {best.f * huber_delta:.3g})"
-        )
-    return best
-
-
 def _full_vector(nat: np.ndarray, offset: bool) -> np.ndarray:
     """Natural parameters with E = 0 prepended when the law has no offset."""
     return nat if offset else np.concatenate([[0.0], nat])
@@ -257,7 +194,7 @@ def _full_rows(rows: np.ndarray, offset: bool) -> np.ndarray:
     return rows if offset else np.column_stack([np.zeros(len(rows)), rows])
 
 
-def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, best: _Optimum, offset: bool, n_bootstrap: int,
+def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, best: Optimum, offset: bool, n_bootstrap: int,
                  ci: str, level: float, seed: int | None, progress: Progress | None):
     """(ci_method, intervals, SEs, joint samples (m, p_all), jackknife rows (n, p_all) or None, failed resamples)
     for every parameter in output order (E first, fixed at 0 without offset)."""
@@ -286,37 +223,6 @@ def _fixed_e_se(ses: list, offset: bool) -> list:
     return ses if offset else [0.0, *ses]
 
 
-def _diagnose(logx: np.ndarray, y: np.ndarray, theta: np.ndarray, bounds, params: dict[str, float],
-              names: tuple[str, ...], offset: bool) -> dict[str, str]:
-    """Warnings that the numbers should not be read as a confident scaling law, by code:
-    ``not-decreasing`` (y rises with x: Spearman rho >= 0, or a fitted exponent <= 0), ``no-trend`` (no significant
-    decrease: one-sided Spearman p > 0.05), ``at-bound`` (an exponent at EXP_BOUNDS or E at its upper bound: the
-    optimum is on the box, its interval is not meaningful)."""
-    warn: dict[str, str] = {}
-    yn = names[-1]
-    exps = [k for k in ("a", "b") if k in params]
-    for k, xname in zip(range(logx.shape[1]), names[:-1]):
-        res = stats.spearmanr(logx[:, k], y, alternative="less")
-        rho, pval = float(res.statistic), float(res.pvalue)
-        if not rho < 0:
-            warn["not-decreasing"] = (f"{yn} does not decrease with {xname} (Spearman rho = {rho:+.2f}): a decreasing "
-                                      "power law does not describe these data")
-        elif pval > 0.05 and "no-trend" not in warn:
-            warn["no-trend"] = (f"no significant decrease of {yn} with {xname} (Spearman rho = {rho:+.2f}, one-sided "
-                                f"p = {pval:.2g}): the exponent is not determined by these data")
-    negative = [f"{k} = {params[k]:.3g}" for k in exps if params[k] <= 0]
-    if negative and "not-decreasing" not in warn:
-        warn["not-decreasing"] = f"fitted exponent {', '.join(negative)} <= 0: {yn} does not fall as a power law"
-    o = 1 if offset else 0
-    at = [k for j, k in zip(range(o + 1, len(theta), 2), exps) if min(abs(theta[j] - b) for b in EXP_BOUNDS) < 1e-6]
-    if offset and abs(theta[0] - bounds[0][1]) < 1e-6:
-        at.append("E")
-    if at:
-        warn["at-bound"] = (f"{', '.join(at)} at the edge of its allowed range: the data do not determine it "
-                            "(no curvature to fit); its interval is not meaningful")
-    return warn
-
-
 def _fit_lse(
     logx: np.ndarray,
     y: np.ndarray,
@@ -338,12 +244,12 @@ def _fit_lse(
         logy = np.log(y)
         law = LogSumExpLaw(logx, logy, offset, huber_delta)
         bounds = _bounds(law, logy)
-        best = _multistart(law, inits, bounds, law_name, huber_delta, progress)
+        best = multistart(law, inits, bounds, law_name, huber_delta, progress)
         full = _full_vector(law.to_natural(best.theta), offset)
         params = {k: float(v) for k, v in zip(names, full)}
         method, cis, ses, samples, jack, failed = _uncertainty(law, logx, bounds, best, offset, n_bootstrap, ci,
                                                                level, seed, progress)
-        warnings = _diagnose(logx, y, best.theta, bounds, params, var_names, offset)
+        warnings = diagnose(logx, y, best.theta, bounds, params, var_names, offset)
     kind = {"none": "huber-lbfgs", "asymptotic": "huber-lbfgs-sandwich"}.get(method, "huber-lbfgs-bootstrap")
     return PowerLawFit(
         params=params,
