@@ -4,8 +4,8 @@
     quanta fit --csv runs.csv --y loss --x params --x tokens      # L = E + A/N^a + B/D^b
     quanta fit --csv runs.csv --y loss --x params --no-offset --json
 
-Intervals (``--ci auto``): BCa bootstrap up to 200 rows, percentile bootstrap below 20,000 rows, the asymptotic
-sandwich covariance from there (a 1M-row table fits in seconds; see tasks.stats.uncertainty). Long fits report
+Intervals (``--ci auto``): expanded-percentile bootstrap below 20,000 rows, the asymptotic sandwich covariance
+from there (a 1M-row table fits in seconds; see tasks.stats.uncertainty). Long fits report
 progress (count, rate, ETA) on stderr. Data that a decreasing power law does not describe are refused (constant or
 rising loss) or flagged with a warning on stderr and in the JSON (no significant trend, a parameter at its bound).
 
@@ -62,7 +62,7 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=200, metavar="B",
                    help="bootstrap resamples for the CIs (default 200; 0 = no CIs)")
     p.add_argument("--ci", choices=CI_METHODS, default="auto",
-                   help="interval method (default auto: bca up to 200 rows, percentile bootstrap below 20000, "
+                   help="interval method (default auto: expanded-percentile bootstrap below 20000 rows, "
                         "asymptotic sandwich from there)")
     p.add_argument("--huber-delta", type=float, default=1e-3, metavar="d",
                    help="Huber threshold on log residuals (default 1e-3)")

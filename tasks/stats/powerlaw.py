@@ -14,12 +14,12 @@ default 1e-3) of ``log L_pred - log L_obs``, **summed** over points (a mean make
 tiny and L-BFGS stops early); minimised with L-BFGS-B (analytic gradient, tight tolerances)
 from a grid of initialisations (screened, the best few run to convergence), the best one kept.
 
-Uncertainty (``ci``, see `uncertainty`): up to 200 points the nonparametric bootstrap over
-points with BCa intervals (bias-corrected and accelerated; the jackknife gives the
-acceleration); up to 20,000 points the bootstrap with percentile intervals; beyond, the
-asymptotic sandwich covariance of the M-estimator. Bootstrap refits are warm-started from the
-full-data optimum; resamples with fewer distinct x than the law has parameters are counted as
-failed and left out. Every parameter gets an interval and a standard error and, through
+Uncertainty (``ci``, see `uncertainty`): below 20,000 points the nonparametric bootstrap over
+points with expanded percentile intervals (refits' deviations scaled by sqrt(n/(n-p)), the
+small-sample correction that brings coverage to nominal at the studies' 6-7 points); from
+20,000 points the asymptotic sandwich covariance of the M-estimator. Bootstrap refits are
+warm-started from the full-data optimum; resamples with fewer distinct x than the law has
+parameters are counted as failed and left out. Every parameter gets an interval and a standard error and, through
 :meth:`PowerLawFit.derived`, so does any function of the parameters. ``warnings`` flag data a
 decreasing power law does not describe (rising or trendless loss, a parameter at its bound);
 constant loss is refused.
@@ -43,8 +43,8 @@ from tasks.stats.diagnostics import diagnose
 from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, Optimum, multistart, single_threaded_blas
 from tasks.stats.inputs import FitError, as_1d, check_level, same_length
 from tasks.stats.intervals import bca_ci, percentile_ci, sample_se
-from tasks.stats.uncertainty import (Identification, Progress, asymptotic, bootstrap, bootstrap_intervals, jackknife,
-                                     resolve_ci_method)
+from tasks.stats.uncertainty import (Identification, Progress, asymptotic, bootstrap, bootstrap_intervals, expansion,
+                                     jackknife, resolve_ci_method)
 
 
 @dataclass
@@ -52,8 +52,8 @@ class DerivedValue:
     """A function of fitted parameters with its uncertainty.
 
     ``value``: the function at the full-data fit; ``ci``: interval [lo, hi] at ``level`` by the
-    fit's ``ci_method`` (BCa or percentile over the bootstrap refits; percentile over draws from
-    the asymptotic normal); ``se``: the samples' standard deviation; ``samples``: shape (m,), one
+    fit's ``ci_method`` (percentile over the (expanded) bootstrap refits or BCa; percentile over
+    draws from the asymptotic normal); ``se``: the samples' standard deviation; ``samples``: shape (m,), one
     value per bootstrap refit or normal draw (empty without uncertainty).
     """
 
@@ -80,12 +80,13 @@ class PowerLawFit:
     se : {name: value} bootstrap (or asymptotic, delta-method) standard error (0 for a fixed E).
     n_points : number of data points used.
     method : ``"huber-lbfgs-bootstrap"``, ``"huber-lbfgs-sandwich"`` or ``"huber-lbfgs"`` (no CIs).
-    ci_method : ``"bca"``, ``"percentile"``, ``"asymptotic"`` or ``"none"``.
+    ci_method : ``"expanded"``, ``"percentile"``, ``"bca"``, ``"asymptotic"`` or ``"none"``.
     converged : whether the best full-data L-BFGS run converged.
     loss : summed Huber loss of log residuals at the optimum.
     law : ``"1d"`` or ``"2d"``.
     bootstrap_samples : array (m, n_params), columns in ``param_names`` order: one row per
-        successful bootstrap refit, or (``ci_method="asymptotic"``) per draw from the asymptotic
+        successful bootstrap refit (``"expanded"``: its deviation from the estimate scaled by
+        sqrt(n/(n-p)) on the internal scale), or (``"asymptotic"``) per draw from the asymptotic
         normal. Not serialised by :meth:`to_dict`.
     jackknife_samples : array (n_points, n_params) of leave-one-out refits (NaN rows where one
         failed), for BCa intervals of derived values; None otherwise.
@@ -172,7 +173,7 @@ class PowerLawFit:
 
 
 # ------------------------------------------------------------------------------------------ the fit, stage by stage
-CI_METHODS = ("auto", "bca", "percentile", "asymptotic")
+CI_METHODS = ("auto", "expanded", "percentile", "bca", "asymptotic")
 
 
 def _bounds(law: LogSumExpLaw, logy: np.ndarray) -> list[tuple[float | None, float | None]]:
@@ -207,7 +208,8 @@ def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, best: Optimum, off
         draws = _full_rows(asy.draws, offset)
         return method, _fixed_e(asy.ci, offset), _fixed_e_se(asy.se, offset), draws, None, 0
     identified = Identification(logx, law.npar)
-    reps = bootstrap(law, best.theta, bounds, identified, n_bootstrap, seed, progress)
+    expand = expansion(len(law.ly_all), law.npar) if method == "expanded" else 1.0
+    reps = bootstrap(law, best.theta, bounds, identified, n_bootstrap, seed, progress, expand)
     if method == "bca":
         reps.jackknife = jackknife(law, best.theta, bounds, identified)
     cis, ses = bootstrap_intervals(reps, law.to_natural(best.theta), method, level)
@@ -263,7 +265,7 @@ def _fit_lse(
         offset=offset,
         level=level,
         huber_delta=float(huber_delta),
-        n_bootstrap=int(n_bootstrap) if method in ("bca", "percentile") else 0,
+        n_bootstrap=int(n_bootstrap) if method in ("expanded", "percentile", "bca") else 0,
         n_bootstrap_failed=failed,
         seed=seed,
         param_names=tuple(names),
@@ -322,8 +324,8 @@ def fit_power_law(
     level : two-sided confidence level of the CIs (default 0.95).
     seed : seed of the bootstrap resampling (and of the asymptotic normal's draws; default 0).
     names : names of (x, y) used in error messages and warnings (e.g. the CSV columns).
-    ci : ``"auto"`` (default: BCa bootstrap up to 200 points, percentile bootstrap below
-        20,000, asymptotic sandwich from there), ``"bca"``, ``"percentile"`` or ``"asymptotic"``.
+    ci : ``"auto"`` (default: expanded-percentile bootstrap below 20,000 points, asymptotic
+        sandwich from there), ``"expanded"``, ``"percentile"``, ``"bca"`` or ``"asymptotic"``.
     progress : optional ``progress(stage, done, total)`` callback, called after every
         initialisation (stage ``"multistart"``) and bootstrap resample (``"bootstrap"``).
 
