@@ -40,7 +40,7 @@ import numpy as np
 
 from schemas.jsonable import jsonable
 from tasks.stats.diagnostics import diagnose
-from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, Optimum, multistart, single_threaded_blas
+from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, multistart, single_threaded_blas
 from tasks.stats.inputs import FitError, as_1d, check_level, same_length
 from tasks.stats.intervals import bca_ci, percentile_ci, sample_se
 from tasks.stats.uncertainty import (Identification, Progress, asymptotic, bootstrap, bootstrap_intervals, expansion,
@@ -171,7 +171,6 @@ class PowerLawFit:
         })
 
 
-
 # ------------------------------------------------------------------------------------------ the fit, stage by stage
 CI_METHODS = ("auto", "expanded", "percentile", "bca", "asymptotic")
 
@@ -186,43 +185,55 @@ def _bounds(law: LogSumExpLaw, logy: np.ndarray) -> list[tuple[float | None, flo
     return bounds
 
 
-def _full_vector(nat: np.ndarray, offset: bool) -> np.ndarray:
-    """Natural parameters with E = 0 prepended when the law has no offset."""
-    return nat if offset else np.concatenate([[0.0], nat])
+@dataclass
+class _Uncertainty:
+    """Intervals and SEs per free parameter (internal order of ``LogSumExpLaw.to_natural``), joint samples (m, p),
+    jackknife rows (n, p) or None, failed resamples."""
+
+    method: str
+    ci: list[list[float]]
+    se: list[float]
+    samples: np.ndarray
+    jackknife: np.ndarray | None = None
+    failed: int = 0
+
+    def with_fixed_e(self) -> "_Uncertainty":
+        """The same with E = 0 prepended as a fixed parameter (interval [0, 0], SE 0), for a law without offset."""
+        def col0(rows):
+            return None if rows is None else np.column_stack([np.zeros(len(rows)), rows])
+        return _Uncertainty(self.method, [[0.0, 0.0], *self.ci], [0.0, *self.se], col0(self.samples),
+                            col0(self.jackknife), self.failed)
 
 
-def _full_rows(rows: np.ndarray, offset: bool) -> np.ndarray:
-    return rows if offset else np.column_stack([np.zeros(len(rows)), rows])
-
-
-def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, best: Optimum, offset: bool, n_bootstrap: int,
-                 ci: str, level: float, seed: int | None, progress: Progress | None):
-    """(ci_method, intervals, SEs, joint samples (m, p_all), jackknife rows (n, p_all) or None, failed resamples)
-    for every parameter in output order (E first, fixed at 0 without offset)."""
-    p_all = law.npar + (0 if offset else 1)
-    if n_bootstrap <= 0:
-        return "none", [[math.nan, math.nan]] * p_all, [math.nan] * p_all, np.empty((0, p_all)), None, 0
-    method = resolve_ci_method(ci, len(law.ly_all))
-    if method == "asymptotic":
-        asy = asymptotic(law, best.theta, level, seed)
-        draws = _full_rows(asy.draws, offset)
-        return method, _fixed_e(asy.ci, offset), _fixed_e_se(asy.se, offset), draws, None, 0
+def _bootstrap_uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, theta: np.ndarray, method: str,
+                           n_bootstrap: int, level: float, seed: int | None, progress: Progress | None
+                           ) -> _Uncertainty:
+    """Bootstrap refits (expanded by sqrt(n/(n-p)) for "expanded"; with the jackknife for "bca") and their
+    intervals."""
     identified = Identification(logx, law.npar)
     expand = expansion(len(law.ly_all), law.npar) if method == "expanded" else 1.0
-    reps = bootstrap(law, best.theta, bounds, identified, n_bootstrap, seed, progress, expand)
+    reps = bootstrap(law, theta, bounds, identified, n_bootstrap, seed, progress, expand)
     if method == "bca":
-        reps.jackknife = jackknife(law, best.theta, bounds, identified)
-    cis, ses = bootstrap_intervals(reps, law.to_natural(best.theta), method, level)
-    jack = None if reps.jackknife is None else _full_rows(reps.jackknife, offset)
-    return method, _fixed_e(cis, offset), _fixed_e_se(ses, offset), _full_rows(reps.samples, offset), jack, reps.failed
+        reps.jackknife = jackknife(law, theta, bounds, identified)
+    cis, ses = bootstrap_intervals(reps, law.to_natural(theta), method, level)
+    return _Uncertainty(method, cis, ses, reps.samples, reps.jackknife, reps.failed)
 
 
-def _fixed_e(cis: list, offset: bool) -> list:
-    return cis if offset else [[0.0, 0.0], *cis]
-
-
-def _fixed_e_se(ses: list, offset: bool) -> list:
-    return ses if offset else [0.0, *ses]
+def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, theta: np.ndarray, n_bootstrap: int, ci: str,
+                 level: float, seed: int | None, progress: Progress | None) -> _Uncertainty:
+    """Uncertainty of every parameter in output order (E first, fixed at 0 without offset) by the method ``ci``
+    resolves to for these data; NaN intervals when ``n_bootstrap`` is 0."""
+    p = law.npar
+    if n_bootstrap <= 0:
+        out = _Uncertainty("none", [[math.nan, math.nan]] * p, [math.nan] * p, np.empty((0, p)))
+    else:
+        method = resolve_ci_method(ci, len(law.ly_all))
+        if method == "asymptotic":
+            asy = asymptotic(law, theta, level, seed)
+            out = _Uncertainty(method, asy.ci, asy.se, asy.draws)
+        else:
+            out = _bootstrap_uncertainty(law, logx, bounds, theta, method, n_bootstrap, level, seed, progress)
+    return out if law.offset else out.with_fixed_e()
 
 
 def _fit_lse(
@@ -237,26 +248,25 @@ def _fit_lse(
     level: float,
     seed: int | None,
     inits: list[np.ndarray],
-    ci: str = "auto",
+    ci: str,
     var_names: tuple[str, ...],
-    progress: Progress | None = None,
+    progress: Progress | None,
 ) -> PowerLawFit:
-    """The fit, stage by stage: bounds, multistart, natural units, uncertainty, diagnostics."""
+    """The fit, stage by stage: bounds, screened multistart, natural units, uncertainty, diagnostics."""
     with single_threaded_blas():
         logy = np.log(y)
         law = LogSumExpLaw(logx, logy, offset, huber_delta)
         bounds = _bounds(law, logy)
         best = multistart(law, inits, bounds, law_name, huber_delta, progress)
-        full = _full_vector(law.to_natural(best.theta), offset)
-        params = {k: float(v) for k, v in zip(names, full)}
-        method, cis, ses, samples, jack, failed = _uncertainty(law, logx, bounds, best, offset, n_bootstrap, ci,
-                                                               level, seed, progress)
+        natural = law.to_natural(best.theta)
+        params = dict(zip(names, map(float, natural if offset else [0.0, *natural])))
+        unc = _uncertainty(law, logx, bounds, best.theta, n_bootstrap, ci, level, seed, progress)
         warnings = diagnose(logx, y, best.theta, bounds, params, var_names, offset)
-    kind = {"none": "huber-lbfgs", "asymptotic": "huber-lbfgs-sandwich"}.get(method, "huber-lbfgs-bootstrap")
+    kind = {"none": "huber-lbfgs", "asymptotic": "huber-lbfgs-sandwich"}.get(unc.method, "huber-lbfgs-bootstrap")
     return PowerLawFit(
         params=params,
-        ci={k: [float(v) for v in c] for k, c in zip(names, cis)},
-        se={k: float(v) for k, v in zip(names, ses)},
+        ci={k: [float(v) for v in c] for k, c in zip(names, unc.ci)},
+        se={k: float(v) for k, v in zip(names, unc.se)},
         n_points=len(y),
         method=kind,
         converged=bool(best.converged),
@@ -265,14 +275,14 @@ def _fit_lse(
         offset=offset,
         level=level,
         huber_delta=float(huber_delta),
-        n_bootstrap=int(n_bootstrap) if method in ("expanded", "percentile", "bca") else 0,
-        n_bootstrap_failed=failed,
+        n_bootstrap=int(n_bootstrap) if unc.method in ("expanded", "percentile", "bca") else 0,
+        n_bootstrap_failed=unc.failed,
         seed=seed,
         param_names=tuple(names),
-        bootstrap_samples=samples,
-        ci_method=method,
+        bootstrap_samples=unc.samples,
+        ci_method=unc.method,
         warnings=warnings,
-        jackknife_samples=jack,
+        jackknife_samples=unc.jackknife,
     )
 
 
