@@ -224,7 +224,7 @@ def minimise(law: LogSumExpLaw, theta0: np.ndarray, bounds, maxiter: int | None 
 
 SCREEN_ITERS = 30  # L-BFGS iterations per initialisation in the screening pass of the multistart
 POLISH_TOP = 3  # the best screened initialisations, run to convergence
-MULTISTART_MAX_ROWS = 20_000  # above this, initialisations are screened on a fixed random subsample of rows
+MULTISTART_MAX_ROWS = 10_000  # above this, initialisations are screened on a fixed random subsample of rows
 
 @dataclass
 class Optimum:

@@ -43,8 +43,8 @@ from tasks.stats.diagnostics import diagnose
 from tasks.stats.huber import EXP_BOUNDS, LogSumExpLaw, multistart, single_threaded_blas
 from tasks.stats.inputs import FitError, as_1d, check_level, same_length
 from tasks.stats.intervals import bca_ci, percentile_ci, sample_se
-from tasks.stats.uncertainty import (Identification, Progress, asymptotic, bootstrap, bootstrap_intervals, expansion,
-                                     jackknife, resolve_ci_method)
+from tasks.stats.uncertainty import (Asymptotic, Identification, Progress, asymptotic, bootstrap, bootstrap_intervals,
+                                     expansion, jackknife, resolve_ci_method)
 
 
 @dataclass
@@ -90,7 +90,8 @@ class PowerLawFit:
         normal. Not serialised by :meth:`to_dict`.
     jackknife_samples : array (n_points, n_params) of leave-one-out refits (NaN rows where one
         failed), for BCa intervals of derived values; None otherwise.
-    warnings : {code: message}; codes ``not-decreasing``, ``no-trend``, ``at-bound``.
+    warnings : {code: message}; codes ``not-decreasing``, ``no-trend``, ``at-bound`` (see
+        `diagnostics`), ``few-quadratic``, ``no-interval`` (asymptotic intervals not to be trusted).
     """
 
     params: dict[str, float]
@@ -173,6 +174,7 @@ class PowerLawFit:
 
 # ------------------------------------------------------------------------------------------ the fit, stage by stage
 CI_METHODS = ("auto", "expanded", "percentile", "bca", "asymptotic")
+MIN_QUADRATIC_PER_PARAM = 20  # residuals within huber_delta per parameter below which asymptotic CIs are flagged
 
 
 def _bounds(law: LogSumExpLaw, logy: np.ndarray) -> list[tuple[float | None, float | None]]:
@@ -196,13 +198,14 @@ class _Uncertainty:
     samples: np.ndarray
     jackknife: np.ndarray | None = None
     failed: int = 0
+    warnings: dict[str, str] = field(default_factory=dict)
 
     def with_fixed_e(self) -> "_Uncertainty":
         """The same with E = 0 prepended as a fixed parameter (interval [0, 0], SE 0), for a law without offset."""
         def col0(rows):
             return None if rows is None else np.column_stack([np.zeros(len(rows)), rows])
         return _Uncertainty(self.method, [[0.0, 0.0], *self.ci], [0.0, *self.se], col0(self.samples),
-                            col0(self.jackknife), self.failed)
+                            col0(self.jackknife), self.failed, self.warnings)
 
 
 def _bootstrap_uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, theta: np.ndarray, method: str,
@@ -219,6 +222,17 @@ def _bootstrap_uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, theta: n
     return _Uncertainty(method, cis, ses, reps.samples, reps.jackknife, reps.failed)
 
 
+def _asymptotic_warnings(asy: Asymptotic, n_params: int) -> dict[str, str]:
+    """The sandwich's Hessian rests on the residuals inside the Huber quadratic zone: too few, or a Hessian that is
+    not positive definite, and its intervals are not to be trusted."""
+    if not np.all(np.isfinite(asy.cov)):
+        return {"no-interval": "the Hessian at the optimum is not positive definite: no asymptotic intervals"}
+    if asy.n_quadratic < MIN_QUADRATIC_PER_PARAM * n_params:
+        return {"few-quadratic": f"only {asy.n_quadratic} residuals lie within huber_delta, on which the asymptotic "
+                                 "intervals rest: widen --huber-delta or use the bootstrap (ci='expanded')"}
+    return {}
+
+
 def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, theta: np.ndarray, n_bootstrap: int, ci: str,
                  level: float, seed: int | None, progress: Progress | None) -> _Uncertainty:
     """Uncertainty of every parameter in output order (E first, fixed at 0 without offset) by the method ``ci``
@@ -230,7 +244,7 @@ def _uncertainty(law: LogSumExpLaw, logx: np.ndarray, bounds, theta: np.ndarray,
         method = resolve_ci_method(ci, len(law.ly_all))
         if method == "asymptotic":
             asy = asymptotic(law, theta, level, seed)
-            out = _Uncertainty(method, asy.ci, asy.se, asy.draws)
+            out = _Uncertainty(method, asy.ci, asy.se, asy.draws, warnings=_asymptotic_warnings(asy, p))
         else:
             out = _bootstrap_uncertainty(law, logx, bounds, theta, method, n_bootstrap, level, seed, progress)
     return out if law.offset else out.with_fixed_e()
@@ -261,7 +275,7 @@ def _fit_lse(
         natural = law.to_natural(best.theta)
         params = dict(zip(names, map(float, natural if offset else [0.0, *natural])))
         unc = _uncertainty(law, logx, bounds, best.theta, n_bootstrap, ci, level, seed, progress)
-        warnings = diagnose(logx, y, best.theta, bounds, params, var_names, offset)
+        warnings = {**diagnose(logx, y, best.theta, bounds, params, var_names, offset), **unc.warnings}
     kind = {"none": "huber-lbfgs", "asymptotic": "huber-lbfgs-sandwich"}.get(unc.method, "huber-lbfgs-bootstrap")
     return PowerLawFit(
         params=params,
