@@ -43,7 +43,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
     alphas = sorted(runs.alpha.unique())
     lines = ["Exponents (fitted, with CI) beside the quantization model's predictions "
              "(alpha_N = alpha, alpha_S = alpha_D = alpha/(alpha+1)); losses in bits; final losses at each model's "
-             f"own last logged step. Consistent: {exponent_rule(fit_cfg.level)}."]
+             f"own last logged step. Rule: {exponent_rule(fit_cfg.level)}."]
     for r in fits.itertuples():
         if r.value == r.value:
             lines.append(f"- alpha={r.alpha:g} **{r.quantity} = {r.value:.3f}** [{r.ci_lo:.3f}, {r.ci_hi:.3f}] "
@@ -182,7 +182,7 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
     rep = Report(f"{cfg.title}: exponents vs alpha", dpi=cfg.dpi)
     rep.text("Fitted exponents for each alpha (CI at "
              f"{fit_cfg.level:.0%}) beside the quantization model: alpha_N = alpha, alpha_S = alpha_D = "
-             f"alpha/(alpha+1). Paper Figure 10 shape. Consistent: {exponent_rule(fit_cfg.level)}.")
+             f"alpha/(alpha+1). Paper Figure 10 shape. Rule: {exponent_rule(fit_cfg.level)}.")
     rep.table("sweep_fits", fits)
     checks = theory_checks(fits, fit_cfg.level)
     if len(checks):
