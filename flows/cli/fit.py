@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -182,14 +183,20 @@ class _StderrProgress:
         self.meter: Progress | None = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
+        if stage != self.stage or self.meter is None:
             self._finish()
             self.stage = stage
             self.meter = Progress(stage, total, unit="fit", interval=PROGRESS_INTERVAL_S, logger=self.logger)
-        self.meter.update(1)
+        if done < total:
+            self.meter.update(1)
+        else:  # the stage's last step: one closing line, if the stage ran long enough to show progress
+            self.meter.n = done
+            if time.monotonic() - self.meter.start >= PROGRESS_INTERVAL_S:
+                self.meter.close()
+            self.meter = None
 
     def _finish(self) -> None:
-        if self.meter is not None and self.meter.last != self.meter.start:  # it has spoken: close with the total
+        if self.meter is not None and self.meter.last != self.meter.start:  # it has spoken: close with the count
             self.meter.close()
         self.meter = None
 

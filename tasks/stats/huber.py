@@ -249,13 +249,17 @@ def _better(cand: Optimum, best: Optimum | None) -> bool:
 
 
 def multistart(law: LogSumExpLaw, inits: list[np.ndarray], bounds, law_name: str, huber_delta: float,
-                progress: Callable[[str, int, int], None] | None = None) -> Optimum:
+               progress: Callable[[str, int, int], None] | None = None) -> Optimum:
     """L-BFGS from every initialisation for at most SCREEN_ITERS iterations, then the POLISH_TOP best run to
     convergence; the best converged run is kept. Screening finds the basin as full runs from every start did, at a
     fraction of the cost. With more than MULTISTART_MAX_ROWS rows, all of this runs on a fixed random subsample and
     the winner is then refined on all rows (one run from near the optimum: the subsample's optimum is within its
-    sampling error of the full one). Raises FitError if nothing converged. ``progress(stage, done, total)`` is called after every
-    initialisation (stage "multistart")."""
+    sampling error of the full one). Raises FitError if nothing converged. ``progress(stage, done, total)`` is
+    called after every initialisation (stage "multistart") and every run to convergence (stage "refine")."""
+    def report(stage: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(stage, done, total)
+
     n = len(law.ly_all)
     sub = None
     if n > MULTISTART_MAX_ROWS:
@@ -264,20 +268,23 @@ def multistart(law: LogSumExpLaw, inits: list[np.ndarray], bounds, law_name: str
     try:
         screened = []
         for i, nat0 in enumerate(inits):
-            theta, f, conv = minimise(law, clip_to_bounds(law.from_natural(nat0), bounds), bounds, maxiter=SCREEN_ITERS)
-            screened.append(Optimum(theta, f, conv))
-            if progress is not None:
-                progress("multistart", i + 1, len(inits))
+            theta0 = clip_to_bounds(law.from_natural(nat0), bounds)
+            screened.append(Optimum(*minimise(law, theta0, bounds, maxiter=SCREEN_ITERS)))
+            report("multistart", i + 1, len(inits))
         best = None
-        for cand in sorted((s for s in screened if math.isfinite(s.f)), key=lambda s: s.f)[:POLISH_TOP]:
+        top = sorted((s for s in screened if math.isfinite(s.f)), key=lambda s: s.f)[:POLISH_TOP]
+        n_refine = len(top) + (sub is not None)
+        for i, cand in enumerate(top):
             if not cand.converged:
                 cand = Optimum(*minimise(law, cand.theta, bounds))
             if _better(cand, best):
                 best = cand
+            report("refine", i + 1, n_refine)
     finally:
         law.set_rows(None)
     if best is not None and sub is not None and math.isfinite(best.f):
         best = Optimum(*minimise(law, best.theta, bounds))
+        report("refine", n_refine, n_refine)
     if best is None or not math.isfinite(best.f):
         raise FitError(f"{law_name} fit failed: the objective was non-finite from every initialisation")
     if not best.converged:
