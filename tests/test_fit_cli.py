@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import tasks.stats as fitting
-import tasks.stats.powerlaw as powerlaw
+import tasks.stats.huber as huber
 from flows.cli.fit import add_fit_parser, run_fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +30,15 @@ def parse(*argv: str) -> argparse.Namespace:
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     path.write_text(",".join(header) + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_progress_lines(monkeypatch):
+    """Progress appears once a fit has run PROGRESS_INTERVAL_S: on a busy machine even these small fits may take that
+    long, so tests that check stderr switch it off (the progress test switches it on)."""
+    import flows.cli.fit as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_S", 1e9)
 
 
 @pytest.fixture
@@ -157,7 +167,7 @@ def test_two_d_too_few_distinct(tmp_path, capsys):
 
 
 def test_non_convergence_exit_2(good_csv, capsys, monkeypatch):
-    monkeypatch.setattr(powerlaw, "minimise", lambda law, theta0, bounds: (theta0, 1.0, False))
+    monkeypatch.setattr(huber, "minimise", lambda law, theta0, bounds, **kw: (theta0, 1.0, False))
     code, out, err = run(capsys, "--csv", str(good_csv), "--y", "loss", "--x", "params", "--bootstrap", "0")
     assert code == 2 and out == "" and "did not converge" in err
 
@@ -183,3 +193,74 @@ def test_module_entry_point_subprocess(good_csv, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert "non-numeric value 'abc'" in proc.stderr and "row 3" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- degenerate data, large tables, progress
+
+
+def _law_csv(tmp_path: Path, y: np.ndarray, x: np.ndarray | None = None) -> Path:
+    x = np.logspace(1, 4, len(y)) if x is None else x
+    return write_csv(tmp_path / "law.csv", ["params", "loss"], [[a, b] for a, b in zip(x, y)])
+
+
+def test_constant_and_rising_loss_are_refused(tmp_path, capsys):
+    csv = _law_csv(tmp_path, np.full(10, 2.5))
+    code, out, err = run(capsys, "--csv", str(csv), "--y", "loss", "--x", "params")
+    assert code == 2 and out == "" and "loss is constant" in err and "no scaling law" in err
+    x = np.logspace(1, 4, 10)
+    csv = _law_csv(tmp_path, (1.0 + 0.01 * x**0.3) * np.exp(np.random.default_rng(0).normal(0, 0.01, 10)), x)
+    code, out, err = run(capsys, "--csv", str(csv), "--y", "loss", "--x", "params", "--bootstrap", "20")
+    assert code == 2 and out == ""
+    assert "loss does not decrease with params" in err and "refusing" in err
+
+
+def test_trendless_loss_gets_a_warning_on_stderr_and_in_json(tmp_path, capsys):
+    y = 2.0 * np.exp(np.random.default_rng(0).normal(0, 0.05, 10))  # Spearman rho = -0.21, one-sided p = 0.28
+    csv = _law_csv(tmp_path, y)
+    code, out, err = run(capsys, "--csv", str(csv), "--y", "loss", "--x", "params", "--bootstrap", "20", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert "no-trend" in d["warnings"] and "quanta fit: warning: no significant decrease of loss" in err
+
+
+def test_large_table_uses_asymptotic_intervals(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    n = 40_000
+    x = np.exp(rng.uniform(np.log(1e6), np.log(1e10), n))
+    y = (1.7 + 400.0 * x**-0.3) * np.exp(rng.normal(0, 0.05, n))
+    csv = tmp_path / "big.csv"
+    pd.DataFrame({"params": x, "loss": y}).to_csv(csv, index=False)
+    code, out, err = run(capsys, "--csv", str(csv), "--y", "loss", "--x", "params", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["ci_method"] == "asymptotic" and d["method"] == "huber-lbfgs-sandwich" and d["n_points"] == n
+    for name, true in (("E", 1.7), ("A", 400.0), ("a", 0.3)):
+        lo, hi = d["ci"][name]
+        assert lo <= true <= hi and d["se"][name] > 0, (name, d["ci"][name])
+    assert d["ci"]["a"][1] - d["ci"]["a"][0] < 0.05
+
+
+def test_ci_option_and_progress_on_stderr(good_csv, capsys, monkeypatch):
+    import flows.cli.fit as cli
+
+    code, out, err = run(capsys, "--csv", str(good_csv), "--y", "loss", "--x", "params", "--bootstrap", "30",
+                         "--ci", "percentile", "--json")
+    assert code == 0 and json.loads(out)["ci_method"] == "percentile"
+    assert err == ""  # no progress before PROGRESS_INTERVAL_S
+    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_S", 0.0)  # every step "long": progress lines with count and rate
+    code, out, err = run(capsys, "--csv", str(good_csv), "--y", "loss", "--x", "params", "--bootstrap", "30")
+    assert code == 0
+    assert "quanta fit: multistart: 36/36 fits" in err and "quanta fit: bootstrap: 30/30 fits" in err
+    assert "fits/s" in err
+
+
+def test_cells_are_checked_by_the_pandera_schema():
+    import pandera.pandas as pa
+
+    from flows.cli.fit import cell_schema
+
+    df = pd.DataFrame({"params": ["10", "20", "x"], "loss": ["3", "-1", "2"], "note": ["a", "b", "c"]})
+    with pytest.raises(pa.errors.SchemaErrors) as exc:
+        cell_schema(["params", "loss"]).validate(df, lazy=True)
+    cases = exc.value.failure_cases
+    assert sorted(zip(cases["column"], cases["index"])) == [("loss", 1), ("params", 2)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tasks.stats as fitting
-import tasks.stats.powerlaw as powerlaw
+import tasks.stats.huber as huber
 from tasks.stats import (
     FitError,
     LogLogFit,
@@ -238,17 +238,17 @@ def test_point_count_rules():
 def test_non_convergence_is_a_clear_error(monkeypatch):
     x, y = planted_1d(seed=0)
 
-    def never(law, theta0, bounds):
+    def never(law, theta0, bounds, **kw):
         return theta0, 1.0, False
 
-    monkeypatch.setattr(powerlaw, "minimise", never)
+    monkeypatch.setattr(huber, "minimise", never)
     with pytest.raises(FitError, match="did not converge"):
         fit_power_law(x, y, n_bootstrap=0)
 
-    def nonfinite(law, theta0, bounds):
+    def nonfinite(law, theta0, bounds, **kw):
         return theta0, math.inf, False
 
-    monkeypatch.setattr(powerlaw, "minimise", nonfinite)
+    monkeypatch.setattr(huber, "minimise", nonfinite)
     with pytest.raises(FitError, match="non-finite"):
         fit_power_law(x, y, n_bootstrap=0)
 
@@ -366,16 +366,67 @@ def test_discrete_powerlaw_input_errors():
 # --------------------------------------------------------------------------- theory checks
 
 
-def test_theory_check_overlap_rules():
-    assert theory_check("t", 0.3, [0.25, 0.35], 0.33, [0.32, 0.40]).consistent is True
-    assert theory_check("t", 0.3, [0.25, 0.30], 0.40, [0.35, 0.45]).consistent is False
-    assert theory_check("t", 0.3, [0.25, 0.35], 0.33).consistent is True
+def test_theory_check_rules():
+    # a measured prediction (with an interval): the interval of the difference (MOVER) must contain 0
+    c = theory_check("t", 0.3, [0.25, 0.35], 0.33, [0.32, 0.40])
+    assert c.consistent is True and c.rule == "interval-difference"
+    assert c.difference == pytest.approx(-0.03)
+    assert c.difference_ci == pytest.approx([-0.03 - math.hypot(0.05, 0.07), -0.03 + math.hypot(0.05, 0.01)])
+    # overlapping 95% intervals are no longer enough: [0.25, 0.33] and [0.32, 0.40] overlap, the difference does not
+    # contain 0 (-0.07 + hypot(0.04, 0.04) = -0.013)
+    c = theory_check("t", 0.29, [0.25, 0.33], 0.36, [0.32, 0.40])
+    assert c.consistent is False and c.rule == "interval-difference"
+    # a constant prediction: it must lie inside the measured interval
+    c = theory_check("t", 0.3, [0.25, 0.35], 0.33)
+    assert c.consistent is True and c.rule == "ci-contains" and c.difference_ci is None
     c = theory_check("t", 0.3, [0.35, 0.25], 0.40)  # endpoints in either order
     assert c.consistent is False and c.measured_ci == [0.25, 0.35] and c.predicted_ci is None
-    assert theory_check("t", 0.3, [math.nan, math.nan], 0.3).consistent is False
+    none = theory_check("t", 0.3, [math.nan, math.nan], 0.3)
+    assert none.consistent is False and none.rule == "no-interval"
     d = c.to_dict()
-    assert d["name"] == "t" and d["consistent"] is False
+    assert d["name"] == "t" and d["consistent"] is False and d["rule"] == "ci-contains"
     json.dumps(d, allow_nan=False)
+
+
+def test_interval_difference_rule_is_a_5_percent_test_where_overlap_was_0_6_percent():
+    # two independent unbiased normal estimates of one value, with exact 95% intervals: the rule rejects ~5%
+    rng = np.random.default_rng(0)
+    z = 1.959964
+    m, p = rng.normal(0.3, 0.02, 4000), rng.normal(0.3, 0.03, 4000)
+    rejected = [not theory_check("t", a, [a - z * 0.02, a + z * 0.02], b, [b - z * 0.03, b + z * 0.03]).consistent
+                for a, b in zip(m, p)]
+    overlap_rejected = np.abs(m - p) > z * (0.02 + 0.03)
+    assert 0.04 < np.mean(rejected) < 0.06
+    assert np.mean(overlap_rejected) < 0.02  # the earlier rule: far below its nominal 5%
+
+
+def _planted_fit(alpha, seed, n=12, noise=0.02):
+    rng = np.random.default_rng(seed)
+    x = np.logspace(1, 4, n)
+    return fit_power_law(x, (0.5 + 3 * x**-alpha) * np.exp(rng.normal(0, noise, n)), n_bootstrap=100, seed=seed)
+
+
+def test_bootstrap_difference_flags_a_clear_mismatch_and_passes_a_planted_match():
+    alpha = 0.4
+    fit_n = _planted_fit(alpha, seed=1)
+    ratio = alpha / (alpha + 1)
+    # alpha_D measured by an independent fit whose exponent is planted at alpha_N/(alpha_N+1) ...
+    match = _planted_fit(ratio, seed=2)
+    # ... and one planted far from it
+    mismatch = _planted_fit(0.6, seed=3)
+    ok = {c.name: c for c in scaling_theory_checks(alpha_n=fit_n, alpha_d=match, alpha=alpha)}
+    bad = {c.name: c for c in scaling_theory_checks(alpha_n=fit_n, alpha_d=mismatch, alpha=alpha)}
+    key = "alpha_D vs alpha_N/(alpha_N+1)"
+    assert ok[key].rule == bad[key].rule == "bootstrap-difference"
+    assert ok[key].consistent is True and bad[key].consistent is False
+    lo, hi = bad[key].difference_ci
+    assert lo > 0 and bad[key].difference == pytest.approx(mismatch.params["a"] - fit_n.params["a"] / (1 + fit_n.params["a"]))
+    # against the constant alpha/(alpha+1): the planted exponent is inside its interval, the other is not
+    assert ok["alpha_D vs alpha/(alpha+1)"].rule == "ci-contains"
+    assert ok["alpha_D vs alpha/(alpha+1)"].consistent is True
+    assert bad["alpha_D vs alpha/(alpha+1)"].consistent is False
+    # the predicted interval is the fit's own (BCa) interval of alpha_N/(alpha_N+1)
+    assert ok[key].predicted_ci == pytest.approx(fit_n.derived(lambda p: p["a"] / (p["a"] + 1)).ci)
 
 
 def test_scaling_theory_checks_with_planted_exponents():
@@ -388,7 +439,8 @@ def test_scaling_theory_checks_with_planted_exponents():
     checks = {c.name: c for c in scaling_theory_checks(alpha_n=fit_n, alpha_d=good_d, alpha_s=(0.6, (0.55, 0.65)),
                                                         alpha=alpha)}
     assert checks["alpha_D vs alpha_N/(alpha_N+1)"].consistent is True
-    assert checks["alpha_N vs alpha"].consistent is True
+    assert checks["alpha_D vs alpha_N/(alpha_N+1)"].rule == "interval-difference"  # alpha_D has no samples
+    assert checks["alpha_N vs alpha"].consistent is True and checks["alpha_N vs alpha"].rule == "ci-contains"
     assert checks["alpha_D vs alpha/(alpha+1)"].consistent is True
     assert checks["alpha_S vs alpha/(alpha+1)"].consistent is False  # 0.6 vs 0.286
     assert checks["alpha_S vs alpha_N/(alpha_N+1)"].consistent is False

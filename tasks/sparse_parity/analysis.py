@@ -15,6 +15,7 @@ from schemas.jsonable import jsonable
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.stats import FitError, fit_loglog_ols, fit_power_law, scaling_theory_checks, theory_check
+from tasks.stats.theory import RULE_CONTAINS, describe_rule
 
 
 def model_ids(curves: dict) -> list[str]:
@@ -71,6 +72,16 @@ def emergence_table(curve_sets: list[dict], probs: np.ndarray, threshold_bits: f
     return df
 
 
+def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each model's row at its own last logged step, one row per model, in the runs table's order.
+
+    The "final" loss of every table, figure and result: the width grid and a data grid may train for different
+    numbers of steps, so the global last step would drop the models of whichever grid stopped earlier."""
+    if not len(runs):
+        return runs
+    return runs.loc[runs.groupby("model_id", sort=False).step.idxmax()].sort_index()
+
+
 def _window(x, lo, hi):
     m = np.ones(len(x), dtype=bool)
     if lo is not None:
@@ -90,18 +101,23 @@ def fit_exponent(x, y, cfg: FitConfig):
     return f.params["a"], list(f.ci["a"]), f.method, f
 
 
+def exponent_rule(level: float | None) -> str:
+    """How the fits table's `consistent` is decided (the theory value is a constant)."""
+    return describe_rule(RULE_CONTAINS, level)
+
+
 def scaling_data(runs: pd.DataFrame, cfg: FitConfig) -> dict[str, pd.DataFrame]:
     """The (x, y) points behind each exponent, for one alpha.
 
-    alpha_N: final mean loss vs parameter count N, models trained on fresh samples (else the largest D),
-             averaged over seeds.
+    alpha_N: final mean loss (each model's own last logged step) vs parameter count N, models trained on fresh
+             samples (else the largest D), averaged over seeds.
     alpha_S: mean loss vs step for the widest fresh-data model (seed-averaged).
     alpha_D: per D, the minimum logged mean loss (early stopping) at width `d_width` (default: widest).
     """
     out = {}
     fresh = runs[runs.data_size == -1]
     base = fresh if len(fresh) else runs[runs.data_size == runs.data_size.max()]
-    last = base[base.step == base.step.max()]
+    last = final_rows(base)
     n_pts = last.groupby("n_params", as_index=False)["mean_loss"].mean().rename(columns={"n_params": "x"})
     out["alpha_N"] = n_pts[_window(n_pts.x.values, cfg.n_min, cfg.n_max)]
     widest = base[base.width == base.width.max()]
@@ -118,7 +134,9 @@ def scaling_data(runs: pd.DataFrame, cfg: FitConfig) -> dict[str, pd.DataFrame]:
 
 def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
     """Fits alpha_N, alpha_S (and alpha_D when finite-data runs exist) for each alpha in the runs table,
-    each beside its theory value (alpha; alpha/(alpha+1); alpha/(alpha+1))."""
+    each beside its theory value (alpha; alpha/(alpha+1); alpha/(alpha+1)). `consistent`: the theory value lies
+    inside the fitted interval (see `exponent_rule`); `note`: why a quantity was not fitted, or the fit's warnings
+    (e.g. the loss does not decrease)."""
     rows = []
     for alpha, sub in runs.groupby("alpha"):
         theory = {"alpha_N": alpha, "alpha_S": alpha / (alpha + 1), "alpha_D": alpha / (alpha + 1)}
@@ -126,10 +144,10 @@ def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
             row = dict(quantity=q, alpha=float(alpha), theory=theory[q], n_points=int(len(pts)),
                        method=cfg.method, value=math.nan, ci_lo=math.nan, ci_hi=math.nan, consistent=None, note="")
             try:
-                value, ci, method, _ = fit_exponent(pts.x.values.astype(float), pts.mean_loss.values, cfg)
+                value, ci, method, fit = fit_exponent(pts.x.values.astype(float), pts.mean_loss.values, cfg)
                 chk = theory_check(q, value, ci, theory[q], level=cfg.level)
                 row.update(value=float(value), ci_lo=float(ci[0]), ci_hi=float(ci[1]), method=method,
-                           consistent=bool(chk.consistent))
+                           consistent=bool(chk.consistent), note="; ".join(getattr(fit, "warnings", {}).values()))
             except FitError as e:
                 row["note"] = f"not fitted: {e}"
             rows.append(row)
@@ -160,7 +178,11 @@ def width_to_learn(emergence: pd.DataFrame) -> pd.DataFrame:
 def theory_checks(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """The quantization model's relations as data, per alpha: alpha_N vs alpha, alpha_S and alpha_D vs
     alpha/(alpha+1), and alpha_S, alpha_D vs alpha_N/(alpha_N+1) (predicted CI from alpha_N's CI, the map being
-    monotone). Each row: both values, their CIs, and whether they are consistent at `level`."""
+    monotone). Each row: both values, their CIs, whether they are consistent at `level` and by which `rule`:
+    against a constant (alpha), `ci-contains` (the constant inside the measured interval); against a measured
+    prediction (alpha_N/(alpha_N+1)), `interval-difference`: 0 inside the interval of measured - predicted built
+    from the two intervals (MOVER; the fits table keeps intervals, not bootstrap samples). Both are two-sided tests
+    at 1 - level (overlapping intervals, the earlier rule, tested at about 0.6% for level 0.95)."""
     rows = []
     for alpha, sub in fits.groupby("alpha"):
         est = {r.quantity: (r.value, (r.ci_lo, r.ci_hi)) for r in sub.itertuples()
@@ -172,9 +194,9 @@ def theory_checks(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             rows.append({"alpha": float(alpha), "check": c.name, "measured": c.measured,
                          "measured_ci_lo": c.measured_ci[0], "measured_ci_hi": c.measured_ci[1],
                          "predicted": c.predicted, "predicted_ci_lo": pci[0], "predicted_ci_hi": pci[1],
-                         "consistent": c.consistent})
+                         "consistent": c.consistent, "rule": c.rule})
     return pd.DataFrame(rows, columns=["alpha", "check", "measured", "measured_ci_lo", "measured_ci_hi", "predicted",
-                                       "predicted_ci_lo", "predicted_ci_hi", "consistent"])
+                                       "predicted_ci_lo", "predicted_ci_hi", "consistent", "rule"])
 
 
 def emergence_slope(emergence: pd.DataFrame, level: float = 0.95) -> dict:
@@ -190,23 +212,27 @@ def emergence_slope(emergence: pd.DataFrame, level: float = 0.95) -> dict:
 
 
 def study_results(st: Store, refs: dict, alpha: float) -> dict:
-    """The study's `results` (the CLI's JSON): exponents with CIs beside theory, emergence slope, final losses."""
+    """The study's `results` (the CLI's JSON): exponents with CIs beside theory (and the consistency rules),
+    emergence slope, final losses (each model at its own last logged step)."""
     fits = st.read_table(refs["fits"])
+    level = float(st.lineage(refs["fits"].content_hash).get("params", {}).get("level", 0.95))
     res: dict = {"alpha": alpha, "alpha_theory": alpha, "alpha_S_theory": alpha / (alpha + 1),
-                 "alpha_D_theory": alpha / (alpha + 1)}
+                 "alpha_D_theory": alpha / (alpha + 1), "consistent_rule": exponent_rule(level)}
     for r in fits.itertuples():
         res[r.quantity] = r.value
         res[f"{r.quantity}_ci"] = [r.ci_lo, r.ci_hi]
         res[f"{r.quantity}_consistent"] = None if pd.isna(r.consistent) else bool(r.consistent)
         if r.note:
             res[f"{r.quantity}_note"] = r.note  # e.g. why it could not be fitted
-    res["theory_checks"] = theory_checks(fits).to_dict(orient="records")
+    checks = theory_checks(fits, level)
+    res["theory_checks"] = checks.to_dict(orient="records")
+    res["theory_check_rules"] = {rule: describe_rule(rule, level) for rule in checks["rule"].unique()}
     em = st.read_table(refs["emergence"])
     slope = emergence_slope(em)
     res["steps_to_learn_slope"] = slope["slope"]
     res["steps_to_learn_slope_ci"] = slope["ci"]
     runs = st.read_table(refs["runs"])
-    last = runs[runs.step == runs.step.max()]
+    last = final_rows(runs)
     res["final_loss_by_width"] = {str(int(w)): float(v) for w, v in
                                   last[last.data_size == last.data_size.min()].groupby("width").mean_loss.mean().items()}
     res["report_dir"] = refs["report"].uri

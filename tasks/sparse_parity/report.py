@@ -12,8 +12,9 @@ from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.stats import FitError
 from tasks.reporting import Report, publish, subplots
-from tasks.sparse_parity.analysis import (fit_exponent, early_stopping, emergence_slope, scaling_data, theory_checks,
-                                          width_to_learn)
+from tasks.sparse_parity.analysis import (exponent_rule, final_rows, fit_exponent, early_stopping, emergence_slope,
+                                          scaling_data, theory_checks, width_to_learn)
+from tasks.stats.theory import describe_rule
 
 
 def _legend(ax, fontsize=7):
@@ -41,7 +42,8 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
     rep = Report(cfg.title, dpi=cfg.dpi)
     alphas = sorted(runs.alpha.unique())
     lines = ["Exponents (fitted, with CI) beside the quantization model's predictions "
-             "(alpha_N = alpha, alpha_S = alpha_D = alpha/(alpha+1)); losses in bits."]
+             "(alpha_N = alpha, alpha_S = alpha_D = alpha/(alpha+1)); losses in bits; final losses at each model's "
+             f"own last logged step. Rule: {exponent_rule(fit_cfg.level)}."]
     for r in fits.itertuples():
         if r.value == r.value:
             lines.append(f"- alpha={r.alpha:g} **{r.quantity} = {r.value:.3f}** [{r.ci_lo:.3f}, {r.ci_hi:.3f}] "
@@ -60,7 +62,8 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
     rep.table("fits", fits)
     checks = theory_checks(fits, fit_cfg.level)
     if len(checks):
-        rep.text(f"Theory checks (consistent = the two {fit_cfg.level:.0%} intervals overlap):")
+        rules = "; ".join(f"{r}: {describe_rule(r, fit_cfg.level)}" for r in checks["rule"].unique())
+        rep.text(f"Theory checks (rule per row; {rules}):")
         rep.table("theory_checks", checks)
     if cfg.plots:
         for alpha in alphas:
@@ -69,7 +72,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
             # mean loss vs N with fit
             fig, ax = subplots(figsize=(5, 3.6))
             base = sub[sub.data_size == (-1 if (sub.data_size == -1).any() else sub.data_size.max())]
-            last = base[base.step == base.step.max()]
+            last = final_rows(base)
             ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
             _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N", fits, alpha)
             ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="mean test loss (bits)",
@@ -134,7 +137,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
                    title="Width needed to learn a subtask vs its frequency")
             rep.figure("width_to_learn_vs_frequency", fig)
         # subtasks learned vs N
-        last = runs[runs.step == runs.step.max()]
+        last = final_rows(runs)
         fig, ax = subplots(figsize=(5, 3.6))
         for (alpha, d), g in last.groupby(["alpha", "data_size"]):
             gg = g.groupby("n_params").subtasks_learned.mean()
@@ -146,7 +149,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
     if len(es):
         rep.text("Data scaling uses each finite-data model at its best logged step (early stopping):")
         rep.table("early_stopping", es.drop(columns=["model_id"]), max_rows=60)
-    final = runs[runs.step == runs.step.max()].drop(columns=["model_id"])
+    final = final_rows(runs).drop(columns=["model_id"])
     rep.table("final_losses", final.sort_values(["alpha", "data_size", "seed", "width"]), max_rows=60)
     rep.table("runs", runs, show=False)
     rep.table("emergence", emergence, show=False)
@@ -179,9 +182,13 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
     rep = Report(f"{cfg.title}: exponents vs alpha", dpi=cfg.dpi)
     rep.text("Fitted exponents for each alpha (CI at "
              f"{fit_cfg.level:.0%}) beside the quantization model: alpha_N = alpha, alpha_S = alpha_D = "
-             "alpha/(alpha+1). Paper Figure 10 shape.")
+             f"alpha/(alpha+1). Paper Figure 10 shape. Rule: {exponent_rule(fit_cfg.level)}.")
     rep.table("sweep_fits", fits)
-    rep.table("theory_checks", theory_checks(fits, fit_cfg.level))
+    checks = theory_checks(fits, fit_cfg.level)
+    if len(checks):
+        rep.text("Theory checks, rule per row: " + "; ".join(f"{r}: {describe_rule(r, fit_cfg.level)}"
+                                                             for r in checks["rule"].unique()))
+    rep.table("theory_checks", checks)
     if cfg.plots:
         fig, ax = subplots(figsize=(5.5, 4))
         a = np.linspace(max(0.01, fits.alpha.min() * 0.8), fits.alpha.max() * 1.1, 100)
@@ -221,4 +228,5 @@ def sweep_results(st: Store, fits_ref: ArtifactRef, report_ref: ArtifactRef, alp
     exponents = [{"alpha": r.alpha, "quantity": r.quantity, "value": r.value, "ci": [r.ci_lo, r.ci_hi],
                   "theory": r.theory, "consistent": None if pd.isna(r.consistent) else bool(r.consistent)}
                  for r in fits.itertuples()]
-    return jsonable({"alphas": alphas, "exponents": exponents, "report_dir": report_ref.uri})
+    return jsonable({"alphas": alphas, "exponents": exponents, "consistent_rule": exponent_rule(None),
+                     "report_dir": report_ref.uri})

@@ -1,8 +1,11 @@
 """Pure statistics for scaling laws (numpy/scipy in, plain results out; nothing of Prefect or the store).
 
-- `powerlaw`: L = E + A x^-a and the Chinchilla form, Huber loss on log residuals, L-BFGS, bootstrap CIs;
+- `powerlaw`: L = E + A x^-a and the Chinchilla form, Huber loss on log residuals, L-BFGS (`huber`: the objective,
+  the screened multistart), intervals (`uncertainty`: expanded-percentile bootstrap, or the asymptotic sandwich for
+  large tables; `intervals`: percentile, BCa, MOVER) and warnings (`diagnostics`);
 - `ols`: the paper's log-log least squares; `zipf`: rank-frequency slopes and the discrete power-law MLE;
-- `theory`: the quantization model's relations (alpha_N, alpha/(alpha+1), Zipf slope) as checks with intervals.
+- `theory`: the quantization model's relations (alpha_N, alpha/(alpha+1), Zipf slope) as checks: two-sided tests
+  with a stated rule (`describe_rule`).
 """
 from tasks.stats.inputs import FitError
 from tasks.stats.ols import LogLogFit, fit_loglog_ols

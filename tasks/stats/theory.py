@@ -9,17 +9,47 @@ import numpy as np
 
 from schemas.jsonable import jsonable
 from tasks.stats.inputs import FitError, check_level
-from tasks.stats.intervals import percentile_ci
+from tasks.stats.intervals import mover_difference_ci, percentile_ci
 from tasks.stats.ols import LogLogFit
 from tasks.stats.powerlaw import DerivedValue, PowerLawFit
 
 
+RULE_CONTAINS = "ci-contains"
+RULE_BOOTSTRAP_DIFFERENCE = "bootstrap-difference"
+RULE_INTERVAL_DIFFERENCE = "interval-difference"
+RULE_NO_INTERVAL = "no-interval"
+
+RULES = {
+    RULE_CONTAINS: "consistent iff the predicted constant lies inside the measured {level} interval",
+    RULE_BOOTSTRAP_DIFFERENCE: "consistent iff 0 lies inside the {level} percentile interval of measured - predicted "
+                               "over independent bootstrap resamples of the two fits",
+    RULE_INTERVAL_DIFFERENCE: "consistent iff 0 lies inside the {level} interval of measured - predicted built from "
+                              "the two {level} intervals of independent fits (MOVER, Zou & Donner 2008)",
+    RULE_NO_INTERVAL: "not consistent: the measured value has no finite interval",
+}
+MIN_DIFFERENCE_SAMPLES = 20  # fewer bootstrap samples on a side: use the intervals (MOVER)
+
+
+def describe_rule(rule: str, level: float | None = 0.95) -> str:
+    """The rule's sentence, e.g. for report text (``level`` None: stated without the number)."""
+    if level is None:
+        return RULES[rule].format(level="confidence")
+    test = "" if rule == RULE_NO_INTERVAL else f" (a two-sided test at {round(1.0 - level, 6):g})"
+    return RULES[rule].format(level=f"{level:.0%}") + test
+
+
 @dataclass
 class TheoryCheck:
-    """One comparison of a measured quantity with a theory prediction.
+    """One comparison of a measured quantity with a theory prediction, as a two-sided test at 1 - ``level``.
 
-    ``consistent``: the two intervals overlap, or (``predicted_ci`` None) the prediction lies
-    inside ``measured_ci``. False when the measured interval is not finite.
+    ``rule`` says how ``consistent`` was decided (see :data:`RULES` and :func:`describe_rule`):
+    ``ci-contains`` (the prediction is a constant: it lies inside ``measured_ci``),
+    ``bootstrap-difference`` (both sides measured, with bootstrap samples: 0 lies inside the
+    percentile interval of the difference of independent resamples), ``interval-difference``
+    (both sides measured, intervals only: 0 lies inside the MOVER interval of the difference),
+    ``no-interval`` (the measured interval is not finite: not consistent). ``difference`` =
+    measured - predicted, ``difference_ci`` its interval (None for ``ci-contains``).
+    Overlapping 95% intervals, the earlier rule, amount to a test at about 0.6%, not 5%.
     """
 
     name: str
@@ -29,6 +59,9 @@ class TheoryCheck:
     predicted_ci: list[float] | None
     consistent: bool
     level: float = 0.95
+    rule: str = RULE_CONTAINS
+    difference: float = math.nan
+    difference_ci: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({
@@ -39,7 +72,22 @@ class TheoryCheck:
             "predicted_ci": self.predicted_ci,
             "consistent": bool(self.consistent),
             "level": float(self.level),
+            "rule": self.rule,
+            "difference": self.difference,
+            "difference_ci": self.difference_ci,
         })
+
+
+def _finite(values) -> bool:
+    return values is not None and all(math.isfinite(v) for v in values)
+
+
+def _usable(samples) -> np.ndarray | None:
+    if samples is None:
+        return None
+    s = np.asarray(samples, dtype=float)
+    s = s[np.isfinite(s)]
+    return s if s.size >= MIN_DIFFERENCE_SAMPLES else None
 
 
 def theory_check(
@@ -49,28 +97,53 @@ def theory_check(
     predicted: float,
     predicted_ci: Sequence[float] | None = None,
     level: float = 0.95,
+    *,
+    measured_samples: np.ndarray | None = None,
+    predicted_samples: np.ndarray | None = None,
+    seed: int = 0,
 ) -> TheoryCheck:
-    """Build a :class:`TheoryCheck`; intervals are [lo, hi] (given in either order)."""
+    """Build a :class:`TheoryCheck`; intervals are [lo, hi] (given in either order), at ``level``.
+
+    A prediction without a (finite) interval is a constant: rule ``ci-contains``. A measured prediction (with an
+    interval) is a second, independent estimate: with at least MIN_DIFFERENCE_SAMPLES bootstrap samples on each side
+    (``measured_samples``, ``predicted_samples``: shape (m,), e.g. ``PowerLawFit.samples_of`` or a derived value's
+    samples) the rule is ``bootstrap-difference`` — the samples are paired after a random permutation of one side
+    (``seed``), so the pairs are draws from the two independent bootstrap distributions even when both fits used the
+    same resampling seed; otherwise ``interval-difference`` (MOVER).
+    """
     mci = sorted(float(v) for v in measured_ci)
     pci = None if predicted_ci is None else sorted(float(v) for v in predicted_ci)
-    if not all(math.isfinite(v) for v in mci):
-        ok = False
-    elif pci is None:
-        ok = mci[0] <= float(predicted) <= mci[1]
-    elif not all(math.isfinite(v) for v in pci):
-        ok = mci[0] <= float(predicted) <= mci[1]
+    measured, predicted = float(measured), float(predicted)
+    diff = measured - predicted
+    if not _finite(mci):
+        return TheoryCheck(name, measured, mci, predicted, pci, False, float(level), RULE_NO_INTERVAL, diff)
+    if not _finite(pci):
+        ok = mci[0] <= predicted <= mci[1]
+        return TheoryCheck(name, measured, mci, predicted, pci, bool(ok), float(level), RULE_CONTAINS, diff)
+    ms, ps = _usable(measured_samples), _usable(predicted_samples)
+    if ms is not None and ps is not None:
+        k = min(ms.size, ps.size)
+        ps = np.random.default_rng(seed).permutation(ps)
+        dci = percentile_ci(ms[:k] - ps[:k], level)
+        rule = RULE_BOOTSTRAP_DIFFERENCE
     else:
-        ok = max(mci[0], pci[0]) <= min(mci[1], pci[1])
-    return TheoryCheck(name, float(measured), mci, float(predicted), pci, bool(ok), float(level))
+        dci = mover_difference_ci(measured, mci, predicted, pci)
+        rule = RULE_INTERVAL_DIFFERENCE
+    ok = dci[0] <= 0.0 <= dci[1]
+    return TheoryCheck(name, measured, mci, predicted, pci, bool(ok), float(level), rule, diff, dci)
 
 
 @dataclass
 class ExponentEstimate:
-    """A scalar estimate with an optional interval and optional bootstrap samples (shape (m,))."""
+    """A scalar estimate with an optional interval and optional bootstrap samples (shape (m,)); ``fit`` and
+    ``param`` when it is a parameter of a :class:`PowerLawFit` (functions of it then get intervals by the fit's own
+    method, e.g. BCa)."""
 
     value: float
     ci: list[float] | None = None
     samples: np.ndarray | None = field(default=None, repr=False)
+    fit: PowerLawFit | None = field(default=None, repr=False)
+    param: str = "a"
 
 
 def as_exponent(obj: Any, param: str = "a") -> ExponentEstimate:
@@ -85,7 +158,7 @@ def as_exponent(obj: Any, param: str = "a") -> ExponentEstimate:
         return obj
     if isinstance(obj, PowerLawFit):
         s = obj.samples_of(param)
-        return ExponentEstimate(obj.params[param], list(obj.ci[param]), s if s.size else None)
+        return ExponentEstimate(obj.params[param], list(obj.ci[param]), s if s.size else None, obj, param)
     if isinstance(obj, LogLogFit):
         return ExponentEstimate(-obj.slope, sorted([-obj.ci[0], -obj.ci[1]]), None)
     if isinstance(obj, DerivedValue):
@@ -102,19 +175,22 @@ def as_exponent(obj: Any, param: str = "a") -> ExponentEstimate:
 
 
 def _transform(est: ExponentEstimate, fn: Callable[[np.ndarray], np.ndarray], level: float):
-    """(value, ci) of fn(estimate): bootstrap distribution when present, else the CI endpoints
-    mapped through fn (valid because every map used here is monotone)."""
+    """(value, ci, samples) of fn(estimate): from the fit (its interval method) or the bootstrap samples when
+    present, else the CI endpoints mapped through fn (valid because every map used here is monotone)."""
     value = float(fn(np.asarray(est.value)))
+    if est.fit is not None and est.samples is not None:
+        dv = est.fit.derived(lambda p: float(fn(np.asarray(p[est.param]))), level)
+        return value, dv.ci, dv.samples
     if est.samples is not None and len(est.samples) >= 2:
-        return value, percentile_ci(fn(np.asarray(est.samples, dtype=float)), level)
+        samples = fn(np.asarray(est.samples, dtype=float))
+        return value, percentile_ci(samples, level), samples
     if est.ci is None:
-        return value, None
-    ends = sorted(float(fn(np.asarray(v))) for v in est.ci)
-    return value, ends
+        return value, None, None
+    return value, sorted(float(fn(np.asarray(v))) for v in est.ci), None
 
 
 def _measured(est: ExponentEstimate) -> list[float]:
-    return list(est.ci) if est.ci is not None else [est.value, est.value]
+    return list(est.ci) if est.ci is not None else [math.nan, math.nan]
 
 
 def scaling_theory_checks(
@@ -136,8 +212,12 @@ def scaling_theory_checks(
     - ``alpha_D vs alpha_N/(alpha_N+1)``, ``alpha_S vs alpha_N/(alpha_N+1)``
     - ``alpha_N vs alpha``, ``alpha_D vs alpha/(alpha+1)``, ``alpha_S vs alpha/(alpha+1)``
     - ``zipf_slope vs -(alpha_N+1)``, ``zipf_slope vs -(alpha+1)``
-    The predicted interval comes from the bootstrap distribution of the input exponent when
-    available, else from its CI endpoints pushed through the (monotone) map.
+    The predicted value is the map of the input: a constant when the input is one (``alpha`` as a
+    number: rule ``ci-contains``), else a measured estimate whose interval comes from the input's
+    bootstrap distribution when available, or from its CI endpoints pushed through the (monotone)
+    map; the two measured sides are then compared through their difference (rules
+    ``bootstrap-difference`` when both have samples, else ``interval-difference``; see
+    :class:`TheoryCheck`). The inputs must come from independent fits.
     """
     level = check_level(level)
     ratio = lambda a: a / (a + 1.0)  # noqa: E731
@@ -154,8 +234,9 @@ def scaling_theory_checks(
             zs = as_exponent(zipf_slope)
 
     def add(name, meas, src, fn):
-        pv, pci = _transform(src, fn, level)
-        checks.append(theory_check(name, meas.value, _measured(meas), pv, pci, level))
+        pv, pci, psamples = _transform(src, fn, level)
+        checks.append(theory_check(name, meas.value, _measured(meas), pv, pci, level,
+                                   measured_samples=meas.samples, predicted_samples=psamples))
 
     if an is not None:
         if ad is not None:

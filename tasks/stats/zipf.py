@@ -162,6 +162,8 @@ def fit_discrete_powerlaw(
     if not math.isfinite(se):
         se = se_approx
     if n_bootstrap > 0:
+        # a loop, not scipy.stats.bootstrap: resamples with a single distinct value cannot be fitted and are left
+        # out (scipy's interval turns NaN as soon as one replicate is NaN), and xmin stays at the full-data value
         rng = np.random.default_rng(seed)
         tail = data[data >= xm]
         boots = []
