@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from schemas.errors import UserInputError
 
-class FitError(ValueError):
+
+class FitError(UserInputError):
     """Bad input for a fit (non-finite, non-positive, too few points) or a fit that failed."""
 
 
