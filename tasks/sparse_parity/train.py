@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from schemas import ConfigError
 from schemas.sparse_parity import GridConfig, SparseParityConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device, tensor_cores
-from tasks.sparse_parity.data import Sampler, SparseParitySpec, encode, eval_set, load_spec
-from tasks.sparse_parity.model import WidthGrid, init_mlp, n_params
+from tasks.progress import Progress
+from tasks.sparse_parity.data import Sampler, SparseParitySpec, derive_seed, encode, eval_set, load_spec
+from tasks.sparse_parity.model import WidthGrid, grid_param_count, init_mlp, n_params, workspace_bytes
 
 LN2 = math.log(2.0)
 
@@ -56,18 +58,22 @@ class GridResult:
 
 
 class _GroupBatches:
-    """Per-group batch streams, each with its own generator: a group's batches do not depend on other groups."""
+    """Per-group batch streams, each with its own generator: a group's batches do not depend on other groups.
+    Each batch is ordered by subtask (the same samples, reordered), so the lookup-table gradient's row scatter-add
+    adds into one row at a time (3-4x faster than in random order)."""
 
     def __init__(self, spec: SparseParitySpec, groups: list[Group], batch_size: int, device: torch.device):
         self.spec, self.batch_size, self.device = spec, batch_size, device
-        self.samplers = [Sampler(spec, seed=7_777_777 + 131 * g.seed + g.data_size, device=device) for g in groups]
+        self.samplers = [Sampler(spec, seed=derive_seed("batches", g.seed, g.data_size), device=device)
+                         for g in groups]
         self.sets = []
         for g in groups:
             if g.data is None:
                 self.sets.append(None)
             else:
                 t, bits, y = (torch.as_tensor(a, device=device) for a in g.data)
-                self.sets.append((t.long(), bits.to(torch.uint8), y.long()))
+                order = torch.argsort(t, stable=True)  # a finite set's order is immaterial: keep it by subtask
+                self.sets.append((t.long()[order], bits.to(torch.uint8)[order], y.long()[order]))
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """task [G, B] int64, bits [G, B, n_bits] float32, y [G, B] int64, weight [G, B] float32 (0 pads small
@@ -77,14 +83,14 @@ class _GroupBatches:
         for sampler, data in zip(self.samplers, self.sets):
             w = torch.ones(B, device=self.device)
             if data is None:
-                t, bits, y = sampler.sample(B)
+                t, bits, y = sampler.sample(B, sort_tasks=True)
             else:
                 n = data[0].shape[0]
                 if n <= B:  # the whole set every step (full batch), padded to B with zero weight
                     idx = torch.arange(B, device=self.device) % n
                     w[n:] = 0.0
-                else:  # a minibatch without replacement
-                    idx = torch.randperm(n, generator=sampler.gen, device=self.device)[:B]
+                else:  # a minibatch without replacement, in the set's (subtask) order
+                    idx = torch.randperm(n, generator=sampler.gen, device=self.device)[:B].sort().values
                 t, bits, y = data[0][idx], data[1][idx], data[2][idx]
             ts.append(t)
             bs.append(bits)
@@ -93,41 +99,111 @@ class _GroupBatches:
         return torch.stack(ts), torch.stack(bs).float(), torch.stack(ys), torch.stack(ws)
 
 
+# Batch rows per chunk of a step: on the CPU a chunk's [G, rows, H] activations stay in cache between the forward
+# and the backward pass (measured: ~4 MiB per buffer; see benchmarks/bench_training.py); on a GPU one chunk.
+CPU_CHUNK_BYTES = 4 << 20
+GPU_CHUNK_BYTES = 2 << 30
+
+
+def chunk_rows(batch_size: int, groups: int, hidden: int, device: torch.device) -> int:
+    """Rows per chunk: about CHUNK_BYTES of one [G, rows, H] float32 buffer, at least 64, split evenly."""
+    budget = GPU_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
+    rows = max(64, budget // (4 * groups * hidden))
+    n = math.ceil(batch_size / rows)
+    return math.ceil(batch_size / n)
+
+
+class TrainingDiverged(RuntimeError):
+    """A model's training loss became NaN or infinite."""
+
+
+def _check_finite(loss: torch.Tensor, step: int, widths: list[int], groups: list[Group], lr: float,
+                  what: str = "training loss") -> None:
+    bad = ~torch.isfinite(loss)
+    if bool(bad.any()):
+        models = [f"width {widths[m]} (D={'fresh' if groups[g].data_size < 0 else groups[g].data_size}, "
+                  f"seed {groups[g].seed})" for g, m in bad.nonzero().tolist()]
+        shown = ", ".join(models[:6]) + (f" and {len(models) - 6} more" if len(models) > 6 else "")
+        raise TrainingDiverged(f"training diverged: non-finite {what} by step {step} for {shown}; "
+                               f"lr = {lr:g} (lower grid.lr)")
+
+
 @torch.no_grad()
-def evaluate(net: WidthGrid, spec: SparseParitySpec, eval_data, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(net: WidthGrid, spec: SparseParitySpec, eval_data, chunk: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-subtask test loss (bits) [G, M, T] and Zipf-weighted mean [G, M] on a fixed eval set."""
     t, bits, y = eval_data
-    G, M, T = net.W[0].shape[0], len(net.widths), spec.n_tasks
-    sums = torch.zeros(G, M, T, device=t.device, dtype=torch.float64)
+    G, M, T = net.n_groups, len(net.widths), spec.n_tasks
+    chunk = chunk or chunk_rows(t.shape[0], G, sum(net.widths), t.device)
+    sums = torch.zeros(G * M, T, device=t.device, dtype=torch.float64)
     for i in range(0, t.shape[0], chunk):
-        tt, bb = t[i:i + chunk], bits[i:i + chunk].float()
-        b = tt.shape[0]
-        logits = net(tt.unsqueeze(0).expand(G, -1), bb.unsqueeze(0).expand(G, -1, -1))  # [G, b, M, 2]
-        ce = F.cross_entropy(logits.reshape(-1, 2), y[i:i + chunk].view(1, b, 1).expand(G, b, M).reshape(-1),
-                             reduction="none")
-        ce = ce.view(G, b, M).permute(0, 2, 1).double()  # [G, M, b]
-        sums.index_add_(2, t[i:i + chunk], ce)
+        tt = t[i:i + chunk]
+        ce = net.per_sample_loss(tt, bits[i:i + chunk].float(), y[i:i + chunk])  # [G, M, c]
+        sums.index_add_(1, tt, ce.view(G * M, -1).double())
     counts = torch.bincount(t, minlength=T).double().clamp(min=1)
-    per_task = (sums / counts / LN2).float()
+    per_task = (sums / counts / LN2).view(G, M, T)
     probs = torch.as_tensor(spec.probs, device=t.device, dtype=torch.float64)
-    mean = (per_task.double() * probs).sum(-1).float()
-    return per_task, mean
+    mean = (per_task * probs).sum(-1).float()
+    return per_task.float(), mean
+
+
+class GridTrainer:
+    """Every (group, width) model of a grid as one computation: `step()` draws each group's batch and takes one
+    AdamW step of every model; `evaluate(eval_data)` measures every model's per-subtask test loss."""
+
+    def __init__(self, spec: SparseParitySpec, widths: list[int], groups: list[Group], *, depth: int = 1,
+                 batch_size: int, lr: float, weight_decay: float, device: str | torch.device = "cpu"):
+        self.spec, self.widths, self.groups, self.lr = spec, list(widths), list(groups), lr
+        self.device = torch.device(device)
+        self.net = WidthGrid(spec.n_tasks, spec.n_bits, widths, depth, [g.seed for g in groups]).to(self.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)  # one flat tensor
+        self.batches = _GroupBatches(spec, groups, batch_size, self.device)
+        self.batch_size = batch_size
+        self.rows = chunk_rows(batch_size, len(groups), sum(widths), self.device)
+        self.running = torch.zeros(len(groups), len(widths), device=self.device)  # training loss since last check
+        self.steps_done = 0
+
+    def step(self) -> None:
+        task, bits, y, w = self.batches.next()
+        w = w / w.sum(1, keepdim=True)
+        net, rows = self.net, self.rows
+        table = net.start_grads()
+        for i in range(0, self.batch_size, rows):
+            self.running += net.accumulate_grads(task[:, i:i + rows], bits[:, i:i + rows], y[:, i:i + rows],
+                                                 w[:, i:i + rows], table)
+        net.finish_grads(table)
+        self.opt.step()
+        self.steps_done += 1
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged if a model's training loss since the last check was NaN/inf."""
+        _check_finite(self.running, self.steps_done, self.widths, self.groups, self.lr)
+        self.running.zero_()
+
+    def evaluate(self, eval_data) -> tuple[torch.Tensor, torch.Tensor]:
+        per_task, mean = evaluate(self.net, self.spec, eval_data)
+        _check_finite(mean, self.steps_done, self.widths, self.groups, self.lr, "test loss")
+        return per_task, mean
 
 
 def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *, depth: int = 1, steps: int,
                batch_size: int, lr: float, weight_decay: float, log_at: np.ndarray, eval_data,
-               device: str | torch.device = "cpu", keep_states: bool = False,
-               progress=None) -> GridResult:
+               device: str | torch.device = "cpu", keep_states: bool = False, progress=None,
+               check_every: int | None = None) -> GridResult:
     """Train every (group, width) model for `steps` AdamW steps; log test losses at the steps in `log_at`.
 
     eval_data: (task, bits, label) tensors (see sparse_parity.eval_set), on any device.
+    progress: a tasks.progress.Progress (or anything with `update(n, **info)`), advanced once per step.
+    Raises TrainingDiverged (naming the models and lr) when a training or test loss is NaN/inf; the training
+    loss is checked every `check_every` steps (default: every step on the CPU, every 50 on a GPU, where a check
+    waits for the device), at every log step and at the end.
     Returns per-subtask and mean test losses in bits, [G, M, S, T] and [G, M, S].
     """
     device = torch.device(device)
+    check_every = check_every or (50 if device.type == "cuda" else 1)
     with tensor_cores(device):
-        net = WidthGrid(spec.input_dim, widths, depth, [g.seed for g in groups], n_ctrl=spec.n_tasks).to(device)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-        batches = _GroupBatches(spec, groups, batch_size, device)
+        trainer = GridTrainer(spec, widths, groups, depth=depth, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, device=device)
         eval_data = tuple(a.to(device) for a in eval_data)
         log_at = np.asarray(log_at, dtype=np.int64)
         G, M, S, T = len(groups), len(widths), len(log_at), spec.n_tasks
@@ -135,23 +211,20 @@ def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *
         mean_bits = np.zeros((G, M, S), dtype=np.float32)
         li = 0
         for step in range(1, steps + 1):
-            task, bits, y, w = batches.next()
-            logits = net(task, bits)  # [G, B, M, 2]
-            B = task.shape[1]
-            ce = F.cross_entropy(logits.reshape(-1, 2), y.unsqueeze(-1).expand(G, B, M).reshape(-1), reduction="none")
-            ce = ce.view(G, B, M)
-            # each model's own (weighted) mean loss; summed, so gradients stay disjoint per model
-            loss = ((ce * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if li < S and step == log_at[li]:
-                per_task, mean = evaluate(net, spec, eval_data)
+            trainer.step()
+            logging = li < S and step == log_at[li]
+            if logging or step % check_every == 0 or step == steps:
+                trainer.check_finite()
+            info = {}
+            if logging:
+                per_task, mean = trainer.evaluate(eval_data)
                 loss_bits[:, :, li] = per_task.cpu().numpy()
                 mean_bits[:, :, li] = mean.cpu().numpy()
+                info = {"test_loss_bits": f"{mean_bits[0, 0, li]:.3f}..{mean_bits[0, -1, li]:.3f}"}
                 li += 1
-                if progress is not None:
-                    progress(step, mean_bits[:, :, li - 1])
+            if progress is not None:
+                progress.update(1, **info)
+        net = trainer.net
         states = [[net.model_state(g, m) for m in range(M)] for g in range(G)] if keep_states else []
         return GridResult(log_at, loss_bits, mean_bits, list(widths), list(groups),
                           [n_params(spec.input_dim, w, depth) for w in widths], states)
@@ -229,12 +302,61 @@ def finite_data_groups(plan) -> list[tuple[int, int]]:
     return list(dict.fromkeys(g for _, shard in plan for g in shard if g[0] > 0))
 
 
+def shard_memory(n_tasks: int, n_bits: int, params: dict, groups: list[tuple[int, int]],
+                 device: torch.device) -> dict[str, int]:
+    """Bytes one training shard holds at its peak, by part: "model" (parameters, gradients, AdamW moments),
+    "activations" (the training and evaluation chunks' workspaces), "data" (a batch, the eval set, finite
+    training sets). An estimate from the config alone (no allocation); PREFLIGHT compares it with the machine."""
+    widths, depth, B, G = params["widths"], params["depth"], params["batch_size"], len(groups)
+    H, M = sum(widths), len(widths)
+    n_eval = n_tasks * params["eval_samples_per_task"]
+    rows, eval_rows = chunk_rows(B, G, H, device), chunk_rows(n_eval, G, H, device)
+    sets = sum(d for d, _ in groups if d > 0)
+    return {
+        "model": 4 * 4 * G * grid_param_count(n_tasks, n_bits, widths, depth),
+        "activations": workspace_bytes(n_bits, widths, depth, G, rows) + workspace_bytes(n_bits, widths, depth, G,
+                                                                                          eval_rows),
+        "data": G * B * (5 * n_bits + 24) + n_eval * (n_bits + 16) + 8 * G * M * eval_rows + 2 * sets * (n_bits + 16),
+    }
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for a new allocation: the GPU's free memory, or the machine's available RAM (psutil)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(cfg: SparseParityConfig, device: torch.device, available: int | None = None) -> None:
+    """Raise ConfigError (one line) if a training shard of `cfg` would not fit in `available` bytes (default:
+    what the device has free now)."""
+    available = available_memory(device) if available is None else available
+    for params, groups in training_plan(cfg):
+        need = shard_memory(cfg.task.n_tasks, cfg.task.n_bits, params, groups, device)
+        total = sum(need.values())
+        if total > available:
+            gib = 2.0 ** 30
+            fields = "grid.widths, grid.depth, grid.batch_size" + (
+                ", grid.groups_per_shard" if len(groups) > 1 and params["widths"] == cfg.grid.widths else "") + (
+                ", data_grid.width" if params["widths"] != cfg.grid.widths else "")
+            raise ConfigError(
+                f"the training shard {groups} (widths {_short_list(params['widths'])}, depth {params['depth']}) needs "
+                f"about {total / gib:.1f} GiB (parameters with gradients and AdamW moments {need['model'] / gib:.1f}, "
+                f"activations {need['activations'] / gib:.1f}, data {need['data'] / gib:.1f}) but {device.type} has "
+                f"{available / gib:.1f} GiB available: reduce {fields}")
+
+
+def _short_list(xs: list[int]) -> str:
+    return str(xs) if len(xs) <= 6 else f"[{xs[0]}, {xs[1]}, ..., {xs[-1]}] ({len(xs)})"
+
+
 @quanta_task(name="train-shard", task_run_name="train-shard-{groups}")
 def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_refs: list[ArtifactRef | None],
                 params: dict, store: str) -> ArtifactRef:
-    """Train all widths for the given (data_size, seed) groups as one batched computation; write the curves."""
-    from prefect import get_run_logger
-
+    """Train all widths for the given (data_size, seed) groups as one batched computation; write the curves.
+    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored."""
     st = Store(store)
     spec = load_spec(st, spec_ref)
     device = resolve_device(params["device"], "grid.device")
@@ -247,15 +369,11 @@ def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_
         group_objs.append(Group(seed=seed, data_size=data_size, data=data))
     log_at = log_steps(params["steps"], params["log_points"])
     ev = eval_set(spec, params["eval_samples_per_task"], seed=spec.seed, device=device)
-    logger = get_run_logger()
-
-    def progress(step, mean):
-        logger.info("step %d/%d: mean test loss (bits) per width, group 0: %s", step, params["steps"],
-                    " ".join(f"{v:.3f}" for v in mean[0]))
-
-    res = train_grid(spec, params["widths"], group_objs, depth=params["depth"], steps=params["steps"],
-                     batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
-                     log_at=log_at, eval_data=ev, device=device, progress=progress)
+    # the run log gets a line every 10 s: steps done, rate, ETA, test losses (group 0, first..last width)
+    with Progress(f"train-shard {groups}", total=params["steps"], unit="step") as progress:
+        res = train_grid(spec, params["widths"], group_objs, depth=params["depth"], steps=params["steps"],
+                         batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
+                         log_at=log_at, eval_data=ev, device=device, progress=progress)
     G, M = len(group_objs), len(params["widths"])
     arrays = {
         "steps": res.steps.astype(np.int64),
