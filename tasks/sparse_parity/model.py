@@ -18,6 +18,7 @@ with S, s the weight and bias gradients computed from D.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -78,6 +79,31 @@ def workspace_bytes(n_bits: int, widths: list[int], depth: int, groups: int, row
     return 4 * groups * rows * (H * (depth + (depth > 1)) + 3 * M + n_bits + 4)
 
 
+@dataclass
+class _Chunk:
+    """Buffers for `rows`-row chunks, reused every step, with each model's views made once: h[i] [G, rows, H]
+    (one per layer, +1 spare for depth > 1), blocks[i][m] = model m's units of h[i], gap [G, M, rows]."""
+
+    h: list[torch.Tensor]
+    blocks: list[list[torch.Tensor]]
+    gap: torch.Tensor
+    gap_rows: list[torch.Tensor]
+
+
+@dataclass
+class _Step:
+    """Views and derived tensors of the current parameters (and gradient), shared by one step's chunks:
+    v = w_out[1] - w_out[0] [G, H] (v_rows[m]: model m's [G, 1, w]), the logit-gap bias [G, M, 1], the lookup
+    table [G * T, H]."""
+
+    p: dict[str, torch.Tensor]
+    dp: dict[str, torch.Tensor] | None
+    v: torch.Tensor
+    v_rows: list[torch.Tensor]
+    gap_bias: torch.Tensor
+    table: torch.Tensor | None
+
+
 class WidthGrid(nn.Module):
     """G groups x M widths of depth-`depth` MLPs (2 logits each) in one flat parameter `flat`.
 
@@ -88,9 +114,9 @@ class WidthGrid(nn.Module):
     `w_out` [G, 2, H] (unit h feeds only its own model's 2 logits), `b_out` [G, 2, M].
     Model (g, m) owns hidden units offsets[m]:offsets[m+1] of every layer.
 
-    Gradients are written into `flat.grad` by `accumulate_grads` + `finish_grads` (no autograd graph). The loss
-    is the sum of the models' own losses, so each model's gradient is exactly its own, and AdamW, being
-    elementwise, moves every model as if it were trained alone.
+    A training step: `start_step()`, `accumulate_grads(...)` per chunk of the batch, `finish_grads(step)`; the
+    gradient lands in `flat.grad` (no autograd graph). The loss is the sum of the models' own losses, so each
+    model's gradient is exactly its own, and AdamW, being elementwise, moves every model as if trained alone.
     """
 
     def __init__(self, n_ctrl: int, n_bits: int, widths: list[int], depth: int, seeds: list[int]):
@@ -99,6 +125,7 @@ class WidthGrid(nn.Module):
         self.n_groups = G = len(seeds)
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).tolist()
         self.sq_offsets = np.concatenate([[0], np.cumsum([w * w for w in widths])]).tolist()
+        self.slices = [slice(a, b) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         self.shapes = _layout(n_ctrl, n_bits, widths, depth)
         self.flat = nn.Parameter(torch.zeros(G * grid_param_count(n_ctrl, n_bits, widths, depth)))
         p = self.views(self.flat.data)
@@ -106,7 +133,7 @@ class WidthGrid(nn.Module):
             for g, seed in enumerate(seeds):
                 for m, w in enumerate(widths):
                     lin = [x for x in init_mlp(n_ctrl + n_bits, w, depth, seed) if isinstance(x, nn.Linear)]
-                    sl = self.unit_slice(m)
+                    sl = self.slices[m]
                     p["w_ctrl"][g, :, sl] = lin[0].weight[:, :n_ctrl].T
                     p["w_bits"][g, :, sl] = lin[0].weight[:, n_ctrl:].T
                     p["b_in"][g, sl] = lin[0].bias
@@ -115,7 +142,7 @@ class WidthGrid(nn.Module):
                         p[f"b_hidden{d}"][g, sl] = lin[d + 1].bias
                     p["w_out"][g, :, sl] = lin[-1].weight
                     p["b_out"][g, :, m] = lin[-1].bias
-        self._ws: dict[int, list[torch.Tensor]] = {}
+        self._chunks: dict[int, _Chunk] = {}
 
     # ----------------------------------------------------------------------------------------- layout helpers
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,136 +154,134 @@ class WidthGrid(nn.Module):
             i += n
         return out
 
-    def unit_slice(self, m: int) -> slice:
-        return slice(self.offsets[m], self.offsets[m + 1])
-
     def block(self, packed: torch.Tensor, m: int) -> torch.Tensor:
         """Model m's [G, w, w] hidden weight inside a packed [G, S] tensor (a view)."""
         w = self.widths[m]
         return packed[:, self.sq_offsets[m]:self.sq_offsets[m + 1]].view(-1, w, w)
 
-    def _workspace(self, rows: int) -> list[torch.Tensor]:
-        """[G, rows, H] buffers: one per layer (+1 for depth > 1), reused every step."""
-        ws = self._ws.get(rows)
-        if ws is None:
-            if len(self._ws) >= 3:  # training's chunk, its last chunk, evaluation's chunk
-                self._ws.clear()
-            n = self.depth + (self.depth > 1)
-            ws = [torch.empty(self.n_groups, rows, sum(self.widths), device=self.flat.device) for _ in range(n)]
-            self._ws[rows] = ws
-        return ws
+    def _chunk(self, rows: int) -> _Chunk:
+        ch = self._chunks.get(rows)
+        if ch is None:
+            if len(self._chunks) >= 3:  # training's chunk, its last chunk, evaluation's chunk
+                self._chunks.clear()
+            G, H, M, dev = self.n_groups, sum(self.widths), len(self.widths), self.flat.device
+            h = [torch.empty(G, rows, H, device=dev) for _ in range(self.depth + (self.depth > 1))]
+            gap = torch.empty(G, M, rows, device=dev)
+            ch = _Chunk(h, [[x[:, :, sl] for sl in self.slices] for x in h], gap, [gap[:, m:m + 1] for m in range(M)])
+            self._chunks[rows] = ch
+        return ch
 
-    def _group_rows(self, task: torch.Tensor) -> torch.Tensor:
+    def _table_rows(self, task: torch.Tensor) -> torch.Tensor:
         """Row of the [G * T, H] lookup table of each sample: task [G, c] -> [G * c]."""
         return (task + (torch.arange(self.n_groups, device=task.device) * self.n_ctrl)[:, None]).reshape(-1)
 
-    def lookup_table(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[G, T, H]: the first layer's control-bit column of subtask t plus its bias."""
-        return p["w_ctrl"] + p["b_in"][:, None, :]
+    @torch.no_grad()
+    def start_step(self, with_grad: bool = True) -> _Step:
+        """The current parameters' views for a step's chunks; with_grad: also zero the gradient and view it."""
+        dp = None
+        if with_grad:
+            if self.flat.grad is None:
+                self.flat.grad = torch.zeros_like(self.flat)
+            else:
+                self.flat.grad.zero_()
+            dp = self.views(self.flat.grad)
+        p = self.views(self.flat.data)
+        v = p["w_out"][:, 1] - p["w_out"][:, 0]
+        table = None
+        if self.n_ctrl:  # the control-bit column of subtask t plus the bias: the first layer of subtask t's samples
+            table = (p["w_ctrl"] + p["b_in"][:, None, :]).view(-1, v.shape[1])
+        return _Step(p, dp, v, [v[:, None, sl] for sl in self.slices],
+                     (p["b_out"][:, 1] - p["b_out"][:, 0])[:, :, None], table)
 
     # ------------------------------------------------------------------------------------------- forward
     @torch.no_grad()
-    def logit_gap(self, task: torch.Tensor, bits: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    def logit_gap(self, task: torch.Tensor, bits: torch.Tensor, step: _Step | None = None,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
         """z1 - z0 of every model: task [G, c] int64 (or [c], shared by the groups), bits [G, c, n] or [c, n]
-        float32 -> [G, M, c]. Leaves each layer's post-ReLU activations in the workspace."""
-        G, M, c = self.n_groups, len(self.widths), task.shape[-1]
-        p = self.views(self.flat.data)
-        h = self._workspace(c)
+        float32 -> [G, M, c] (a workspace buffer: valid until the next call). Leaves each layer's post-ReLU
+        activations in the workspace."""
+        G, c = self.n_groups, task.shape[-1]
+        st = self.start_step(with_grad=False) if step is None else step
+        ch = self._chunk(c)
+        h = ch.h
         if self.n_ctrl:
-            table = self.lookup_table(p) if table is None else table
-            torch.index_select(table.view(G * self.n_ctrl, -1), 0, self._group_rows(task.expand(G, c)),
-                               out=h[0].view(G * c, -1))
+            rows = self._table_rows(task.expand(G, c)) if rows is None else rows
+            torch.index_select(st.table, 0, rows, out=h[0].view(G * c, -1))
         else:
-            h[0].copy_(p["b_in"][:, None, :].expand_as(h[0]))
-        h[0].baddbmm_(bits.expand(G, c, -1), p["w_bits"]).relu_()
+            h[0].copy_(st.p["b_in"][:, None, :].expand_as(h[0]))
+        h[0].baddbmm_(bits.expand(G, c, -1), st.p["w_bits"]).relu_()
         for d in range(1, self.depth):
-            h[d].copy_(p[f"b_hidden{d - 1}"][:, None, :].expand_as(h[d]))
-            for m in range(M):
-                sl = self.unit_slice(m)
-                h[d][:, :, sl].baddbmm_(h[d - 1][:, :, sl], self.block(p[f"w_hidden{d - 1}"], m).transpose(1, 2))
+            h[d].copy_(st.p[f"b_hidden{d - 1}"][:, None, :].expand_as(h[d]))
+            for m, (out, inp) in enumerate(zip(ch.blocks[d], ch.blocks[d - 1])):
+                out.baddbmm_(inp, self.block(st.p[f"w_hidden{d - 1}"], m).transpose(1, 2))
             h[d].relu_()
-        v = p["w_out"][:, 1] - p["w_out"][:, 0]  # [G, H]
-        gap = torch.empty(G, M, c, device=h[0].device)
-        last = h[self.depth - 1]
-        for m in range(M):
-            sl = self.unit_slice(m)
-            torch.bmm(v[:, None, sl], last[:, :, sl].transpose(1, 2), out=gap[:, m:m + 1])
-        gap += (p["b_out"][:, 1] - p["b_out"][:, 0])[:, :, None]
-        return gap
+        for v_m, h_m, gap_m in zip(st.v_rows, ch.blocks[self.depth - 1], ch.gap_rows):
+            torch.bmm(v_m, h_m.transpose(1, 2), out=gap_m)
+        return ch.gap.add_(st.gap_bias)
 
     @torch.no_grad()
-    def per_sample_loss(self, task: torch.Tensor, bits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (nats) of every model on every sample: [G, M, c] (task, bits as in `logit_gap`; y [c] or
-        [G, c] int64). Two-class CE = softplus((1 - 2y)·gap)."""
+    def per_sample_loss(self, task: torch.Tensor, bits: torch.Tensor, y: torch.Tensor, step: _Step | None = None
+                        ) -> torch.Tensor:
+        """Cross-entropy (nats) of every model on every sample: [G, M, c] (task, bits, step as in `logit_gap`;
+        y [c] or [G, c] int64). Two-class CE = softplus((1 - 2y)·gap)."""
         sign = 1.0 - 2.0 * y.to(torch.float32)
-        gap = self.logit_gap(task, bits)
+        gap = self.logit_gap(task, bits, step)
         return F.softplus(gap.mul_(sign[:, None, :] if sign.dim() == 2 else sign))
 
     # ------------------------------------------------------------------------------------------ backward
     @torch.no_grad()
-    def start_grads(self) -> torch.Tensor:
-        """Zero the gradient for a new step; returns the [G, T, H] lookup table the step's chunks share."""
-        if self.flat.grad is None:
-            self.flat.grad = torch.zeros_like(self.flat)
-        else:
-            self.flat.grad.zero_()
-        return self.lookup_table(self.views(self.flat.data))
-
-    @torch.no_grad()
     def accumulate_grads(self, task: torch.Tensor, bits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                         table: torch.Tensor) -> torch.Tensor:
+                         step: _Step) -> torch.Tensor:
         """Add one chunk's share of d(sum over models of each model's weighted mean loss) to `flat.grad`.
 
         task [G, c] int64 (sorted within each group makes the row scatter-add cache-friendly), bits [G, c, n]
         float32, y [G, c] int64, weight [G, c] float32: each sample's weight in its group's mean (a group's
-        weights over the whole batch sum to 1); table from `start_grads`. Until `finish_grads`, the gradient of
+        weights over the whole batch sum to 1); step from `start_step()`. Until `finish_grads`, the gradient of
         the layer under the output holds its D-sums (module docstring), not yet scaled by v. Returns the chunk's
         share of every model's loss [G, M] (nats).
         """
-        G, M, c, L = self.n_groups, len(self.widths), task.shape[1], self.depth
-        p, dp = self.views(self.flat.data), self.views(self.flat.grad)
+        G, c, L, dp = self.n_groups, task.shape[1], self.depth, step.dp
+        rows = self._table_rows(task) if self.n_ctrl else None
         sign = (1.0 - 2.0 * y.to(torch.float32))[:, None, :]  # [G, 1, c]
-        z = self.logit_gap(task, bits, table).mul_(sign)  # [G, M, c]
+        z = self.logit_gap(task, bits, step, rows).mul_(sign)  # [G, M, c]
         loss = (F.softplus(z) * weight[:, None, :]).sum(-1)
         g_gap = torch.sigmoid(z).mul_(sign).mul_(weight[:, None, :])  # d loss / d gap
         db = g_gap.sum(-1)
         dp["b_out"][:, 1] += db
         dp["b_out"][:, 0] -= db
-        h = self._workspace(c)
-        D = h[L - 1].sign_()  # in place: 1[h > 0] (h >= 0), then times each model's d loss / d gap
-        for m in range(M):
-            D[:, :, self.unit_slice(m)].mul_(g_gap[:, m, :, None])
-        v = p["w_out"][:, 1] - p["w_out"][:, 0]
-        grad = D  # d loss / d pre-activation of layer d (for d = L - 1: D, still to be scaled by v)
+        ch = self._chunk(c)
+        ch.h[L - 1].sign_()  # in place: 1[h > 0] (h >= 0), then times each model's d loss / d gap: D
+        for D_m, g_m in zip(ch.blocks[L - 1], g_gap.unsqueeze(-1).unbind(1)):
+            D_m.mul_(g_m)
+        grad = L - 1  # index of the buffer holding d loss / d pre-activation (for layer L - 1: D, unscaled)
         for d in range(L - 1, 0, -1):
-            wd, dwd = p[f"w_hidden{d - 1}"], dp[f"w_hidden{d - 1}"]
-            dp[f"b_hidden{d - 1}"] += grad.sum(1)
-            prev, dprev = h[d - 1], h[L] if grad is not h[L] else h[d]
-            for m in range(M):
-                sl, wm = self.unit_slice(m), self.block(wd, m)
-                self.block(dwd, m).baddbmm_(grad[:, :, sl].transpose(1, 2), prev[:, :, sl])
+            dwd = dp[f"w_hidden{d - 1}"]
+            dp[f"b_hidden{d - 1}"] += ch.h[grad].sum(1)
+            out = L if grad != L else d  # a free buffer: the spare, or layer d's activations (no longer needed)
+            for m, (g_m, prev_m, out_m) in enumerate(zip(ch.blocks[grad], ch.blocks[d - 1], ch.blocks[out])):
+                self.block(dwd, m).baddbmm_(g_m.transpose(1, 2), prev_m)
+                wm = self.block(step.p[f"w_hidden{d - 1}"], m)
                 if d == L - 1:  # the true gradient is D·v: fold v into the weight (w x w, not rows x w)
-                    wm = wm * v[:, self.unit_slice(m), None]
-                torch.bmm(grad[:, :, sl], wm, out=dprev[:, :, sl])
-            torch.ops.aten.threshold_backward.grad_input(dprev, prev, 0.0, grad_input=dprev)
-            grad = dprev
-        dp["w_bits"].baddbmm_(bits.transpose(1, 2), grad)
+                    wm = wm * step.v_rows[m].transpose(1, 2)
+                torch.bmm(g_m, wm, out=out_m)
+            torch.ops.aten.threshold_backward.grad_input(ch.h[out], ch.h[d - 1], 0.0, grad_input=ch.h[out])
+            grad = out
+        dp["w_bits"].baddbmm_(bits.transpose(1, 2), ch.h[grad])
         if self.n_ctrl:
-            dp["w_ctrl"].view(G * self.n_ctrl, -1).index_add_(0, self._group_rows(task), grad.view(G * c, -1))
+            dp["w_ctrl"].view(G * self.n_ctrl, -1).index_add_(0, rows, ch.h[grad].view(G * c, -1))
         else:
-            dp["b_in"] += grad.sum(1)
+            dp["b_in"] += ch.h[grad].sum(1)
         return loss
 
     @torch.no_grad()
-    def finish_grads(self, table: torch.Tensor) -> None:
+    def finish_grads(self, step: _Step) -> None:
         """After the step's chunks: scale the D-sums of the layer under the output by v, derive dL/dv from them,
         and the first-layer bias gradient from the lookup table's (every sample looks up one row)."""
-        p, dp = self.views(self.flat.data), self.views(self.flat.grad)
-        v = p["w_out"][:, 1] - p["w_out"][:, 0]  # [G, H]
+        p, dp, v = step.p, step.dp, step.v
         if self.depth == 1:
             dv = (p["w_bits"] * dp["w_bits"]).sum(1)
             if self.n_ctrl:
-                dv += (table * dp["w_ctrl"]).sum(1)
+                dv += (step.table.view_as(dp["w_ctrl"]) * dp["w_ctrl"]).sum(1)
                 dp["w_ctrl"].mul_(v[:, None, :])
             else:
                 dv += p["b_in"] * dp["b_in"]
@@ -264,10 +289,10 @@ class WidthGrid(nn.Module):
             dp["w_bits"].mul_(v[:, None, :])
         else:
             d = self.depth - 2
-            wd, dwd, bd, dbd = p[f"w_hidden{d}"], dp[f"w_hidden{d}"], p[f"b_hidden{d}"], dp[f"b_hidden{d}"]
-            dv = bd * dbd
-            for m in range(len(self.widths)):  # rows of model m's block: its units
-                sl, wm, dwm = self.unit_slice(m), self.block(wd, m), self.block(dwd, m)
+            wd, dwd, dbd = p[f"w_hidden{d}"], dp[f"w_hidden{d}"], dp[f"b_hidden{d}"]
+            dv = p[f"b_hidden{d}"] * dbd
+            for m, sl in enumerate(self.slices):  # rows of model m's block: its units
+                wm, dwm = self.block(wd, m), self.block(dwd, m)
                 dv[:, sl] += (wm * dwm).sum(2)
                 dwm.mul_(v[:, sl, None])
             dbd.mul_(v)
@@ -279,7 +304,7 @@ class WidthGrid(nn.Module):
     # ------------------------------------------------------------------------------------------- export
     def model_state(self, g: int, m: int) -> dict[str, torch.Tensor]:
         """Model (g, m)'s parameters as the state_dict of its reference nn.Sequential (init_mlp)."""
-        p, sl = self.views(self.flat.data), self.unit_slice(m)
+        p, sl = self.views(self.flat.data), self.slices[m]
         first = torch.cat([p["w_ctrl"][g, :, sl], p["w_bits"][g, :, sl]], dim=0).T
         out, li = {"0.weight": first, "0.bias": p["b_in"][g, sl]}, 2
         for d in range(self.depth - 1):

@@ -96,7 +96,8 @@ class _GroupBatches:
             bs.append(bits)
             ys.append(y)
             ws.append(w)
-        return torch.stack(ts), torch.stack(bs).float(), torch.stack(ys), torch.stack(ws)
+        stack = (lambda xs: xs[0].unsqueeze(0)) if len(ts) == 1 else torch.stack
+        return stack(ts), stack(bs).float(), stack(ys), stack(ws)
 
 
 # Batch rows per chunk of a step: on the CPU a chunk's [G, rows, H] activations stay in cache between the forward
@@ -136,9 +137,10 @@ def evaluate(net: WidthGrid, spec: SparseParitySpec, eval_data, chunk: int | Non
     G, M, T = net.n_groups, len(net.widths), spec.n_tasks
     chunk = chunk or chunk_rows(t.shape[0], G, sum(net.widths), t.device)
     sums = torch.zeros(G * M, T, device=t.device, dtype=torch.float64)
+    step = net.start_step(with_grad=False)
     for i in range(0, t.shape[0], chunk):
         tt = t[i:i + chunk]
-        ce = net.per_sample_loss(tt, bits[i:i + chunk].float(), y[i:i + chunk])  # [G, M, c]
+        ce = net.per_sample_loss(tt, bits[i:i + chunk].float(), y[i:i + chunk], step)  # [G, M, c]
         sums.index_add_(1, tt, ce.view(G * M, -1).double())
     counts = torch.bincount(t, minlength=T).double().clamp(min=1)
     per_task = (sums / counts / LN2).view(G, M, T)
@@ -156,7 +158,8 @@ class GridTrainer:
         self.spec, self.widths, self.groups, self.lr = spec, list(widths), list(groups), lr
         self.device = torch.device(device)
         self.net = WidthGrid(spec.n_tasks, spec.n_bits, widths, depth, [g.seed for g in groups]).to(self.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)  # one flat tensor
+        # fused: one kernel over the one flat tensor (same update as the for-loop AdamW up to float rounding)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
         self.batches = _GroupBatches(spec, groups, batch_size, self.device)
         self.batch_size = batch_size
         self.rows = chunk_rows(batch_size, len(groups), sum(widths), self.device)
@@ -167,11 +170,11 @@ class GridTrainer:
         task, bits, y, w = self.batches.next()
         w = w / w.sum(1, keepdim=True)
         net, rows = self.net, self.rows
-        table = net.start_grads()
+        st = net.start_step()
         for i in range(0, self.batch_size, rows):
             self.running += net.accumulate_grads(task[:, i:i + rows], bits[:, i:i + rows], y[:, i:i + rows],
-                                                 w[:, i:i + rows], table)
-        net.finish_grads(table)
+                                                 w[:, i:i + rows], st)
+        net.finish_grads(st)
         self.opt.step()
         self.steps_done += 1
 
