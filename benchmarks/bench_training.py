@@ -62,12 +62,13 @@ def efficiency(spec, widths: list[int], batch_size: int, depth: int, dev: torch.
                           weight_decay=0.01, device=dev)
     a = torch.randn(batch_size, spec.n_bits, device=dev)
     b = torch.randn(spec.n_bits, sum(widths), device=dev)
+    c = torch.empty(batch_size, sum(widths), device=dev)  # preallocated, as the step's buffers are
     trainer.step()
-    a @ b  # warm-up: workspaces, kernels
+    torch.mm(a, b, out=c)  # warm-up: workspaces, kernels
     step_s, mm_s = [], []
     for _ in range(rounds):
         step_s.append(_timed(lambda: [trainer.step() for _ in range(steps)], dev) / steps)
-        mm_s.append(_timed(lambda: [a @ b for _ in range(steps)], dev) / steps)
+        mm_s.append(_timed(lambda: [torch.mm(a, b, out=c) for _ in range(steps)], dev) / steps)
     trainer.check_finite()
     useful, strict = flops_per_sample(spec.n_bits, widths, depth)
     t_step, t_mm = min(step_s), min(mm_s)

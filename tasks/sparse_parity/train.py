@@ -1,14 +1,15 @@
 """Training grids of one-hidden-layer (or deeper) ReLU MLPs on multitask sparse parity.
 
-Many models train as one computation:
+Many models train as one computation (`GridTrainer`, model.WidthGrid):
 - *widths side by side*: all widths of a group see the same batch, so their hidden units are concatenated into one
-  wide layer (the output layer and deeper layers are block-diagonal, so no unit of one model feeds another);
+  wide layer; each model's output and hidden layers touch only its own units (per width block, never a
+  sum(widths)² block-diagonal matrix);
 - *groups stacked*: groups that differ in data (finite training set size D, seed) have equal shape, so their
-  parameters are stacked on a leading axis and run with batched matmuls (the same computation as
-  `torch.func.stack_module_state` + `vmap`, written out with `torch.baddbmm`).
+  parameters are stacked on a leading axis and run with batched matmuls.
 The loss is the sum of every model's own mean loss, so each model's gradient is exactly its own, and AdamW is
 elementwise: every model follows the trajectory it would follow trained alone (`train_single` is that reference;
-tests compare them). Per-step cost is one wide network instead of len(widths) x len(groups) small ones.
+tests compare them). On the CPU a step runs in chunks of the batch whose activations stay in cache between the
+forward and backward pass; the gradient is written by hand (model.py) in a few passes over the activations.
 """
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ class _GroupBatches:
 
 
 # Batch rows per chunk of a step: on the CPU a chunk's [G, rows, H] activations stay in cache between the forward
-# and the backward pass (measured: ~4 MiB per buffer; see benchmarks/bench_training.py); on a GPU one chunk.
-CPU_CHUNK_BYTES = 4 << 20
+# and the backward pass (paper shape, 1 thread: 4-16 MiB per buffer ran 1.25x faster than the whole batch, 1 MiB
+# lost to per-op overhead); on a GPU one chunk.
+CPU_CHUNK_BYTES = 8 << 20
 GPU_CHUNK_BYTES = 2 << 30
 
 
