@@ -63,20 +63,25 @@ def efficiency(spec, widths: list[int], batch_size: int, depth: int, dev: torch.
     a = torch.randn(batch_size, spec.n_bits, device=dev)
     b = torch.randn(spec.n_bits, sum(widths), device=dev)
     c = torch.empty(batch_size, sum(widths), device=dev)  # preallocated, as the step's buffers are
+    rows = trainer.rows  # the same matmul in the step's chunks (their outputs stay in cache), for comparison
+    chunked = lambda: [torch.mm(a[i:i + rows], b, out=c[i:i + rows]) for i in range(0, batch_size, rows)]  # noqa
     trainer.step()
     torch.mm(a, b, out=c)  # warm-up: workspaces, kernels
-    step_s, mm_s = [], []
+    step_s, mm_s, chunk_s = [], [], []
     for _ in range(rounds):
         step_s.append(_timed(lambda: [trainer.step() for _ in range(steps)], dev) / steps)
         mm_s.append(_timed(lambda: [torch.mm(a, b, out=c) for _ in range(steps)], dev) / steps)
+        chunk_s.append(_timed(lambda: [chunked() for _ in range(steps)], dev) / steps)
     trainer.check_finite()
     useful, strict = flops_per_sample(spec.n_bits, widths, depth)
-    t_step, t_mm = min(step_s), min(mm_s)
-    mm_flops = 2 * batch_size * spec.n_bits * sum(widths) / t_mm
+    t_step, t_mm, t_chunk = min(step_s), min(mm_s), min(chunk_s)
+    mm_flop = 2 * batch_size * spec.n_bits * sum(widths)
     return {"step_s": t_step, "steps_per_s": 1 / t_step, "useful_gflop_per_step": useful * batch_size / 1e9,
-            "useful_gflops": useful * batch_size / t_step / 1e9, "matmul_gflops": mm_flops / 1e9,
-            "efficiency": useful * batch_size / t_step / mm_flops,
-            "efficiency_strict": strict * batch_size / t_step / mm_flops}
+            "useful_gflops": useful * batch_size / t_step / 1e9, "matmul_gflops": mm_flop / t_mm / 1e9,
+            "efficiency": useful * batch_size / t_step / (mm_flop / t_mm),
+            "efficiency_strict": strict * batch_size / t_step / (mm_flop / t_mm),
+            "chunk_rows": rows, "chunked_matmul_gflops": mm_flop / t_chunk / 1e9,
+            "efficiency_vs_chunked_matmul": useful * batch_size / t_step / (mm_flop / t_chunk)}
 
 
 def against_peer(spec, widths: list[int], batch_size: int, depth: int, dev: torch.device, steps: int,
@@ -112,7 +117,11 @@ def eval_share(cfg: SparseParityConfig, spec, dev: torch.device, rounds: int = 5
     return {"eval_s": t_eval, "step_s": t_step, "evaluations": n_evals, "steps": g.steps, "share": share}
 
 
-def run(config: str = "configs/sparse_parity/demo.toml", device: str = "auto", quick: bool = False) -> dict:
+def run(config: str = "configs/sparse_parity/demo.toml", device: str = "auto", quick: bool = False,
+        threads: int | None = None) -> dict:
+    """Every measurement above; `threads` sets torch's CPU threads for all of them (default: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
     cfg = load_config(SparseParityConfig, PROJECT_ROOT / config)
     dev = resolve_device(device)
     demo = make_spec(cfg.task)
@@ -142,6 +151,7 @@ def run(config: str = "configs/sparse_parity/demo.toml", device: str = "auto", q
     }
     for r in out.values():
         r["device"] = str(dev)
+        r["threads"] = torch.get_num_threads()
     out["efficiency_demo"]["flop_model"] = FLOP_MODEL
     return out
 
@@ -150,7 +160,8 @@ if __name__ == "__main__":
     import sys
 
     print(FLOP_MODEL)
-    for r in run(quick="--quick" in sys.argv).values():
+    threads = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--threads=")), None)
+    for r in run(quick="--quick" in sys.argv, threads=threads).values():
         details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
                             if k not in ("name", "ratio", "goal", "device", "flop_model"))
         print(f"{r['name']} [{r['device']}]: {r['ratio']:.3g} (goal {r['goal']}); {details}")

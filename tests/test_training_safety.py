@@ -41,11 +41,17 @@ def test_the_old_seed_arithmetic_collided_and_derived_seeds_do_not(spec):
     assert not torch.equal(a[1], b[1])
 
 
-def test_sorted_batches_are_the_same_sample_reordered(spec):
-    t, bits, y = Sampler(spec, seed=5).sample(3000)
-    ts, bits_s, ys = Sampler(spec, seed=5).sample(3000, sort_tasks=True)
-    assert torch.equal(ts, torch.sort(t).values) and torch.equal(bits_s, bits)  # same draws, tasks in order
-    assert torch.equal(ys, torch.gather(bits_s.long(), 1, torch.as_tensor(spec.subsets)[ts]).sum(1) % 2)
+def test_batches_are_fresh_samples_ordered_by_subtask(spec):
+    batches = _GroupBatches(spec, [Group(seed=2)], 300, torch.device("cpu"))
+    drawn = [batches.next() for _ in range(batches.ahead + 1)]  # past one prefetch
+    t, bits, y = Sampler(spec, seed=derive_seed("batches", 2, -1)).sample(batches.ahead * 300)
+    for k, (tk, bk, yk, wk) in enumerate(drawn[:-1]):
+        order = torch.argsort(t[k * 300:(k + 1) * 300], stable=True) + k * 300
+        assert torch.equal(tk[0], t[order]) and torch.equal(bk[0], bits[order].float()) and torch.equal(yk[0], y[order])
+        assert torch.all(tk[0][1:] >= tk[0][:-1]) and torch.all(wk == 1)
+    assert not torch.equal(drawn[-1][1], drawn[0][1])  # the next prefetch continues the stream
+    assert torch.equal(drawn[0][2][0], torch.gather(drawn[0][1][0].long(), 1, torch.as_tensor(spec.subsets)[
+        drawn[0][0][0]]).sum(1) % 2)  # labels stay the parities of their own rows
     coins = random_bits(20000, 70, torch.Generator().manual_seed(0), torch.device("cpu")).double()
     assert coins.shape == (20000, 70) and set(coins.unique().tolist()) == {0.0, 1.0}
     assert (coins.mean(0) - 0.5).abs().max() < 0.015  # 4.2 sigma at n = 20000

@@ -102,16 +102,12 @@ class Sampler:
         self.subsets = torch.as_tensor(spec.subsets, device=self.device)
         self.cdf = torch.cumsum(self.probs, 0)
 
-    def sample(self, n: int, task: int | None = None, sort_tasks: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """n samples: task (n,) int64 drawn with the Zipf frequencies (or fixed), bits (n, n_bits) uint8, label.
-        sort_tasks: the same i.i.d. sample, ordered by task (rows of one subtask together)."""
+    def sample(self, n: int, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n samples: task (n,) int64 drawn with the Zipf frequencies (or fixed), bits (n, n_bits) uint8, label."""
         if task is None:
             # inverse-CDF sampling: much faster than torch.multinomial for large n
             u = torch.rand(n, generator=self.gen, device=self.device, dtype=torch.float64)
             t = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.spec.n_tasks - 1)
-            if sort_tasks:  # tasks are independent of the bits: sorting them is a counting sort
-                t = torch.repeat_interleave(torch.bincount(t, minlength=self.spec.n_tasks), output_size=n)
         else:
             t = torch.full((n,), int(task), dtype=torch.long, device=self.device)
         bits = random_bits(n, self.spec.n_bits, self.gen, self.device)

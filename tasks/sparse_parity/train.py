@@ -14,6 +14,7 @@ forward and backward pass; the gradient is written by hand (model.py) in a few p
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,12 +62,18 @@ class GridResult:
 class _GroupBatches:
     """Per-group batch streams, each with its own generator: a group's batches do not depend on other groups.
     Each batch is ordered by subtask (the same samples, reordered), so the lookup-table gradient's row scatter-add
-    adds into one row at a time (3-4x faster than in random order)."""
+    adds into one row at a time (3-4x faster than in random order). Fresh samples are drawn `ahead` batches at a
+    time (up to PREFETCH_BYTES), which saves a dozen small operations per step."""
+
+    PREFETCH_BYTES = 8 << 20
 
     def __init__(self, spec: SparseParitySpec, groups: list[Group], batch_size: int, device: torch.device):
         self.spec, self.batch_size, self.device = spec, batch_size, device
         self.samplers = [Sampler(spec, seed=derive_seed("batches", g.seed, g.data_size), device=device)
                          for g in groups]
+        self.ahead = max(1, min(32, self.PREFETCH_BYTES // (batch_size * (4 * spec.n_bits + 16))))
+        self.queues: list[deque] = [deque() for _ in groups]
+        self.ones = torch.ones(batch_size, device=device)
         self.sets = []
         for g in groups:
             if g.data is None:
@@ -76,29 +83,39 @@ class _GroupBatches:
                 order = torch.argsort(t, stable=True)  # a finite set's order is immaterial: keep it by subtask
                 self.sets.append((t.long()[order], bits.to(torch.uint8)[order], y.long()[order]))
 
+    def _fresh(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        queue = self.queues[i]
+        if not queue:
+            k, B = self.ahead, self.batch_size
+            t, bits, y = self.samplers[i].sample(k * B)
+            first = torch.arange(0, k * B, B, device=self.device)[:, None]
+            order = (torch.argsort(t.view(k, B), dim=1, stable=True) + first).view(-1)
+            queue.extend(zip(t[order].view(k, B), bits[order].float().view(k, B, -1), y[order].view(k, B)))
+        return queue.popleft()
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """task [G, B] int64, bits [G, B, n_bits] float32, y [G, B] int64, weight [G, B] float32 (0 pads small
         full-batch sets)."""
         ts, bs, ys, ws = [], [], [], []
         B = self.batch_size
-        for sampler, data in zip(self.samplers, self.sets):
-            w = torch.ones(B, device=self.device)
+        for i, (sampler, data) in enumerate(zip(self.samplers, self.sets)):
+            w = self.ones
             if data is None:
-                t, bits, y = sampler.sample(B, sort_tasks=True)
+                t, bits, y = self._fresh(i)
             else:
                 n = data[0].shape[0]
                 if n <= B:  # the whole set every step (full batch), padded to B with zero weight
                     idx = torch.arange(B, device=self.device) % n
-                    w[n:] = 0.0
+                    w = (torch.arange(B, device=self.device) < n).float()
                 else:  # a minibatch without replacement, in the set's (subtask) order
                     idx = torch.randperm(n, generator=sampler.gen, device=self.device)[:B].sort().values
-                t, bits, y = data[0][idx], data[1][idx], data[2][idx]
+                t, bits, y = data[0][idx], data[1][idx].float(), data[2][idx]
             ts.append(t)
             bs.append(bits)
             ys.append(y)
             ws.append(w)
         stack = (lambda xs: xs[0].unsqueeze(0)) if len(ts) == 1 else torch.stack
-        return stack(ts), stack(bs).float(), stack(ys), stack(ws)
+        return stack(ts), stack(bs), stack(ys), stack(ws)
 
 
 # Batch rows per chunk of a step: on the CPU a chunk's [G, rows, H] activations stay in cache between the forward
