@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from prefect import flow
 
+from schemas import ConfigError
 from schemas.sparse_parity import SparseParityConfig
 from storage import Store
+from tasks.devices import DeviceError, resolve_device
 from tasks.sparse_parity.analysis import build_emergence_table, build_fits, build_runs_table, study_results
 from tasks.sparse_parity.data import build_spec, build_train_set
 from tasks.sparse_parity.report import build_sparse_parity_report
-from tasks.sparse_parity.train import finite_data_groups, train_shard, training_plan
+from tasks.sparse_parity.train import check_memory, finite_data_groups, train_shard, training_plan
 
 
 def sparse_parity_pipeline(config: SparseParityConfig, store: str, key_prefix: str = "sparse-parity") -> dict:
@@ -41,5 +43,17 @@ def sparse_parity_flow(config: SparseParityConfig = SparseParityConfig(), store:
     return {"artifacts": artifacts, "results": study_results(Store(store), refs, config.task.alpha)}
 
 
+def sparse_parity_preflight(config: SparseParityConfig) -> None:
+    """Before any work (the CLI and run_study call it): grid.device exists here, and every training shard fits in
+    its memory (estimated from the config: parameters, gradients, AdamW moments, activations, data). Raises
+    ConfigError with one line naming the fields to change. The alpha sweep's configs pass the same checks."""
+    try:
+        device = resolve_device(config.grid.device, "grid.device")
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
+    check_memory(config, device)
+
+
 CONFIG = SparseParityConfig
 FLOW = sparse_parity_flow
+PREFLIGHT = sparse_parity_preflight

@@ -6,6 +6,7 @@ p_i = i^-(alpha+1) / sum_j j^-(alpha+1) (i = 1..n_tasks, the paper's alpha).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,22 @@ class SparseParitySpec:
         return self.n_tasks + self.n_bits
 
 
+def derive_seed(name: str, *parts: int) -> int:
+    """A 63-bit seed for the random stream `name` ("init", "batches", "train-set", "eval-set") of the integer
+    `parts` (e.g. seed, D), from numpy's SeedSequence: entropy = the name's hash, spawn key = the parts, each as
+    two 32-bit words (zigzag-coded, so negative D = -1 is allowed and no two part tuples share a key). Distinct
+    (name, parts) give independent streams; ad-hoc arithmetic such as 7_777_777 + 131*seed + D collided."""
+    key = []
+    for p in parts:
+        z = 2 * int(p) if p >= 0 else -2 * int(p) - 1
+        if z >= 2**64:
+            raise ValueError(f"seed part {p} is out of range (|part| < 2**63)")
+        key += [z & 0xFFFF_FFFF, z >> 32]
+    entropy = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    words = np.random.SeedSequence(entropy, spawn_key=key).generate_state(2, np.uint32)
+    return (int(words[0]) | int(words[1]) << 32) >> 1
+
+
 def zipf_probs(n_tasks: int, alpha: float) -> np.ndarray:
     """p_i ∝ i^-(alpha+1), i = 1..n_tasks (the paper's alpha)."""
     w = np.arange(1, n_tasks + 1, dtype=np.float64) ** -(alpha + 1.0)
@@ -53,7 +70,16 @@ def spec_from_arrays(arrays: dict, attrs: dict) -> SparseParitySpec:
 def labels(subsets: torch.Tensor, task: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Parity of `bits[S_task]` per sample. subsets (n_tasks, k), task (B,), bits (B, n_bits) -> (B,) int64."""
     idx = subsets[task]  # (B, k)
-    return (torch.gather(bits.long(), 1, idx).sum(dim=1) % 2).long()
+    return torch.gather(bits, 1, idx).sum(dim=1, dtype=torch.int64) % 2
+
+
+def random_bits(n: int, n_bits: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n, n_bits) uint8 fair coin flips, 32 per random draw (unpacked from int32 words: 8-16x faster than one
+    draw per bit)."""
+    words = torch.randint(-2**31, 2**31, (n, (n_bits + 31) // 32), generator=gen, device=device,
+                          dtype=torch.int32)
+    shifts = torch.arange(32, dtype=torch.int32, device=device)
+    return ((words[:, :, None] >> shifts) & 1).view(n, -1)[:, :n_bits].to(torch.uint8)
 
 
 def encode(task: torch.Tensor, bits: torch.Tensor, n_tasks: int) -> torch.Tensor:
@@ -84,23 +110,22 @@ class Sampler:
             t = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.spec.n_tasks - 1)
         else:
             t = torch.full((n,), int(task), dtype=torch.long, device=self.device)
-        bits = torch.randint(0, 2, (n, self.spec.n_bits), generator=self.gen, device=self.device,
-                             dtype=torch.uint8)
+        bits = random_bits(n, self.spec.n_bits, self.gen, self.device)
         return t, bits, labels(self.subsets, t, bits)
 
 
 def eval_set(spec: SparseParitySpec, samples_per_task: int, seed: int, device="cpu"):
     """Fresh test samples, `samples_per_task` for every subtask (so each subtask's loss is measured equally
     well); the mean test loss is then the exact Zipf-weighted average of per-subtask losses."""
-    s = Sampler(spec, seed=10_000_019 + seed, device=device)
+    s = Sampler(spec, seed=derive_seed("eval-set", seed), device=device)
     t = torch.arange(spec.n_tasks, device=s.device).repeat_interleave(samples_per_task)
-    bits = torch.randint(0, 2, (t.shape[0], spec.n_bits), generator=s.gen, device=s.device, dtype=torch.uint8)
+    bits = random_bits(t.shape[0], spec.n_bits, s.gen, s.device)
     return t, bits, labels(s.subsets, t, bits)
 
 
 def train_set(spec: SparseParitySpec, data_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A finite training set of `data_size` samples drawn from the task distribution (CPU, reproducible)."""
-    s = Sampler(spec, seed=1_000_003 * (seed + 1) + data_size, device="cpu")
+    s = Sampler(spec, seed=derive_seed("train-set", seed, data_size), device="cpu")
     t, bits, y = s.sample(data_size)
     return t.numpy().astype(np.int64), bits.numpy().astype(np.uint8), y.numpy().astype(np.int64)
 
