@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.sparse_parity import sparse_parity_pipeline
+from flows.sparse_parity import sparse_parity_pipeline, sparse_parity_preflight
 from schemas.sparse_parity import AlphaSweepConfig
 from storage import Store
 from tasks.sparse_parity.report import build_sweep_report, combine_fits, config_for_alpha, sweep_results
@@ -30,3 +30,4 @@ def alpha_sweep_flow(config: AlphaSweepConfig, store: str | None = None) -> dict
 
 CONFIG = AlphaSweepConfig
 FLOW = alpha_sweep_flow
+PREFLIGHT = sparse_parity_preflight  # the same device and memory checks, before any alpha trains
