@@ -120,7 +120,7 @@ def test_lineage_records_producer_inputs_and_dependents(store):
     up = G.upstream(records, G.resolve(records, runs.content_hash[:12]))
     assert [r["kind"] for _, r in up] == ["sparse_parity.runs", "sparse_parity.spec"]
     assert G.resolve(records, os.path.relpath(spec.uri))["content_hash"] == spec.content_hash  # a pasted path
-    down = L.downstream(records, L.resolve(records, spec.uri))
+    down = G.downstream(records, G.resolve(records, spec.uri))
     assert [r["content_hash"] for _, r in down] == [runs.content_hash]
     # the Parquet file carries the same record in its key-value metadata
     import pyarrow.parquet as pq

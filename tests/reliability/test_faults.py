@@ -113,20 +113,26 @@ def test_kill_9_mid_grid_leaves_no_server_no_lock_and_nothing_trusted_half_writt
 
     home, store = tmp_path / "prefect-home", tmp_path / "store"
     log = tmp_path / "run.log"
-    cmd = cli_command("run", "sparse-parity", "--config", SP_TINY, "--set", "grid.steps=20000",
+    # a million steps: minutes of training at any speed, so the kill lands mid-shard
+    cmd = cli_command("run", "sparse-parity", "--config", SP_TINY, "--set", "grid.steps=1000000",
                       "--set", "grid.groups_per_shard=1", "--store", store)
+
+    def held_locks():
+        return [p for p in (home / "locks").glob("*.lock") if FlockLockManager(home / "locks").is_locked(p.stem)]
+
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(home), stdout=out, stderr=subprocess.STDOUT)
     try:
         t0 = time.monotonic()
-        while "step 1/" not in log.read_text():  # training: the shard's task lock is held
+        # training: the shard's task holds its cache key's lock (the spec task's lock lasts a fraction of a second)
+        while not ("Beginning flow run" in log.read_text() and held_locks() and (time.sleep(1.0) or held_locks())):
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() - t0 < 240, log.read_text()[-3000:]
             time.sleep(0.2)
         servers = [c for c in psutil.Process(proc.pid).children() if "flows.local_server" in " ".join(c.cmdline())]
         assert len(servers) == 1, [c.cmdline() for c in psutil.Process(proc.pid).children()]
-        held = [p for p in (home / "locks").glob("*.lock") if FlockLockManager(home / "locks").is_locked(p.stem)]
-        assert held, "the running task holds its cache key's lock"
+        assert held_locks(), "the running task holds its cache key's lock"
+        assert "Task run 'train-shard" not in log.read_text(), "the shard was still training when killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         gone, alive = psutil.wait_procs(servers, timeout=30)
