@@ -118,3 +118,45 @@ def test_method_for_picks_dense_up_to_the_limit():
     cfg = ClusteringConfig(dense_max_n=100)
     assert (cfg.method_for(100), cfg.method_for(101)) == ("dense", "knn")
     assert ClusteringConfig(method="knn").method_for(10) == "knn"
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+def test_each_clustering_is_its_own_cached_task_and_new_ks_compute_only_themselves(prefect_server, planted):
+    """The stages as Prefect tasks: a rerun is all `Cached`; adding a cluster count computes only its clusterings
+    and what reads all of them (stability, Zipf)."""
+    from prefect import flow
+
+    from schemas.qdg import ZipfConfig
+    from tasks.qdg.clustering import cluster_labels, clustering_stability
+    from tasks.qdg.similarity import similarity_matrix
+    from tasks.qdg.zipf import zipf_analysis
+
+    store, refs, _, sim_cfg = planted
+
+    @flow
+    def qdg_clusters(ks: list[int], seeds: list[int]):
+        cfg = ClusteringConfig(n_clusters=ks, seeds=seeds)
+        sim = similarity_matrix.with_options(task_run_name="similarity")(refs, sim_cfg, store.url)
+        labels = {(k, s): cluster_labels.with_options(task_run_name=f"cluster-k{k}-s{s}")(
+            sim, k, s, cfg.spectral(), store.url) for k in cfg.n_clusters for s in cfg.seeds}
+        clustering_stability.with_options(task_run_name="stability")(list(labels.values()), store.url)
+        zipf_analysis.with_options(task_run_name="zipf")([labels[k, seeds[0]] for k in ks], None,
+                                                         ZipfConfig(bootstrap=0), store.url)
+        return labels
+
+    first = qdg_clusters([3, 4], [0, 1], return_state=True)
+    assert set(_task_states(first.state_details.flow_run_id).values()) == {"Completed"}
+    again = qdg_clusters([3, 4], [0, 1], return_state=True)
+    assert set(_task_states(again.state_details.flow_run_id).values()) == {"Cached"}
+    assert again.result() == first.result()
+    more = _task_states(qdg_clusters([3, 4, 5], [0, 1], return_state=True).state_details.flow_run_id)
+    assert {n for n, s in more.items() if s == "Completed"} == {"cluster-k5-s0", "cluster-k5-s1", "stability",
+                                                                    "zipf"}, more
