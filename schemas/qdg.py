@@ -121,7 +121,7 @@ class SpectralOptions(StrictModel):
     """The settings one spectral clustering task depends on (so that changing the list of cluster counts or seeds
     leaves the existing (k, seed) tasks `Cached`)."""
 
-    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg"] = "auto"
+    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = "auto"
     assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "kmeans"
     n_init: int = Field(10, ge=1)
 
@@ -138,8 +138,9 @@ class ClusteringConfig(StrictModel):
                              "~28 n^2 bytes: 4 GB at 12,000)")
     knn_neighbors: int = Field(30, ge=2, description="neighbours per row of the sparse affinity, itself included "
                                "(knn method)")
-    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg"] = Field(
-        "auto", description="auto: arpack on the dense affinity, amg (pyamg) on the kNN affinity")
+    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
+        "auto", description="auto: randomized (scikit-learn's randomized_svd) on the dense affinity, amg (pyamg) on "
+        "the kNN affinity; arpack = scikit-learn's exact default")
     assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "kmeans"
     n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
 

@@ -54,10 +54,10 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def resolve_eigen_solver(solver: str, affinity) -> str:
-    """'auto' -> 'amg' for a sparse affinity (pyamg preconditioned LOBPCG), 'arpack' for a dense one."""
+    """'auto' -> 'amg' for a sparse affinity (pyamg-preconditioned LOBPCG), 'randomized' for a dense one."""
     if solver != "auto":
         return solver
-    return "amg" if sp.issparse(affinity) else "arpack"
+    return "amg" if sp.issparse(affinity) else "randomized"
 
 
 def check_k(k: int, n: int) -> None:
@@ -65,19 +65,61 @@ def check_k(k: int, n: int) -> None:
         raise ValueError(f"clustering.n_clusters: k = {k} must be >= 2 and < the number of tokens ({n})")
 
 
+def randomized_spectral_embedding(affinity: np.ndarray, n_components: int, random_state) -> np.ndarray:
+    """scikit-learn's spectral embedding (normalised Laplacian, first eigenvector kept, u = D^-1/2 x, signs fixed)
+    with the top eigenvectors of D^-1/2 A D^-1/2 from scikit-learn's `randomized_svd` (power iterations: BLAS-3
+    products of the dense matrix with n_components + oversampling vectors) instead of shift-invert ARPACK, whose
+    one-vector solves are memory-bound. Exact up to the subspace iteration's error: A = 1 - arccos(C)/pi is a
+    positive semi-definite kernel (the arc-cosine kernel of degree 0), so its singular vectors are its eigenvectors.
+
+    affinity: dense (n, n) float32/float64, normalised in place. Returns (n, n_components)."""
+    from sklearn.utils.extmath import randomized_svd
+
+    dd = np.sqrt(affinity.sum(axis=1, dtype=np.float64)).astype(affinity.dtype)
+    affinity /= dd[:, None]
+    affinity /= dd[None, :]
+    u, _, _ = randomized_svd(affinity, n_components, n_oversamples=max(10, n_components // 4),
+                             random_state=random_state)
+    maps = (u / dd[:, None]).T
+    signs = np.sign(maps[np.arange(maps.shape[0]), np.argmax(np.abs(maps), axis=1)])
+    return (maps * signs[:, None]).T
+
+
+def assign_labels(maps: np.ndarray, k: int, method: str, random_state, n_init: int) -> np.ndarray:
+    """Labels from a spectral embedding (n, k), as `SpectralClustering` assigns them."""
+    from sklearn.cluster import k_means
+    from sklearn.cluster._spectral import cluster_qr, discretize  # SpectralClustering's own assignment steps
+
+    if method == "kmeans":
+        return k_means(maps, k, random_state=random_state, n_init=n_init)[1]
+    if method == "cluster_qr":
+        return cluster_qr(maps)
+    return discretize(maps, random_state=random_state)
+
+
 def spectral_labels(affinity, k: int, seed: int, options: SpectralOptions = SpectralOptions()) -> np.ndarray:
     """Spectral clustering of a precomputed affinity (dense (n, n) array or sparse matrix, symmetric, >= 0) into k
-    clusters with scikit-learn, seeded: (n,) int64 labels, canonical (0 = largest). Warnings (a disconnected kNN
+    clusters, seeded: (n,) int64 labels, canonical (0 = largest). eigen_solver arpack/lobpcg/amg: scikit-learn's
+    `SpectralClustering(affinity="precomputed")`; randomized (dense only): the same embedding and label assignment
+    with `randomized_spectral_embedding` (a dense affinity is normalised in place). Warnings (a disconnected kNN
     graph, a solver fallback) go to the run log."""
     from sklearn.cluster import SpectralClustering
+    from sklearn.utils import check_random_state
 
     check_k(k, affinity.shape[0])
-    model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
-                               eigen_solver=resolve_eigen_solver(options.eigen_solver, affinity),
-                               assign_labels=options.assign_labels, n_init=options.n_init)
+    solver = resolve_eigen_solver(options.eigen_solver, affinity)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        labels = model.fit_predict(affinity)
+        if solver == "randomized":
+            if sp.issparse(affinity):
+                raise ValueError("eigen_solver 'randomized' is for the dense affinity; use amg or lobpcg on the kNN "
+                                 "affinity")
+            random_state = check_random_state(seed)
+            maps = randomized_spectral_embedding(affinity, k, random_state)
+            labels = assign_labels(maps, k, options.assign_labels, random_state, options.n_init)
+        else:
+            labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, eigen_solver=solver,
+                                        assign_labels=options.assign_labels, n_init=options.n_init).fit_predict(affinity)
     log = run_logger()
     for w in {str(w.message) for w in caught if issubclass(w.category, (UserWarning, RuntimeWarning))}:
         log.warning("spectral clustering (k = %d, seed = %d): %s", k, seed, w)
@@ -85,14 +127,14 @@ def spectral_labels(affinity, k: int, seed: int, options: SpectralOptions = Spec
 
 
 def read_affinity(store: Store, ref: ArtifactRef):
-    """(affinity, rows): a dense float64 (n, n) A from a `qdg.similarity`, or the sparse CSR A of a
+    """(affinity, rows): a dense float32 (n, n) A from a `qdg.similarity`, or the sparse CSR A of a
     `qdg.knn_affinity`; rows (n,) int64 = selection rows. Validated on read."""
     if ref.kind not in AFFINITY_KINDS:
         raise ValueError(f"{ref.short} is a {ref.kind}: clustering needs one of {AFFINITY_KINDS}")
     group = store.open_zarr(ref)
     rows = np.asarray(group["row"][...], dtype=np.int64)
     if ref.kind == "qdg.similarity":
-        return affinity_from_cosine(group["c"]), rows
+        return affinity_from_cosine(group["c"], np.empty(group["c"].shape, dtype=np.float32)), rows
     n = rows.size
     a = sp.csr_array((group["data"][...], group["indices"][...], group["indptr"][...]), shape=(n, n))
     return a, rows

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from planted_gradients import local_scheduler, planted_gradients, write_gradient_blocks
 from schemas.qdg import ClusteringConfig, SimilarityConfig, SpectralOptions
 from tasks.qdg.clustering import (affinity_from_cosine, canonical_labels, cluster_labels_to_store, labels_ari,
-                                  spectral_labels, stability_table)
+                                  randomized_spectral_embedding, spectral_labels, stability_table)
 from tasks.qdg.knn import knn_affinity_to_store, knn_graph
 from tasks.qdg.similarity import similarity_matrix_to_store
 
@@ -63,6 +63,21 @@ def test_dense_path_recovers_planted_clusters_and_seeds_reproduce(planted):
     assert set(df["k"]) == {4} and set(df["seed"]) == {0}
     stab = stability_table([df, store.read_table(other)])
     assert stab[["k", "seed_a", "seed_b"]].values.tolist() == [[4, 0, 1]] and stab["ari"].iloc[0] > 0.99
+
+
+def test_randomized_embedding_spans_the_exact_spectral_subspace():
+    g, truth = planted_gradients([60, 50, 40, 30, 20], dim=48, noise=1.5, seed=9)
+    a = affinity_from_cosine(g @ g.T)
+    dd = np.sqrt(a.sum(axis=1))
+    w, v = np.linalg.eigh(a / dd[:, None] / dd[None, :])  # exact, ascending
+    exact = v[:, -5:] / dd[:, None]  # what scikit-learn's embedding spans: u = D^-1/2 x of the top eigenvectors
+    maps = randomized_spectral_embedding(a.copy(), 5, np.random.RandomState(0))
+    q, _ = np.linalg.qr(exact)
+    residual = maps - q @ (q.T @ maps)
+    assert np.linalg.norm(residual) / np.linalg.norm(maps) < 1e-4
+    for solver in ("randomized", "arpack"):
+        labels = spectral_labels(a.copy(), 5, 0, SpectralOptions(eigen_solver=solver))
+        assert labels_ari(pd.DataFrame({"row": np.arange(200), "label": labels}), _truth_table(truth)) > 0.99
 
 
 def test_knn_path_recovers_planted_clusters(planted):
