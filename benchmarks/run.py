@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["benchmarks.bench_training", "benchmarks.bench_token_losses"]
+BENCHES = ["benchmarks.bench_training", "benchmarks.bench_token_losses", "benchmarks.bench_qdg_similarity",
+           "benchmarks.bench_qdg_clustering"]
 BEGIN, END = "<!-- latest make bench: begin -->", "<!-- latest make bench: end -->"
 
 
