@@ -65,6 +65,19 @@ def test_similarity_is_reproducible_bit_for_bit(store, scheduler):
     assert first == again  # same content hash, same address
 
 
+def test_inside_a_dask_worker_it_uses_the_cluster_it_runs_on(store, scheduler):
+    """A flow run on Dask (`--dask-address`) runs the task in a worker: the similarity goes to that cluster."""
+    from distributed import Client
+
+    g, _ = planted_gradients([20, 20], dim=16, seed=6)
+    refs = write_gradient_blocks(store, g, block_rows=20)
+    cfg = SimilarityConfig(chunk_rows=16)
+    here = similarity_matrix_to_store(store, refs, cfg.model_copy(update={"dask_address": scheduler}))
+    with Client(scheduler) as client:
+        remote = client.submit(lambda: similarity_matrix_to_store(Store(store.url), refs, cfg)).result()
+    assert remote == here
+
+
 def test_similarity_runs_under_a_worker_memory_limit_smaller_than_g(tmp_path):
     """G = 1,024 x 65,536 float32 = 256 MiB; each worker is limited to 240 MB, below G (Dask pauses a worker at 80%
     of its limit and kills it at 95%). The workers' peak resident memory stays below G and none restarted."""
