@@ -136,12 +136,21 @@ def test_method_for_picks_dense_up_to_the_limit():
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name. Task states reach the API as events, recorded asynchronously: wait (up
+    to a minute) until none is still shown as pending or running."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            states = {r.name: r.state.name for r in runs}
+            if not {"Pending", "Running", "Scheduled"} & set(states.values()) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.2)
 
 
 def test_each_clustering_is_its_own_cached_task_and_new_ks_compute_only_themselves(prefect_server, planted):
