@@ -322,7 +322,10 @@ def _similarity_checks(arrays, attrs):
             j = int(np.flatnonzero(np.diagonal(diag) != 1)[0])
             return "c", f"diagonal must be exactly 1 (row {i + j})", float(np.diagonal(diag)[j])
         for j in range(i, n, step):
-            a, b = (diag, diag) if i == j else (np.asarray(c[i:i + step, j:j + step]), np.asarray(c[j:j + step, i:i + step]))
+            if i == j:
+                a = b = diag
+            else:
+                a, b = np.asarray(c[i:i + step, j:j + step]), np.asarray(c[j:j + step, i:i + step])
             if not np.array_equal(a, b.T):
                 r, col = np.argwhere(a != b.T)[0]
                 return "c", f"must be symmetric (c[{i + r}, {j + col}] != c[{j + col}, {i + r}])", float(a[r, col])

@@ -118,8 +118,9 @@ def spectral_labels(affinity, k: int, seed: int, options: SpectralOptions = Spec
             maps = randomized_spectral_embedding(affinity, k, random_state)
             labels = assign_labels(maps, k, options.assign_labels, random_state, options.n_init)
         else:
-            labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, eigen_solver=solver,
-                                        assign_labels=options.assign_labels, n_init=options.n_init).fit_predict(affinity)
+            model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, eigen_solver=solver,
+                                       assign_labels=options.assign_labels, n_init=options.n_init)
+            labels = model.fit_predict(affinity)
     log = run_logger()
     for w in {str(w.message) for w in caught if issubclass(w.category, (UserWarning, RuntimeWarning))}:
         log.warning("spectral clustering (k = %d, seed = %d): %s", k, seed, w)

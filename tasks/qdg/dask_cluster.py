@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from schemas.qdg import SimilarityConfig, parse_bytes
+from schemas.qdg import SimilarityConfig
 from storage import Store
 from tasks.progress import Progress, run_logger
 
@@ -72,8 +72,9 @@ def dask_client(cfg: SimilarityConfig, store: Store, task_bytes: int = 0) -> Ite
                              "cannot reach it: use a store they share (a shared path or an s3:// / gcs:// URL), or no "
                              "dask_address")
         log.info("store %s is in this process's memory: Dask runs on threads in this process", store.url)
-        with LocalCluster(n_workers=1, threads_per_worker=cfg.n_workers * cfg.threads_per_worker, processes=False,
-                          dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        threads = cfg.n_workers * cfg.threads_per_worker
+        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address="127.0.0.1:0",
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
         return
     if address is not None:
@@ -137,4 +138,4 @@ def compute_blocks(client, blocks: Sequence, name: str, unit: str = "block") -> 
 
 
 __all__ = ["dask_client", "scheduler_address", "workers_can_reach", "block_bytes", "check_worker_memory",
-           "check_client_memory", "compute_blocks", "DaskMemoryError", "parse_bytes"]
+           "check_client_memory", "compute_blocks", "DaskMemoryError"]

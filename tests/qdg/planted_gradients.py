@@ -22,7 +22,8 @@ def planted_gradients(sizes, dim: int, noise: float = 0.5, seed: int = 0) -> tup
 
 def write_gradient_blocks(store: Store, g: np.ndarray, block_rows: int, first_row: int = 0,
                           chunk_rows: int | None = None) -> list[ArtifactRef]:
-    """Write G as consecutive `qdg.gradient_block`s of `block_rows` rows (selection rows first_row, first_row+1, ...)."""
+    """Write G as consecutive `qdg.gradient_block`s of `block_rows` rows (selection rows first_row, first_row + 1,
+    ...)."""
     refs = []
     for start in range(0, g.shape[0], block_rows):
         block = np.ascontiguousarray(g[start:start + block_rows])
