@@ -3,7 +3,7 @@
 Tokens: unit rows around `k` random directions (planted clusters, labels known, so the ARI shows the clustering is
 right, not only fast), dim 256 (a JL-projected gradient would be wider: the kNN products scale with dim).
 - dense: C = G G^T in memory, then what one clustering task does: A = 1 - arccos(C)/pi and spectral clustering
-  with the default `ClusteringConfig` options (eigen_solver auto = randomized, k-means with 10 restarts), seconds
+  with the default `ClusteringConfig` options (eigen_solver auto = randomized, cluster_qr labels), seconds
   for 10,000 tokens; ratio = 60 s / seconds (goal >= 1). k from QUANTA_BENCH_DENSE_K (default 400, the paper's).
 - knn: the kNN affinity stage (LocalCluster start, blocks read from the store, top-30 neighbours per token on Dask,
   the CSR artifact written) plus one clustering (AMG), seconds for each n of a ladder, stopping after the first n

@@ -59,7 +59,7 @@ def run(n: int | None = None, dim: int | None = None, chunk_rows: int = 1024, n_
         refs = write_blocks(store, g)
         t0 = time.perf_counter()
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             start_s = time.perf_counter() - t0
             cfg = SimilarityConfig(dask_address=cluster.scheduler_address, chunk_rows=chunk_rows)
             lazy_g, _, _ = gradient_matrix(store, refs, chunk_rows)

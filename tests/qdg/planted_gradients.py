@@ -43,7 +43,7 @@ def local_scheduler(n_workers: int = 2, memory_limit: str | None = None):
 
     kw = {} if memory_limit is None else {"memory_limit": memory_limit}
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, **kw)
+                        dashboard_address="127.0.0.1:0", **kw)
 
 
 def peak_rss_bytes() -> int:

@@ -75,9 +75,10 @@ def test_randomized_embedding_spans_the_exact_spectral_subspace():
     q, _ = np.linalg.qr(exact)
     residual = maps - q @ (q.T @ maps)
     assert np.linalg.norm(residual) / np.linalg.norm(maps) < 1e-4
-    for solver in ("randomized", "arpack"):
-        labels = spectral_labels(a.copy(), 5, 0, SpectralOptions(eigen_solver=solver))
-        assert labels_ari(pd.DataFrame({"row": np.arange(200), "label": labels}), _truth_table(truth)) > 0.99
+    for solver, assign in (("randomized", "cluster_qr"), ("randomized", "kmeans"), ("arpack", "cluster_qr")):
+        labels = spectral_labels(a.copy(), 5, 0, SpectralOptions(eigen_solver=solver, assign_labels=assign))
+        # noise 1.5: a token or two sits between clusters
+        assert labels_ari(pd.DataFrame({"row": np.arange(200), "label": labels}), _truth_table(truth)) > 0.97
 
 
 def test_knn_path_recovers_planted_clusters(planted):
