@@ -41,7 +41,7 @@ def write_blocks(store, g: np.ndarray, block_rows: int = 256) -> list:
     return refs
 
 
-def run(n: int | None = None, dim: int | None = None, chunk_rows: int = 1024, n_workers: int | None = None,
+def run(n: int | None = None, dim: int | None = None, chunk_rows: int = 2048, n_workers: int | None = None,
         repeats: int = 3) -> dict:
     from distributed import Client, LocalCluster
 
