@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ["benchmarks.bench_training", "benchmarks.bench_token_losses", "benchmarks.bench_fit",
-           "benchmarks.bench_qdg_gradients"]
+           "benchmarks.bench_qdg_gradients", "benchmarks.bench_qdg_similarity", "benchmarks.bench_qdg_clustering"]
 BEGIN, END = "<!-- latest make bench: begin -->", "<!-- latest make bench: end -->"
 
 

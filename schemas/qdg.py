@@ -77,14 +77,54 @@ class GradientConfig(StrictModel):
         return v
 
 
-class SimilarityConfig(StrictModel):
-    """C = G G^T with dask.array over the gradient blocks (rows-only chunks), written to Zarr in square chunks."""
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}
 
-    chunk_rows: int = Field(1024, ge=1, description="rows per Dask chunk of G (and side of C's Zarr chunks)")
-    dask_address: str | None = Field(None, description="an existing Dask scheduler (tcp://host:8786); None = a "
-                                     "LocalCluster for this task")
-    n_workers: int = Field(2, ge=1, description="LocalCluster workers")
-    memory_limit: str = Field("4GB", description="LocalCluster memory limit per worker (e.g. '2GB')")
+
+def parse_bytes(text: str) -> int:
+    """'4GB' -> 4e9, '512MiB' -> 2**29 (Dask's units: kB/MB/GB powers of 1000, KiB/MiB/GiB powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", str(text))
+    if m is None or m.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError(f"not a memory size: {text!r} (e.g. '4GB', '512MiB')")
+    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+
+
+class SimilarityConfig(StrictModel):
+    """C = G G^T with dask.array over the gradient blocks (rows-only chunks), written to Zarr in square chunks.
+
+    Also the Dask settings of the kNN affinity (clustering beyond `ClusteringConfig.dense_max_n`)."""
+
+    chunk_rows: int = Field(2048, ge=1, description="rows per Dask chunk of G (and side of C's Zarr chunks); larger "
+                            "blocks run BLAS closer to its peak, smaller ones need less worker memory")
+    chunk_dim: int | None = Field(None, ge=1, description="gradient dims per Dask chunk of G (None = whole rows, "
+                                  "the rows-only chunking; set it when chunk_rows full rows do not fit a worker)")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler (tcp://host:8786; also "
+                                     "$QUANTA_DASK_ADDRESS); None = a LocalCluster for this task")
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker (each runs one block's "
+                                    "single-threaded BLAS)")
+    memory_limit: str = Field("4GB", description="LocalCluster memory limit per worker (e.g. '2GB'; Dask pauses a "
+                              "worker at 80% of it and restarts it at 95%)")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if parse_bytes(v) <= 0:
+            raise ValueError(f"memory_limit must be positive (got {v!r})")
+        return v
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return parse_bytes(self.memory_limit)
+
+
+class SpectralOptions(StrictModel):
+    """The settings one spectral clustering task depends on (so that changing the list of cluster counts or seeds
+    leaves the existing (k, seed) tasks `Cached`)."""
+
+    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = "auto"
+    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "cluster_qr"
+    n_init: int = Field(10, ge=1)
 
 
 class ClusteringConfig(StrictModel):
@@ -95,11 +135,17 @@ class ClusteringConfig(StrictModel):
                              "stability (adjusted Rand index)")
     method: Literal["auto", "dense", "knn"] = Field("auto", description="dense precomputed affinity up to "
                                                     "dense_max_n rows, a sparse kNN affinity beyond (auto)")
-    dense_max_n: int = Field(20000, ge=2)
-    knn_neighbors: int = Field(30, ge=2, description="neighbours per row of the sparse affinity (knn method)")
-    eigen_solver: Literal["arpack", "lobpcg", "amg"] = Field("arpack", description="amg needs pyamg; used for "
-                                                             "large n")
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "kmeans"
+    dense_max_n: int = Field(12000, ge=2, description="largest n clustered densely by method='auto' (dense needs "
+                             "~28 n^2 bytes: 4 GB at 12,000)")
+    knn_neighbors: int = Field(30, ge=2, description="neighbours per row of the sparse affinity, itself included "
+                               "(knn method)")
+    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
+        "auto", description="auto: randomized (scikit-learn's randomized_svd) on the dense affinity, amg (pyamg) on "
+        "the kNN affinity; arpack = scikit-learn's exact default")
+    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = Field(
+        "cluster_qr", description="labels from the spectral embedding: cluster_qr (deterministic; ~300x faster than "
+        "k-means with 10 restarts at 10,000 tokens and k = 400, as accurate on planted clusters) or kmeans (the "
+        "paper's, with n_init restarts; then seeds also vary k-means)")
     n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
 
     @field_validator("n_clusters")
@@ -117,6 +163,15 @@ class ClusteringConfig(StrictModel):
             raise ValueError(f"seeds must be distinct non-negative integers, at least one (got {v})")
         return v
 
+    def method_for(self, n: int) -> Literal["dense", "knn"]:
+        """The path that clusters n tokens: `method`, or for 'auto' dense up to `dense_max_n`."""
+        if self.method != "auto":
+            return self.method
+        return "dense" if n <= self.dense_max_n else "knn"
+
+    def spectral(self) -> SpectralOptions:
+        return SpectralOptions(eigen_solver=self.eigen_solver, assign_labels=self.assign_labels, n_init=self.n_init)
+
 
 class ZipfConfig(StrictModel):
     """Rank-frequency analysis of cluster sizes (paper: slope -1.24 vs -(alpha_N + 1) = -1.083)."""
@@ -126,6 +181,15 @@ class ZipfConfig(StrictModel):
                                  "cluster)")
     level: float = Field(0.95, gt=0, lt=1)
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the MLE exponent (0 = asymptotic CI)")
+    mle_xmin: int | None = Field(1, ge=1, description="smallest cluster size in the discrete power-law MLE (None = "
+                                 "chosen by KS distance, as the powerlaw package does)")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.rank_max is not None and self.rank_max < self.rank_min + 2:
+            raise ValueError(f"rank_max must be >= rank_min + 2 (three points for a slope; got rank_min = "
+                             f"{self.rank_min}, rank_max = {self.rank_max})")
+        return self
 
 
 class ReportConfig(BaseReportConfig):
@@ -252,35 +316,144 @@ GRADIENT_BLOCK = register(
 )
 
 
-def _square(arrays, attrs):
+def _similarity_checks(arrays, attrs):
+    """Square, exactly symmetric, diagonal exactly 1: read block pair by block pair (C may exceed memory)."""
     c = arrays["c"]
-    if len(c.shape) == 2 and c.shape[0] != c.shape[1]:
+    if len(c.shape) != 2 or c.shape[0] != c.shape[1]:
         return "c", "must be square (n x n)", tuple(c.shape)
+    if tuple(arrays["row"].shape) != (c.shape[0],):
+        return "row", f"must have one entry per row of c ({c.shape[0]})", tuple(arrays["row"].shape)
+    n, step = c.shape[0], int(getattr(c, "chunks", (2048,))[0])
+    for i in range(0, n, step):
+        diag = np.asarray(c[i:i + step, i:i + step])
+        if not (np.diagonal(diag) == 1).all():
+            j = int(np.flatnonzero(np.diagonal(diag) != 1)[0])
+            return "c", f"diagonal must be exactly 1 (row {i + j})", float(np.diagonal(diag)[j])
+        for j in range(i, n, step):
+            if i == j:
+                a = b = diag
+            else:
+                a, b = np.asarray(c[i:i + step, j:j + step]), np.asarray(c[j:j + step, i:i + step])
+            if not np.array_equal(a, b.T):
+                r, col = np.argwhere(a != b.T)[0]
+                return "c", f"must be symmetric (c[{i + r}, {j + col}] != c[{j + col}, {i + r}])", float(a[r, col])
     return None
 
 
 SIMILARITY = register(
     "qdg.similarity", "zarr", 1,
     GroupSpec(
-        arrays={"c": ArraySpec("float32", ("row", "col"), (finite(), in_range(-1.001, 1.001)))},
+        arrays={"c": ArraySpec("float32", ("row", "col"), (finite(), in_range(-1.0, 1.0))),
+                "row": ArraySpec("int64", ("row",), (in_range(0),))},
         required_attrs=("n", "dim"),
-        group_checks=(_square,),
+        group_checks=(_similarity_checks,),
     ),
-    "cosine similarity of the normalised gradients, n x n (C = G G^T)",
+    "cosine similarity of the normalised gradients, n x n (C = G G^T), clipped to [-1, 1], diagonal 1; `row`: the "
+    "selection row of each row/column",
+)
+
+
+def _knn_checks(arrays, attrs):
+    import scipy.sparse as sp
+
+    n, indptr, indices = arrays["row"].shape[0], np.asarray(arrays["indptr"][...]), np.asarray(arrays["indices"][...])
+    if indptr.shape != (n + 1,) or indptr[0] != 0 or indptr[-1] != indices.shape[0] or (np.diff(indptr) < 0).any():
+        return "indptr", f"must be a CSR row pointer: n + 1 = {n + 1} non-decreasing entries from 0 to nnz", None
+    if indices.size and indices.max() >= n:
+        return "indices", f"must be < n = {n}", int(indices.max())
+    a = sp.csr_array((np.asarray(arrays["data"][...]), indices, indptr), shape=(n, n))
+    if (a != a.T).nnz:
+        return "data", "the affinity must be symmetric", None
+    if not np.array_equal(a.diagonal(), np.ones(n, dtype=np.float32)):
+        return "data", "every token must be its own neighbour with affinity 1", None
+    return None
+
+
+KNN_AFFINITY = register(
+    "qdg.knn_affinity", "zarr", 1,
+    GroupSpec(
+        arrays={"indptr": ArraySpec("int64", ("ptr",), (in_range(0),)),
+                "indices": ArraySpec("int64", ("nnz",), (in_range(0),)),
+                "data": ArraySpec("float32", ("nnz",), (finite(), in_range(0.0, 1.0))),
+                "row": ArraySpec("int64", ("row",), (in_range(0),))},
+        required_attrs=("n", "dim", "neighbors"),
+        group_checks=(_knn_checks,),
+    ),
+    "sparse k-nearest-neighbour affinity A = 1 - arccos(C)/pi (CSR, symmetrised: an edge where either token is "
+    "among the other's `neighbors` nearest), never the n x n matrix",
 )
 
 
 class LabelsTable(pa.DataFrameModel):
-    """Cluster labels of one clustering (k clusters, one seed)."""
+    """Cluster labels of one clustering (k clusters, one seed); label 0 is the largest cluster, 1 the next, ..."""
 
     row: Series[int] = pa.Field(ge=0, unique=True)
     label: Series[int] = pa.Field(ge=0)
+    k: Series[int] = pa.Field(ge=2, description="number of clusters asked for (constant)")
+    seed: Series[int] = pa.Field(ge=0, description="clustering seed (constant)")
+
+    @pa.dataframe_check(error="label must be < k, and k and seed constant")
+    def _consistent(cls, df) -> bool:
+        return bool((df["label"] < df["k"]).all() and df["k"].nunique() <= 1 and df["seed"].nunique() <= 1)
 
     class Config:
         strict = True
 
 
 LABELS = register("qdg.labels", "parquet", 1, LabelsTable, "cluster label of every selected row, for one (k, seed)")
+
+
+class StabilityTable(pa.DataFrameModel):
+    """Adjusted Rand index between the clusterings of two seeds, for each k."""
+
+    k: Series[int] = pa.Field(ge=2)
+    seed_a: Series[int] = pa.Field(ge=0)
+    seed_b: Series[int] = pa.Field(ge=0)
+    ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
+    n_tokens: Series[int] = pa.Field(ge=2)
+
+    class Config:
+        strict = True
+
+
+STABILITY = register("qdg.stability", "parquet", 1, StabilityTable, "ARI between clustering seeds, per k")
+
+
+class ZipfTable(pa.DataFrameModel):
+    """Rank-frequency fits of cluster sizes: one row per k (scope 'k') and one for the envelope over k (scope
+    'envelope', k = 0). NaN = not measurable (too few clusters, no alpha_N); see `note`."""
+
+    scope: Series[str] = pa.Field(isin=["k", "envelope"])
+    k: Series[int] = pa.Field(ge=0)
+    n_tokens: Series[int] = pa.Field(ge=1)
+    n_nonempty: Series[int] = pa.Field(ge=0, description="non-empty clusters (envelope: its ranks)")
+    rank_min: Series[int] = pa.Field(ge=1)
+    rank_max: Series[int] = pa.Field(ge=0)
+    slope: Series[float] = pa.Field(nullable=True, description="OLS slope of log size vs log rank")
+    slope_ci_lo: Series[float] = pa.Field(nullable=True)
+    slope_ci_hi: Series[float] = pa.Field(nullable=True)
+    slope_r2: Series[float] = pa.Field(nullable=True)
+    exponent_mle: Series[float] = pa.Field(nullable=True, description="discrete power-law MLE exponent of the "
+                                           "size distribution P(size = x) ~ x^-exponent")
+    exponent_mle_ci_lo: Series[float] = pa.Field(nullable=True)
+    exponent_mle_ci_hi: Series[float] = pa.Field(nullable=True)
+    mle_xmin: Series[float] = pa.Field(nullable=True)
+    slope_from_mle: Series[float] = pa.Field(nullable=True, description="-1/(exponent_mle - 1): the rank-frequency "
+                                             "slope that exponent implies")
+    alpha_N: Series[float] = pa.Field(nullable=True)
+    predicted_slope: Series[float] = pa.Field(nullable=True, description="-(alpha_N + 1)")
+    predicted_ci_lo: Series[float] = pa.Field(nullable=True)
+    predicted_ci_hi: Series[float] = pa.Field(nullable=True)
+    consistent: Series[str] = pa.Field(isin=["yes", "no", "n/a"])
+    level: Series[float] = pa.Field(gt=0, lt=1)
+    note: Series[str]
+
+    class Config:
+        strict = True
+
+
+ZIPF = register("qdg.zipf", "parquet", 1, ZipfTable, "Zipf fits of cluster sizes per k and of their envelope, "
+                "against -(alpha_N + 1)")
 
 
 PARITY_MODEL = register(
@@ -313,4 +486,4 @@ PARITY_SAMPLES = register(
 )
 
 __all__ = ["QDGConfig", "QDGSparseParityConfig", "SelectionConfig", "GradientConfig", "SimilarityConfig",
-           "ClusteringConfig", "ZipfConfig", "ReportConfig", "ParityModelConfig"]
+           "ClusteringConfig", "SpectralOptions", "ZipfConfig", "ReportConfig", "ParityModelConfig"]
