@@ -80,7 +80,8 @@ def test_inside_a_dask_worker_it_uses_the_cluster_it_runs_on(store, scheduler):
 
 def test_similarity_runs_under_a_worker_memory_limit_smaller_than_g(tmp_path):
     """G = 1,024 x 65,536 float32 = 256 MiB; each worker is limited to 240 MB, below G (Dask pauses a worker at 80%
-    of its limit and kills it at 95%). The workers' peak resident memory stays below G and none restarted."""
+    of its limit and kills it at 95%), with chunks of 64 rows x 8,192 dims (2 MiB). The workers' peak resident memory
+    stays below G and none restarted."""
     store = Store(str(tmp_path / "store"))
     n, dim = 1024, 65536
     g, _ = planted_gradients([n // 2, n // 2], dim=dim, seed=4)
@@ -91,7 +92,8 @@ def test_similarity_runs_under_a_worker_memory_limit_smaller_than_g(tmp_path):
 
         with Client(cluster) as client:
             pids = client.run(os.getpid)
-            cfg = SimilarityConfig(dask_address=cluster.scheduler_address, chunk_rows=64, memory_limit=limit)
+            cfg = SimilarityConfig(dask_address=cluster.scheduler_address, chunk_rows=64, chunk_dim=8192,
+                                   memory_limit=limit)
             ref = similarity_matrix_to_store(store, refs, cfg)
             peaks = client.run(peak_rss_bytes)
             assert client.run(os.getpid) == pids, "a worker was restarted (killed at its memory limit)"
