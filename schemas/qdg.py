@@ -6,263 +6,20 @@ qdg:                tokens + token losses + a model of the lm-losses suite ─�
                     per (k, seed) (Parquet) ─► Zipf fits ─► report
 qdg-sparse-parity:  a trained sparse-parity MLP + samples of its learned subtasks ─► the same gradient, similarity and
                     clustering stages ─► adjusted Rand index against the true subtasks
+
+The configs live in `schemas.qdg_config` and are re-exported here.
 """
 from __future__ import annotations
-
-import re
-from typing import Literal
 
 import numpy as np
 import pandera.pandas as pa
 from pandera.typing import Series
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from schemas.arrays import ArraySpec, GroupSpec, finite, in_range
-from schemas.config import ReportConfig as BaseReportConfig
-from schemas.config import StrictModel, include_section, positive_distinct
-from schemas.lm import LMConfig
 from schemas.registry import register
-from schemas.sparse_parity import SparseParityConfig
-
-# parameters QDG leaves out by default: embeddings, the unembedding and layer norms (paper), by module type; see
-# GradientConfig.exclude for name patterns on top of that
-DEFAULT_EXCLUDED_MODULES = ("embedding", "unembedding", "layernorm")
-
-
-# ----------------------------------------------------------------------------------------------- config
-class SelectionConfig(StrictModel):
-    """Which tokens are clustered: those a chosen model predicts well, minus induction tokens, subsampled."""
-
-    model: str = Field("smallest", description="label of the suite model whose loss selects tokens "
-                       "('smallest' = the model with the fewest non-embedding parameters; paper: pythia-70m)")
-    max_loss_nats: float = Field(0.1, gt=0, description="keep tokens whose loss is below this (nats; paper: 0.1)")
-    exclude_induction: bool = Field(True, description="drop tokens that complete a trigram seen earlier in their "
-                                    "document (the paper's induction filter)")
-    n_tokens: int = Field(1000, ge=2, description="tokens kept after a seeded subsample (paper: 10,000)")
-    seed: int = Field(0, ge=0)
-
-
-class GradientConfig(StrictModel):
-    """Per-token gradients of the loss w.r.t. the model's parameters, flattened and L2-normalised."""
-
-    include: list[str] = Field([], description="regexes on parameter names to keep (empty = every parameter not "
-                               "excluded)")
-    exclude: list[str] = Field([], description="regexes on parameter names to drop, on top of the modules in "
-                               "exclude_modules")
-    exclude_modules: list[Literal["embedding", "unembedding", "layernorm"]] = Field(
-        list(DEFAULT_EXCLUDED_MODULES), description="parameter groups dropped by module type (paper: all three)")
-    projection_dims: int | None = Field(None, description="sparse random (JL) projection to this many dims "
-                                        "(None = full gradients; paper follow-ups: 5,000-30,000)")
-    projection_seed: int = Field(0, ge=0)
-    block_rows: int = Field(256, ge=1, description="tokens per gradient block (each block is one cached task)")
-    positions_per_backward: int = Field(32, ge=1, description="target positions whose backward passes are batched "
-                                        "together after one forward pass of their window")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _regexes(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"not a regular expression: {pattern!r} ({e})") from None
-        return v
-
-    @field_validator("projection_dims")
-    @classmethod
-    def _dims(cls, v: int | None) -> int | None:
-        if v is not None and v <= 0:
-            raise ValueError(f"projection_dims must be a positive number of dimensions or omitted (got {v})")
-        return v
-
-
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-               "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'4GB' -> 4e9, '512MiB' -> 2**29 (Dask's units: kB/MB/GB powers of 1000, KiB/MiB/GiB powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", str(text))
-    if m is None or m.group(2).lower() not in _BYTE_UNITS:
-        raise ValueError(f"not a memory size: {text!r} (e.g. '4GB', '512MiB')")
-    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
-
-
-class SimilarityConfig(StrictModel):
-    """C = G G^T with dask.array over the gradient blocks (rows-only chunks), written to Zarr in square chunks.
-
-    Also the Dask settings of the kNN affinity (clustering beyond `ClusteringConfig.dense_max_n`)."""
-
-    chunk_rows: int = Field(2048, ge=1, description="rows per Dask chunk of G (and side of C's Zarr chunks); larger "
-                            "blocks run BLAS closer to its peak, smaller ones need less worker memory")
-    chunk_dim: int | None = Field(None, ge=1, description="gradient dims per Dask chunk of G (None = whole rows, "
-                                  "the rows-only chunking; set it when chunk_rows full rows do not fit a worker)")
-    dask_address: str | None = Field(None, description="an existing Dask scheduler (tcp://host:8786; also "
-                                     "$QUANTA_DASK_ADDRESS); None = a LocalCluster for this task")
-    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
-    threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker (each runs one block's "
-                                    "single-threaded BLAS)")
-    memory_limit: str = Field("4GB", description="LocalCluster memory limit per worker (e.g. '2GB'; Dask pauses a "
-                              "worker at 80% of it and restarts it at 95%)")
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        if parse_bytes(v) <= 0:
-            raise ValueError(f"memory_limit must be positive (got {v!r})")
-        return v
-
-    @property
-    def memory_limit_bytes(self) -> int:
-        return parse_bytes(self.memory_limit)
-
-
-class SpectralOptions(StrictModel):
-    """The settings one spectral clustering task depends on (so that changing the list of cluster counts or seeds
-    leaves the existing (k, seed) tasks `Cached`)."""
-
-    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = "auto"
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "cluster_qr"
-    n_init: int = Field(10, ge=1)
-
-
-class ClusteringConfig(StrictModel):
-    """Spectral clustering on the affinity A = 1 - arccos(C)/pi, for each k, seeded."""
-
-    n_clusters: list[int] = Field([10, 20, 40], description="cluster counts k (paper figures: 400)")
-    seeds: list[int] = Field([0, 1], description="clustering seeds; the first is the result, the others measure "
-                             "stability (adjusted Rand index)")
-    method: Literal["auto", "dense", "knn"] = Field("auto", description="dense precomputed affinity up to "
-                                                    "dense_max_n rows, a sparse kNN affinity beyond (auto)")
-    dense_max_n: int = Field(12000, ge=2, description="largest n clustered densely by method='auto' (dense needs "
-                             "~28 n^2 bytes: 4 GB at 12,000)")
-    knn_neighbors: int = Field(30, ge=2, description="neighbours per row of the sparse affinity, itself included "
-                               "(knn method)")
-    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
-        "auto", description="auto: randomized (scikit-learn's randomized_svd) on the dense affinity, amg (pyamg) on "
-        "the kNN affinity; arpack = scikit-learn's exact default")
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = Field(
-        "cluster_qr", description="labels from the spectral embedding: cluster_qr (deterministic; ~300x faster than "
-        "k-means with 10 restarts at 10,000 tokens and k = 400, as accurate on planted clusters) or kmeans (the "
-        "paper's, with n_init restarts; then seeds also vary k-means)")
-    n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
-
-    @field_validator("n_clusters")
-    @classmethod
-    def _ks(cls, v: list[int]) -> list[int]:
-        v = positive_distinct("n_clusters", v)
-        if v[0] < 2:
-            raise ValueError(f"n_clusters must be >= 2 (got {v[0]})")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        if not v or any(s < 0 for s in v) or len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct non-negative integers, at least one (got {v})")
-        return v
-
-    def method_for(self, n: int) -> Literal["dense", "knn"]:
-        """The path that clusters n tokens: `method`, or for 'auto' dense up to `dense_max_n`."""
-        if self.method != "auto":
-            return self.method
-        return "dense" if n <= self.dense_max_n else "knn"
-
-    def spectral(self) -> SpectralOptions:
-        return SpectralOptions(eigen_solver=self.eigen_solver, assign_labels=self.assign_labels, n_init=self.n_init)
-
-
-class ZipfConfig(StrictModel):
-    """Rank-frequency analysis of cluster sizes (paper: slope -1.24 vs -(alpha_N + 1) = -1.083)."""
-
-    rank_min: int = Field(1, ge=1, description="first rank of the OLS window")
-    rank_max: int | None = Field(None, ge=2, description="last rank of the OLS window (None = the last non-empty "
-                                 "cluster)")
-    level: float = Field(0.95, gt=0, lt=1)
-    bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the MLE exponent (0 = asymptotic CI)")
-    mle_xmin: int | None = Field(1, ge=1, description="smallest cluster size in the discrete power-law MLE (None = "
-                                 "chosen by KS distance, as the powerlaw package does)")
-
-    @model_validator(mode="after")
-    def _window(self):
-        if self.rank_max is not None and self.rank_max < self.rank_min + 2:
-            raise ValueError(f"rank_max must be >= rank_min + 2 (three points for a slope; got rank_min = "
-                             f"{self.rank_min}, rank_max = {self.rank_max})")
-        return self
-
-
-class ReportConfig(BaseReportConfig):
-    title: str = "Quanta discovery with gradients"
-    clusters_shown: int = Field(8, ge=0, description="largest clusters shown with example contexts")
-    examples_per_cluster: int = Field(6, ge=0)
-    context_tokens: int = Field(24, ge=1)
-
-
-class QDGConfig(StrictModel):
-    """QDG on the lm-losses study's suite: `lm` is that study's config (inline, or a TOML path in `lm_config`);
-    its tasks run first, so after an lm-losses run with the same settings they come back `Cached`."""
-
-    lm: LMConfig
-    selection: SelectionConfig = SelectionConfig()
-    gradients: GradientConfig = GradientConfig()
-    similarity: SimilarityConfig = SimilarityConfig()
-    clustering: ClusteringConfig = ClusteringConfig()
-    zipf: ZipfConfig = ZipfConfig()
-    report: ReportConfig = ReportConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lm_config(cls, data, info: ValidationInfo):
-        return include_section(data, "lm", "lm_config", (info.context or {}).get("config_dir"))
-
-    @model_validator(mode="after")
-    def _cross(self):
-        if self.clustering.n_clusters[-1] >= self.selection.n_tokens:
-            raise ValueError(f"clustering.n_clusters must be < selection.n_tokens (got k = "
-                             f"{self.clustering.n_clusters[-1]} for {self.selection.n_tokens} tokens)")
-        labels = ([s.label for s in self.lm.suite.sizes] if self.lm.suite.kind == "trained"
-                  else list(self.lm.suite.models))
-        if self.selection.model != "smallest" and self.selection.model not in labels:
-            raise ValueError(f"selection.model {self.selection.model!r} is not a model of the suite {labels} "
-                             "(or 'smallest')")
-        return self
-
-
-class ParityModelConfig(StrictModel):
-    """Which model of the sparse-parity study QDG looks into, and how its subtasks are sampled."""
-
-    width: int | None = Field(None, ge=1, description="hidden width (default: the widest of the grid)")
-    seed: int | None = Field(None, ge=0, description="training seed (default: the grid's first)")
-    learned_threshold_bits: float = Field(0.1, gt=0, description="a subtask counts as learned below this test loss")
-    samples_per_subtask: int = Field(50, ge=2, description="samples drawn per learned subtask")
-    include_control_weights: bool = Field(False, description="also take gradients w.r.t. the first layer's "
-                                          "control-bit columns (their one-hot rows alone separate subtasks "
-                                          "trivially; the analogue of the embeddings QDG excludes)")
-    align_label_sign: bool = Field(False, description="multiply each sample's loss gradient by +1 (label 1) or -1 "
-                                   "(label 0): a binary task's loss gradient is -(1 - p_y)(2y - 1) grad(z_1 - z_0), "
-                                   "so samples of one subtask with opposite labels have anti-aligned gradients; "
-                                   "aligned, they share the direction of grad(z_1 - z_0) (False = plain QDG)")
-    unlearned_control: bool = Field(True, description="also cluster samples of subtasks the model has not learned "
-                                    "(a control: expect a low ARI)")
-    seed_samples: int = Field(0, ge=0)
-
-
-class QDGSparseParityConfig(StrictModel):
-    """Ground truth for QDG: the quanta of sparse parity are known (its subtasks)."""
-
-    sparse_parity: SparseParityConfig
-    model: ParityModelConfig = ParityModelConfig()
-    gradients: GradientConfig = GradientConfig(exclude_modules=[])
-    similarity: SimilarityConfig = SimilarityConfig()
-    clustering: ClusteringConfig = ClusteringConfig(n_clusters=[2], seeds=[0, 1])
-    report: ReportConfig = ReportConfig(title="QDG on multitask sparse parity (ground truth)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sparse_parity_config(cls, data, info: ValidationInfo):
-        return include_section(data, "sparse_parity", "sparse_parity_config",
-                               (info.context or {}).get("config_dir"))
+from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, ClusteringConfig, GradientConfig,  # noqa: F401
+                                 ParityModelConfig, QDGConfig, QDGSparseParityConfig, ReportConfig,
+                                 SelectionConfig, SimilarityConfig, SpectralOptions, ZipfConfig, parse_bytes)
 
 
 # -------------------------------------------------------------------------------------------- artifacts
@@ -454,6 +211,30 @@ class ZipfTable(pa.DataFrameModel):
 
 ZIPF = register("qdg.zipf", "parquet", 1, ZipfTable, "Zipf fits of cluster sizes per k and of their envelope, "
                 "against -(alpha_N + 1)")
+
+
+class GroundTruthTable(pa.DataFrameModel):
+    """QDG against the known quanta of sparse parity: one row per clustering (variant, samples, k, seed)."""
+
+    variant: Series[str] = pa.Field(isin=["plain", "aligned"], description="plain loss gradients, or multiplied "
+                                    "by 2 label - 1")
+    samples: Series[str] = pa.Field(isin=["learned", "control"], description="samples of learned subtasks, or of "
+                                    "as many unlearned ones")
+    k: Series[int] = pa.Field(ge=2)
+    seed: Series[int] = pa.Field(ge=0)
+    n_samples: Series[int] = pa.Field(ge=2)
+    n_subtasks: Series[int] = pa.Field(ge=2)
+    ari_subtask: Series[float] = pa.Field(ge=-1.0, le=1.0, description="adjusted Rand index against the true "
+                                          "subtask of each sample")
+    ari_label: Series[float] = pa.Field(ge=-1.0, le=1.0, description="adjusted Rand index against the sample's "
+                                        "label (0/1)")
+
+    class Config:
+        strict = True
+
+
+GROUND_TRUTH = register("qdg.ground_truth", "parquet", 1, GroundTruthTable,
+                        "clusters of sparse-parity gradients against the true subtasks (and the labels)")
 
 
 PARITY_MODEL = register(
