@@ -30,6 +30,7 @@ import torch
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from torch import nn
 
+from schemas.errors import UserInputError
 from schemas.qdg import GradientConfig
 from storage import ArtifactRef, Store
 from tasks.caching import LOCKING, ProjectCode, VerifiedCache, quanta_task
@@ -42,7 +43,7 @@ from tasks.qdg.selection import effective_context, token_windows, window_batch
 IN_MEMORY_BLOCK_BYTES = 256 << 20  # a block's output rows are buffered in memory up to this size, else written row by row
 
 
-class GradientConfigError(ValueError):
+class GradientConfigError(UserInputError):
     """The gradient settings select no parameter (one line naming the patterns)."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from schemas.errors import UserInputError
 from schemas.qdg import GradientConfig, ParityModelConfig
 from schemas.sparse_parity import SparseParityConfig
 from storage import ArtifactRef, Store
@@ -39,7 +40,7 @@ TRAIN_KEYS = ("depth", "steps", "batch_size", "lr", "weight_decay", "eval_sample
 PARAMETER_NAMES = ("0.weight", "0.bias", "2.weight", "2.bias")  # init_mlp's state dict (depth 1)
 
 
-class ParityModelError(ValueError):
+class ParityModelError(UserInputError):
     """The chosen model or its subtasks cannot give the study asked for (one line: what and what to change)."""
 
 

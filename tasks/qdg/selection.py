@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from schemas.errors import UserInputError
 from schemas.qdg import SelectionConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
@@ -28,7 +29,7 @@ from tasks.lm.suite import load_causal_lm, model_meta
 from tasks.progress import Progress
 
 
-class SelectionError(ValueError):
+class SelectionError(UserInputError):
     """The selection cannot give the study it was asked for (one line: the counts, and what to change)."""
 
 

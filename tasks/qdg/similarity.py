@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from schemas.errors import UserInputError
 from schemas.qdg import SimilarityConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
@@ -21,7 +22,7 @@ from tasks.qdg import gram
 from tasks.qdg.dask_cluster import block_bytes, compute_blocks, dask_client
 
 
-class GradientInputError(ValueError):
+class GradientInputError(UserInputError):
     """The gradient blocks do not form one matrix G (no blocks, different dims, rows out of order)."""
 
 
