@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
+from schemas.errors import UserInputError
 from schemas.qdg import SimilarityConfig
 from storage import Store
 from tasks.progress import Progress, run_logger
@@ -28,7 +29,7 @@ PAUSE_FRACTION = 0.8
 ENV_ADDRESS = "QUANTA_DASK_ADDRESS"
 
 
-class DaskMemoryError(ValueError):
+class DaskMemoryError(UserInputError):
     """A worker's memory limit is too small for one block of the computation."""
 
 
@@ -88,12 +89,26 @@ def dask_client(cfg: SimilarityConfig, store: Store, task_bytes: int = 0) -> Ite
             log.info("Dask: the cluster this task runs on (%s)", client.scheduler.address)
             yield client
         return
-    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                      host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=cfg.memory_limit,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with quiet_distributed(), LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
+                                           processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                           memory_limit=cfg.memory_limit, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
         log.info("Dask: LocalCluster of %d x %d threads, %s per worker, dashboard %s", cfg.n_workers,
                  cfg.threads_per_worker, cfg.memory_limit, client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def quiet_distributed(level: int = logging.WARNING):
+    """The in-process scheduler and nannies log every connection at INFO (dask's own logging config), which buries a
+    run's log: only warnings and errors while a LocalCluster of ours runs."""
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def block_bytes(chunk_rows: int, chunk_cols: int, itemsize: int = 4) -> int:
