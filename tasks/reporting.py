@@ -41,6 +41,13 @@ class Report:
     blocks: list[tuple[str, object]] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def attach(self, name: str, text: str, link: str | None = None) -> None:
+        """A text file written beside report.md (e.g. a standalone HTML page), linked from the markdown as `link`."""
+        self.files[name] = text
+        if link:
+            self.blocks.append(("text", f"[{link}]({name})"))
 
     def text(self, md: str) -> None:
         self.blocks.append(("text", md))
@@ -90,6 +97,8 @@ class Report:
             (path / f"{name}.png").write_bytes(png)
         for name, df in self.tables.items():
             df.to_csv(path / f"{name}.csv", index=False)
+        for name, text in self.files.items():
+            (path / name).write_text(text)
 
 
 def lineage_graph(store: Store, inputs: list[ArtifactRef]) -> LineageGraph:
