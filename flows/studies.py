@@ -36,6 +36,8 @@ STUDIES: dict[str, Study] = {
     "sparse-parity": Study("sparse-parity", "flows.sparse_parity", "configs/sparse_parity/demo.toml"),
     "alpha-sweep": Study("alpha-sweep", "flows.alpha_sweep", "configs/sparse_parity/alpha_sweep_demo.toml"),
     "lm-losses": Study("lm-losses", "flows.lm_losses", "configs/lm/demo.toml"),
+    "qdg": Study("qdg", "flows.qdg", "configs/qdg/demo.toml"),
+    "qdg-sparse-parity": Study("qdg-sparse-parity", "flows.qdg_sparse_parity", "configs/qdg/sparse_parity_demo.toml"),
 }
 
 

@@ -164,7 +164,7 @@ def cluster_labels_to_store(store: Store, affinity: ArtifactRef, k: int, seed: i
                              params={"k": k, "seed": seed, "spectral": options.model_dump(mode="json")})
 
 
-@quanta_task(name="qdg-cluster")
+@quanta_task(name="qdg-cluster", task_run_name="qdg-cluster-k{k}-s{seed}")
 def cluster_labels(affinity: ArtifactRef, k: int, seed: int, spectral: SpectralOptions, store: str) -> ArtifactRef:
     """Spectral clustering into k clusters with one seed -> `qdg.labels`. `affinity`: the dense `qdg.similarity` or
     the sparse `qdg.knn_affinity` (see `ClusteringConfig.method_for`); `spectral`: `ClusteringConfig.spectral()`."""

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from flow_states import task_states
 from planted_gradients import local_scheduler, planted_gradients, write_gradient_blocks
 from schemas.qdg import ClusteringConfig, SimilarityConfig, SpectralOptions
 from tasks.qdg.clustering import (affinity_from_cosine, canonical_labels, cluster_labels_to_store, labels_ari,
@@ -136,24 +137,6 @@ def test_method_for_picks_dense_up_to_the_limit():
     assert ClusteringConfig(method="knn").method_for(10) == "knn"
 
 
-def _task_states(flow_run_id) -> dict[str, str]:
-    """Task run name -> final state name. Task states reach the API as events, recorded asynchronously: wait (up
-    to a minute) until none is still shown as pending or running."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 60
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            states = {r.name: r.state.name for r in runs}
-            if not {"Pending", "Running", "Scheduled"} & set(states.values()) or time.monotonic() > deadline:
-                return states
-            time.sleep(0.2)
-
-
 def test_each_clustering_is_its_own_cached_task_and_new_ks_compute_only_themselves(prefect_server, planted):
     """The stages as Prefect tasks: a rerun is all `Cached`; adding a cluster count computes only its clusterings
     and what reads all of them (stability, Zipf)."""
@@ -178,10 +161,10 @@ def test_each_clustering_is_its_own_cached_task_and_new_ks_compute_only_themselv
         return labels
 
     first = qdg_clusters([3, 4], [0, 1], return_state=True)
-    assert set(_task_states(first.state_details.flow_run_id).values()) == {"Completed"}
+    assert set(task_states(first.state_details.flow_run_id).values()) == {"Completed"}
     again = qdg_clusters([3, 4], [0, 1], return_state=True)
-    assert set(_task_states(again.state_details.flow_run_id).values()) == {"Cached"}
+    assert set(task_states(again.state_details.flow_run_id).values()) == {"Cached"}
     assert again.result() == first.result()
-    more = _task_states(qdg_clusters([3, 4, 5], [0, 1], return_state=True).state_details.flow_run_id)
+    more = task_states(qdg_clusters([3, 4, 5], [0, 1], return_state=True).state_details.flow_run_id)
     assert {n for n, s in more.items() if s == "Completed"} == {"cluster-k5-s0", "cluster-k5-s1", "stability",
                                                                     "zipf"}, more

@@ -1,0 +1,117 @@
+"""QDG against known quanta: the clusters of sparse-parity gradients compared with the true subtask (and the label)
+of every sample, by adjusted Rand index; and the study's report and results."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score
+
+from schemas.jsonable import jsonable
+from schemas.qdg import ReportConfig
+from storage import ArtifactRef, Store
+from tasks.caching import quanta_task
+from tasks.qdg.report import heatmap_rows, similarity_heatmap
+from tasks.reporting import Report, publish
+
+VARIANTS = ("plain", "aligned")
+SAMPLES = ("learned", "control")
+
+
+def ground_truth_rows(task: np.ndarray, label: np.ndarray, tables: list[pd.DataFrame], variant: str,
+                      samples: str) -> list[dict]:
+    """One row per `qdg.labels` table over the samples (rows 0..n-1 in sample order)."""
+    out = []
+    for df in tables:
+        df = df.sort_values("row")
+        if not np.array_equal(df["row"].to_numpy(), np.arange(len(task))):
+            raise ValueError(f"the clustering covers rows {df.row.min()}..{df.row.max()} ({len(df)}), the samples "
+                             f"0..{len(task) - 1}: not the same samples")
+        pred = df["label"].to_numpy()
+        out.append({"variant": variant, "samples": samples, "k": int(df["k"].iloc[0]),
+                    "seed": int(df["seed"].iloc[0]), "n_samples": int(len(task)),
+                    "n_subtasks": int(len(np.unique(task))), "ari_subtask": float(adjusted_rand_score(task, pred)),
+                    "ari_label": float(adjusted_rand_score(label, pred))})
+    return out
+
+
+@quanta_task(name="qdg-ground-truth")
+def ground_truth(variants: list[str], samples_kind: list[str], samples: list[ArtifactRef],
+                 labels: list[list[ArtifactRef]], store: str) -> ArtifactRef:
+    """`qdg.ground_truth`: for each entry i (variant, learned/control samples, its `qdg.parity_samples` and the
+    `qdg.labels` of its clusterings), the ARI of every clustering against the true subtasks and the labels."""
+    st = Store(store)
+    rows = []
+    for variant, kind, sref, lrefs in zip(variants, samples_kind, samples, labels, strict=True):
+        arrays, _ = st.read_zarr(sref)
+        rows += ground_truth_rows(np.asarray(arrays["task"]), np.asarray(arrays["label"]),
+                                  [st.read_table(r) for r in lrefs], variant, kind)
+    df = pd.DataFrame(rows).astype({"k": "int64", "seed": "int64", "n_samples": "int64", "n_subtasks": "int64"})
+    inputs = list(dict.fromkeys([*samples, *(r for lr in labels for r in lr)]))
+    return st.write_table("qdg.ground_truth", df, inputs=inputs)
+
+
+def headline(df: pd.DataFrame, variant: str, kind: str) -> pd.DataFrame:
+    """Rows at the true number of subtasks."""
+    sub = df[(df.variant == variant) & (df.samples == kind)]
+    return sub[sub.k == sub.n_subtasks]
+
+
+@quanta_task(name="qdg-sparse-parity-report")
+def ground_truth_report(table: ArtifactRef, model: ArtifactRef, similarities: dict[str, ArtifactRef],
+                        samples: ArtifactRef, rcfg: ReportConfig, store: str,
+                        key_prefix: str = "qdg-sparse-parity") -> ArtifactRef:
+    """The report: the ARI table, and the similarity of each variant sorted by true subtask."""
+    st = Store(store)
+    df = st.read_table(table)
+    marr, mattrs = st.read_zarr(model)
+    sarr, sattrs = st.read_zarr(samples)
+    task = np.asarray(sarr["task"])
+    rep = Report(rcfg.title, dpi=rcfg.dpi)
+    loss = np.asarray(marr["subtask_loss_bits"])
+    rep.text(f"Model: width {mattrs['width']}, seed {mattrs['seed']}, {mattrs['steps']} steps; "
+             f"{len(sattrs['subtasks'])} of {mattrs['n_tasks']} subtasks learned (test loss < "
+             f"{sattrs['learned_threshold_bits']} bits), {sattrs['samples_per_subtask']} samples each. Clusters are "
+             "compared with the true subtask of each sample (the known quanta) and with its label by adjusted Rand "
+             "index (1 = the same partition, 0 = chance).")
+    lines = []
+    for variant in VARIANTS:
+        for kind in SAMPLES:
+            h = headline(df, variant, kind)
+            if len(h):
+                lines.append(f"- {variant} gradients, {kind} subtasks: ARI {h.ari_subtask.mean():.3f} against the "
+                             f"subtasks at k = {int(h.k.iloc[0])} (vs {h.ari_label.mean():.3f} against the labels)")
+    rep.text("\n".join(lines))
+    rep.table("ground_truth", df)
+    rep.table("subtask_loss_bits", pd.DataFrame({"subtask": np.arange(len(loss)), "test_loss_bits": loss}),
+              max_rows=64)
+    if rcfg.plots:
+        for name, ref in similarities.items():
+            idx = heatmap_rows(task, rcfg.heatmap_rows)
+            c = np.asarray(st.open_zarr(ref)["c"].get_orthogonal_selection((idx, idx)))
+            rep.figure(f"similarity_{name}", similarity_heatmap(c, task[idx], f"{name} gradients, sorted by true "
+                                                                "subtask"))
+    return publish(rep, st, key_prefix, inputs=[table, model, samples, *similarities.values()],
+                   params={"report": rcfg.model_dump(mode="json")})
+
+
+def ground_truth_results(st: Store, refs: dict, main_variant: str) -> dict:
+    df = st.read_table(refs["ground_truth"])
+    res: dict = {"variant": main_variant}
+    for variant in VARIANTS:
+        for kind in SAMPLES:
+            h = headline(df, variant, kind)
+            if len(h):
+                key = ("ari" if kind == "learned" else "control_ari") + ("" if variant == main_variant
+                                                                          else f"_{variant}")
+                res[key] = float(h.ari_subtask.mean())
+                res[key + "_by_seed"] = [float(v) for v in h.ari_subtask]
+                if kind == "learned":
+                    res[("label_ari" if variant == main_variant else f"label_ari_{variant}")] = float(
+                        h.ari_label.mean())
+    first = headline(df, main_variant, "learned")
+    res["n_subtasks"] = int(first.n_subtasks.iloc[0])
+    res["n_samples"] = int(first.n_samples.iloc[0])
+    res["rule"] = ("ari: adjusted Rand index between the clusters at k = n_subtasks and the true subtasks (mean over "
+                   "clustering seeds); control_ari: the same on as many unlearned subtasks (expect ~0)")
+    res["report_dir"] = refs["report"].uri
+    return jsonable(res)

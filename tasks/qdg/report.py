@@ -1,0 +1,266 @@
+"""The qdg report and results: rank-frequency of cluster sizes (each k, their envelope, the fitted and the predicted
+slopes), the similarity matrix sorted by cluster, the largest clusters with example contexts (markdown and a
+standalone HTML page), each cluster's mean loss across the model suite, seed stability and the Zipf table."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from schemas.jsonable import jsonable
+from schemas.qdg import ReportConfig, ZipfConfig
+from storage import ArtifactRef, Store
+from tasks.caching import quanta_task
+from tasks.lm.report import md_escape, token_context
+from tasks.lm.tokenizer import decode, load_tokenizer
+from tasks.qdg.zipf import cluster_sizes
+from tasks.reporting import Report, publish, subplots
+
+CONSISTENT_RULE = ("consistent iff the rank-frequency slope's confidence interval (OLS t-interval) overlaps the "
+                   "interval of -(alpha_N + 1) from the lm-losses fit (or contains -(alpha_N + 1) when alpha_N has "
+                   "no interval); the headline is the envelope over k, as in the paper's figure")
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def shown_k(n_clusters: list[int], rcfg: ReportConfig) -> int:
+    return rcfg.k_shown if rcfg.k_shown is not None else max(n_clusters)
+
+
+def label_order(labels: np.ndarray) -> np.ndarray:
+    """Token order grouping clusters together, largest cluster first (labels are canonical: 0 = largest)."""
+    return np.argsort(np.asarray(labels), kind="stable")
+
+
+def heatmap_rows(labels: np.ndarray, max_rows: int) -> np.ndarray:
+    """Indices (into the label order) of at most `max_rows` tokens, evenly spaced along the sorted order, so every
+    cluster keeps its share of the picture."""
+    order = label_order(labels)
+    if len(order) <= max_rows:
+        return order
+    return order[np.linspace(0, len(order) - 1, max_rows).round().astype(np.int64)]
+
+
+def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf: pd.DataFrame):
+    fig, ax = subplots(figsize=(5.6, 4.0))
+    for k in sorted(sizes_by_k):
+        s = sizes_by_k[k][sizes_by_k[k] > 0] / n_tokens
+        ax.plot(np.arange(1, len(s) + 1), s, lw=0.9, alpha=0.6, label=f"k = {k}")
+    env = zipf[zipf.scope == "envelope"]
+    if len(env):
+        e = env.iloc[0]
+        envelope = np.zeros(int(max(sizes_by_k)))
+        for sizes in sizes_by_k.values():
+            ss = np.sort(sizes)[::-1] / n_tokens
+            envelope[:len(ss)] = np.maximum(envelope[:len(ss)], ss)
+        envelope = envelope[envelope > 0]
+        r = np.arange(1, len(envelope) + 1)
+        ax.plot(r, envelope, color="black", lw=1.6, label="envelope")
+        lo, hi = int(e.rank_min), int(e.rank_max)
+        if np.isfinite(e.slope) and hi >= lo:
+            ref = envelope[lo - 1]
+            rr = np.arange(lo, hi + 1)
+            ax.plot(rr, ref * (rr / lo) ** e.slope, "--", color="tab:red", label=f"fit: slope {e.slope:.2f}")
+            if np.isfinite(e.predicted_slope):
+                ax.plot(rr, ref * (rr / lo) ** e.predicted_slope, ":", color="tab:blue", lw=1.6,
+                        label=f"predicted -(alpha_N + 1) = {e.predicted_slope:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank of cluster")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_title("Cluster sizes: rank-frequency")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def similarity_heatmap(c_sub: np.ndarray, labels_sub: np.ndarray, title: str):
+    fig, ax = subplots(figsize=(4.6, 4.0))
+    im = ax.imshow(c_sub, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    edges = np.flatnonzero(np.diff(labels_sub)) + 0.5
+    for e in edges[:60]:  # cluster boundaries (the first 60)
+        ax.axhline(e, color="black", lw=0.3)
+        ax.axvline(e, color="black", lw=0.3)
+    fig.colorbar(im, ax=ax, label="cosine similarity of gradients")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
+
+
+def cluster_examples(selection: pd.DataFrame, labels: np.ndarray, tokenizer, ids: np.ndarray, offsets: np.ndarray,
+                     rcfg: ReportConfig, seed: int = 0) -> pd.DataFrame:
+    """`examples_per_cluster` tokens (seeded) of each of the `clusters_shown` largest clusters, with the context
+    before them (up to `context_tokens`, inside the document), the token and the selection model's prediction."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(min(rcfg.clusters_shown, int(labels.max()) + 1)):
+        members = np.flatnonzero(labels == c)
+        if not members.size:
+            continue
+        pick = np.sort(rng.choice(members, size=min(rcfg.examples_per_cluster, members.size), replace=False))
+        for i in pick:
+            r = selection.iloc[int(i)]
+            ctx, tok = token_context(tokenizer, ids, offsets, int(r.token_index), rcfg.context_tokens)
+            rows.append({"cluster": c, "size": int(members.size), "row": int(r.row), "context": ctx, "token": tok,
+                         "predicted": decode(tokenizer, np.array([int(r.predicted)])), "loss": float(r.loss)})
+    return pd.DataFrame(rows, columns=["cluster", "size", "row", "context", "token", "predicted", "loss"])
+
+
+def examples_html(examples: pd.DataFrame, title: str) -> str:
+    """A standalone page: one section per cluster, each example's context with the token highlighted."""
+    out = ["<!doctype html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}pre{white-space:pre-wrap;"
+           "background:#f6f6f6;padding:.4em;margin:.3em 0}mark{background:#ffd54f;font-weight:bold}"
+           "small{color:#666}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for c, group in examples.groupby("cluster", sort=True):
+        out.append(f"<h2>Cluster {c} <small>({int(group['size'].iloc[0])} tokens)</small></h2>")
+        for r in group.itertuples():
+            out.append(f"<pre>{html.escape(r.context)}<mark>{html.escape(r.token)}</mark></pre>"
+                       f"<small>row {r.row}, loss {r.loss:.3g} nats</small>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def cluster_losses(selection: pd.DataFrame, labels: np.ndarray, loss: np.ndarray, models: list[str],
+                   n_params_nonembed: np.ndarray, clusters: int) -> pd.DataFrame:
+    """Mean loss (nats) of each of the `clusters` largest clusters' tokens under every model of the suite: the
+    quantization model expects a cluster's loss to drop at one scale."""
+    token_index = selection["token_index"].to_numpy()
+    rows = []
+    for c in range(min(clusters, int(labels.max()) + 1)):
+        idx = token_index[labels == c]
+        if not idx.size:
+            continue
+        per_model = np.nanmean(loss[idx], axis=0)
+        for m, ne, v in zip(models, n_params_nonembed, per_model):
+            rows.append({"cluster": c, "size": int(idx.size), "model": m, "n_params_nonembed": int(ne),
+                         "mean_loss": float(v)})
+    return pd.DataFrame(rows, columns=["cluster", "size", "model", "n_params_nonembed", "mean_loss"])
+
+
+def cluster_losses_figure(df: pd.DataFrame):
+    fig, ax = subplots(figsize=(5.2, 3.6))
+    for c, g in df.groupby("cluster", sort=True):
+        ax.plot(g.n_params_nonembed, g.mean_loss, marker="o", ms=3, lw=1, label=f"cluster {c} ({g['size'].iloc[0]})")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters")
+    ax.set_ylabel("mean loss of the cluster's tokens (nats)")
+    ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def zipf_summary(zipf: pd.DataFrame) -> pd.DataFrame:
+    cols = ["scope", "k", "n_nonempty", "rank_min", "rank_max", "slope", "slope_ci_lo", "slope_ci_hi",
+            "exponent_mle", "exponent_mle_ci_lo", "exponent_mle_ci_hi", "predicted_slope", "predicted_ci_lo",
+            "predicted_ci_hi", "consistent", "note"]
+    return zipf[cols]
+
+
+# ---------------------------------------------------------------------------------------------- the task
+@quanta_task(name="qdg-report")
+def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
+               affinity: ArtifactRef, gradient_block: ArtifactRef, labels: list[ArtifactRef],
+               stability: ArtifactRef | None, zipf: ArtifactRef, rcfg: ReportConfig, store: str,
+               key_prefix: str = "qdg") -> ArtifactRef:
+    """The study's report. `labels`: one `qdg.labels` per cluster count (the first seed's); `gradient_block`: any
+    block (its attrs give the gradient's dimensions and projection)."""
+    st = Store(store)
+    sel = st.read_table(selection)
+    tables = {int(t["k"].iloc[0]): t for t in (st.read_table(r) for r in labels)}
+    zdf = st.read_table(zipf)
+    n = len(sel)
+    sizes = {k: cluster_sizes(t.sort_values("row")["label"].to_numpy(), k) for k, t in tables.items()}
+    k = shown_k(sorted(tables), rcfg)
+    lab = tables[k].sort_values("row")["label"].to_numpy()
+    battrs = st.open_zarr(gradient_block).attrs
+    proj = battrs["projection"]
+    selected_by = (st.lineage(selection.content_hash) or {}).get("params", {}).get("model_label", "?")
+    rep = Report(rcfg.title, dpi=rcfg.dpi)
+    env = zdf[zdf.scope == "envelope"].iloc[0]
+    rep.text(
+        f"{n} tokens (selected by model `{selected_by}`), per-token gradients "
+        f"of {battrs['gradient_dim']:,} dimensions"
+        + (f" projected to {proj['dims']:,} (JL, seed {proj['seed']})" if isinstance(proj, dict) else "")
+        + f", spectral clustering into k = {', '.join(map(str, sorted(tables)))} clusters.\n\n"
+        f"**Envelope slope** {env.slope:.3g} [{env.slope_ci_lo:.3g}, {env.slope_ci_hi:.3g}] vs **predicted** "
+        f"-(alpha_N + 1) = {env.predicted_slope:.3g} [{env.predicted_ci_lo:.3g}, {env.predicted_ci_hi:.3g}] "
+        f"(paper: -1.24 vs -1.083): consistent = **{env.consistent}**. Rule: {CONSISTENT_RULE}.")
+    if rcfg.plots:
+        rep.figure("rank_frequency", rank_frequency_figure(sizes, n, zdf))
+    rep.table("zipf", zipf_summary(zdf))
+    if stability is not None:
+        rep.table("stability", st.read_table(stability))
+    if rcfg.plots and affinity.kind == "qdg.similarity":
+        idx = heatmap_rows(lab, rcfg.heatmap_rows)
+        c = st.open_zarr(affinity)["c"].get_orthogonal_selection((idx, idx))
+        rep.figure("similarity_sorted", similarity_heatmap(np.asarray(c), lab[idx],
+                                                           f"gradient cosine similarity, sorted by cluster (k = {k})"))
+    tarr, _ = st.read_zarr(tokens)
+    ids, offsets = np.asarray(tarr["ids"]), np.asarray(tarr["offsets"])
+    tok = load_tokenizer(st.local_dir(tokenizer))
+    ex = cluster_examples(sel, lab, tok, ids, offsets, rcfg)
+    if len(ex):
+        rep.text(f"## The {rcfg.clusters_shown} largest clusters (k = {k})")
+        shown = ex.assign(context=ex.context.map(md_escape), token=ex.token.map(lambda s: md_escape(s, 40)),
+                          predicted=ex.predicted.map(lambda s: md_escape(s, 40)))
+        rep.table("cluster_examples", shown, max_rows=rcfg.clusters_shown * rcfg.examples_per_cluster)
+        rep.attach("clusters.html", examples_html(ex, f"{rcfg.title}: the largest clusters (k = {k})"),
+                   link="The same examples as a page, token highlighted (clusters.html)")
+    larr, lattrs = st.read_zarr(token_losses)
+    cl = cluster_losses(sel, lab, np.asarray(larr["loss"]), list(lattrs["models"]),
+                        np.asarray(larr["n_params_nonembed"]), rcfg.clusters_shown)
+    if len(cl):
+        rep.table("cluster_losses", cl.pivot(index=["cluster", "size"], columns="model", values="mean_loss")
+                  .reset_index()[["cluster", "size", *lattrs["models"]]])
+        if rcfg.plots:
+            rep.figure("cluster_losses", cluster_losses_figure(cl))
+    inputs = [selection, tokens, tokenizer, token_losses, affinity, gradient_block, *labels,
+              *([stability] if stability is not None else []), zipf]
+    return publish(rep, st, key_prefix, inputs=inputs, params={"report": rcfg.model_dump(mode="json"), "k_shown": k})
+
+
+# ---------------------------------------------------------------------------------------------- results
+def _f(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
+    """The study's `results` (the CLI's JSON)."""
+    zdf = st.read_table(refs["zipf"])
+    battrs = st.open_zarr(refs["gradient_blocks"][0], validate=False, verify_hash=False).attrs
+    proj = battrs["projection"]
+    per_k = {}
+    for r in zdf[zdf.scope == "k"].itertuples():
+        per_k[str(r.k)] = {"n_nonempty": int(r.n_nonempty), "rank_window": [int(r.rank_min), int(r.rank_max)],
+                           "slope": _f(r.slope), "slope_ci": [_f(r.slope_ci_lo), _f(r.slope_ci_hi)],
+                           "zipf_exponent_mle": _f(r.exponent_mle),
+                           "zipf_exponent_mle_ci": [_f(r.exponent_mle_ci_lo), _f(r.exponent_mle_ci_hi)],
+                           "consistent": r.consistent, "note": r.note}
+    env = zdf[zdf.scope == "envelope"].iloc[0]
+    stability = {}
+    if refs.get("stability") is not None:
+        sdf = st.read_table(refs["stability"])
+        stability = {str(k): float(g.ari.mean()) for k, g in sdf.groupby("k")}
+    alpha = _f(env.alpha_N)
+    res = {
+        "n_tokens": int(env.n_tokens),
+        "gradient_dim": int(battrs["gradient_dim"]),
+        "projection": "none" if proj == "none" else int(proj["dims"]),
+        "affinity": refs["affinity"].kind.split(".")[1],
+        "n_clusters": sorted(int(k) for k in per_k),
+        "per_k": per_k,
+        "envelope_slope": _f(env.slope),
+        "envelope_slope_ci": [_f(env.slope_ci_lo), _f(env.slope_ci_hi)],
+        "alpha_N": alpha,
+        "predicted_exponent": None if alpha is None else alpha + 1.0,
+        "predicted_exponent_ci": [None if env.predicted_ci_hi is None else _f(-env.predicted_ci_hi),
+                                  None if env.predicted_ci_lo is None else _f(-env.predicted_ci_lo)],
+        "predicted_slope": _f(env.predicted_slope),
+        "consistent": env.consistent,
+        "consistent_rule": CONSISTENT_RULE,
+        "stability_ari": stability,
+        "level": zcfg.level,
+        "report_dir": refs["report"].uri,
+    }
+    return jsonable(res)
+
