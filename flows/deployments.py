@@ -37,6 +37,8 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "sparse-parity": "0 2 * * *",  # 02:00 every night
     "lm-losses": "0 3 * * *",  # 03:00 every night
     "alpha-sweep": "0 4 * * 6",  # 04:00 on Saturdays (the longest demo)
+    "qdg": "30 3 * * *",  # 03:30, after lm-losses: its lm tasks come back Cached
+    "qdg-sparse-parity": "0 5 * * 0",  # 05:00 on Sundays
 }
 FALLBACK_SCHEDULE = "0 5 * * *"  # a study added to STUDIES without an entry above
 DEFAULT_TIMEZONE = "UTC"
@@ -167,6 +169,17 @@ def _file_entrypoint(study: str) -> str:
     return f"{rel.as_posix()}:{flow.fn.__name__}"
 
 
+def project_relative_includes(config: dict, config_dir: Path) -> dict:
+    """A config's included configs (`lm_config`, `sparse_parity_config`: paths relative to the including file)
+    rewritten relative to the project root, where the worker runs (schemas.config.include_section also looks
+    there)."""
+    out = dict(config)
+    for key, value in config.items():
+        if key.endswith("_config") and isinstance(value, str) and not Path(value).is_absolute():
+            out[key] = (config_dir / value).resolve().relative_to(PROJECT_ROOT).as_posix()
+    return out
+
+
 def prefect_yaml_data() -> dict:
     """prefect.yaml's content, from the same definitions as `deployments()`: default schedules (not the
     environment's), the default TOML configs as written (the flow fills in defaults), no store (the worker's
@@ -176,7 +189,8 @@ def prefect_yaml_data() -> dict:
     deps = []
     for study in available_studies():
         _, flow = STUDIES[study].load()
-        config = tomllib.loads((PROJECT_ROOT / STUDIES[study].default_config).read_text())
+        path = PROJECT_ROOT / STUDIES[study].default_config
+        config = project_relative_includes(tomllib.loads(path.read_text()), path.parent)
         summary = (flow.description or study).strip().splitlines()[0]
         deps.append({
             "name": DEPLOYMENT_NAME,
