@@ -21,13 +21,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/quanta run sparse-parity --config configs/sparse_parity/demo.toml
-	@if [ -f configs/lm/demo.toml ] && $(BIN)/quanta studies | grep -q '^lm-losses *available'; then \
-	  $(BIN)/quanta run lm-losses --config configs/lm/demo.toml; fi
-	@echo
-	@echo "Results: ./quanta-store (reports under quanta-store/report/*/report.md)."
-	@echo "Open them in the Prefect UI: run 'make ui', then browse http://127.0.0.1:4200 (Runs, Artifacts)."
-	@echo "Lineage of any artifact: .venv/bin/quanta lineage <content-hash-prefix>"
+	@start=$$(date +%s); \
+	$(BIN)/quanta run sparse-parity --config configs/sparse_parity/demo.toml && \
+	$(BIN)/quanta run lm-losses --config configs/lm/demo.toml && \
+	$(BIN)/quanta run qdg --config configs/qdg/demo.toml && \
+	$(BIN)/quanta run qdg-sparse-parity --config configs/qdg/sparse_parity_demo.toml && \
+	echo && echo "demo: 4 studies in $$(( $$(date +%s) - start )) s" && echo && \
+	echo "Results: ./quanta-store (reports under quanta-store/report/*/report.md)." && \
+	echo "Open them in the Prefect UI: run 'make ui', then browse http://127.0.0.1:4200 (Runs, Artifacts)." && \
+	echo "Lineage of any artifact: .venv/bin/quanta lineage <content-hash-prefix>"
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
