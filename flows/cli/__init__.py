@@ -1,14 +1,18 @@
 """The `quanta` command line.
 
     quanta run STUDY [--config FILE] [--set section.key=value ...] [--store DIR] [--refresh] [--json]
-                     [--dask-address tcp://host:8786]
-    quanta lineage ARTIFACT [--store DIR] [--down] [--json]     # ARTIFACT: content-hash prefix or uri
+                     [--dask-address tcp://host:8786 | local] [--verbose]
+    quanta studies                                             # list studies and their default configs
+    quanta lineage TARGET [--store DIR] [--down] [--format text|json|mermaid|dot]
+                                                               # TARGET: hash prefix, uri, path, kind, report key
+                                                               #   or flow run id
     quanta fit --csv FILE --y COL --x COL [--x COL2] ...        # fit your own scaling data
     quanta serve [--study STUDY ...]                           # serve the scheduled deployments
+    quanta store ls [--kind KIND] [--json]                     # what is in the store
+    quanta store gc [--keep-last N] [--older-than 30d] [--dry-run]   # remove what no kept run needs
     quanta store verify [--repair] [--store DIR] [--json]      # re-hash every artifact; quarantine bad ones
-    quanta studies                                             # list studies and their default configs
 
-Each subcommand lives in its own module (`flows.cli.run`, `.lineage`, `.fit`, `.serve`); `main` applies the
+Each subcommand lives in its own module (`flows.cli.run`, `.lineage`, `.fit`, `.serve`, `.store`); `main` applies the
 project's Prefect settings once, before any of them imports Prefect.
 """
 from __future__ import annotations

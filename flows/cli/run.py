@@ -22,7 +22,7 @@ from schemas.config import load_config
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a study")
-    p.add_argument("study", help="sparse-parity, alpha-sweep, lm-losses, ...")
+    p.add_argument("study", help="sparse-parity, alpha-sweep, lm-losses, qdg, qdg-sparse-parity (`quanta studies`)")
     p.add_argument("--config", default=None, help="TOML config (default: the study's demo config)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable); the value is parsed as TOML")
