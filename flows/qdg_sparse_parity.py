@@ -1,7 +1,8 @@
 """The qdg-sparse-parity study as a Prefect flow: QDG where the quanta are known.
 
 spec ─► the chosen MLP of the sparse-parity grid (trained alone) ─► samples of its learned subtasks (and of as many
-unlearned ones: the control) ─► per-sample gradient blocks (plain, and label-sign aligned) ─► similarity (Dask ─►
+unlearned ones: the control) ─► per-sample gradient blocks (as configured; with the label sign and the control-bit weights each flipped, to
+compare) ─► similarity (Dask ─►
 Zarr) ─► labels per (k, seed), k = the number of subtasks and clustering.n_clusters ─► ARI against the true
 subtasks and the labels ─► report
 """
@@ -21,17 +22,17 @@ from tasks.qdg.similarity import similarity_matrix
 from tasks.sparse_parity.data import build_spec
 
 
-def variant_name(align_label_sign: bool) -> str:
-    return "aligned" if align_label_sign else "plain"
+def variant_name(align_label_sign: bool, control_weights: bool) -> str:
+    return ("aligned" if align_label_sign else "plain") + ("+control-weights" if control_weights else "")
 
 
-def cluster_samples(samples, model, align: bool, config: QDGSparseParityConfig, store: str) -> dict:
+def cluster_samples(samples, model, align: bool, control_weights: bool, config: QDGSparseParityConfig,
+                    store: str) -> dict:
     """Gradient blocks ─► similarity ─► labels at the true k and each clustering.n_clusters, every seed."""
     st = Store(store)
     group = st.open_zarr(samples, validate=False, verify_hash=False)
     n, k_true = int(group["task"].shape[0]), len(group.attrs["subtasks"])
-    blocks = [parity_gradient_block(samples, model, start, stop, config.gradients,
-                                    config.model.include_control_weights, align, store)
+    blocks = [parity_gradient_block(samples, model, start, stop, config.gradients, control_weights, align, store)
               for start, stop in gradient_block_plan(n, config.gradients.block_rows)]
     sim = similarity_matrix(blocks, config.similarity, store)
     ks = sorted({k_true, *(k for k in config.clustering.n_clusters if k < n)})
@@ -40,24 +41,36 @@ def cluster_samples(samples, model, align: bool, config: QDGSparseParityConfig, 
     return {"blocks": blocks, "similarity": sim, "labels": labels}
 
 
+def variants(config: QDGSparseParityConfig) -> list[tuple[bool, bool]]:
+    """(align_label_sign, include_control_weights) of each clustering of the learned subtasks: the configured one
+    first, then each comparison asked for."""
+    main = (config.model.align_label_sign, config.model.include_control_weights)
+    out = [main]
+    if config.compare_label_sign:
+        out.append((not main[0], main[1]))
+    if config.compare_control_weights:
+        out.append((main[0], not main[1]))
+    return out
+
+
 def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
                                key_prefix: str = "qdg-sparse-parity") -> dict:
     sp = config.sparse_parity
     spec = build_spec(sp.task, store)
     plan = parity_model_plan(sp, config.model)
     model = parity_model(spec, plan["width"], plan["seed"], plan["data_size"], plan["params"], store)
-    main = config.model.align_label_sign
-    aligns = [main, not main] if config.compare_label_sign else [main]
+    main = variants(config)
     learned = parity_samples(model, spec, config.model, False, store)
-    runs = {(variant_name(a), "learned"): (learned, cluster_samples(learned, model, a, config, store))
-            for a in aligns}
+    runs = {(variant_name(*v), "learned"): (learned, cluster_samples(learned, model, *v, config, store))
+            for v in main}
     if config.model.unlearned_control:
         control = parity_samples(model, spec, config.model, True, store)
-        runs[(variant_name(main), "control")] = (control, cluster_samples(control, model, main, config, store))
+        runs[(variant_name(*main[0]), "control")] = (control, cluster_samples(control, model, *main[0], config,
+                                                                              store))
     keys = list(runs)
     table = ground_truth([v for v, _ in keys], [s for _, s in keys], [runs[k][0] for k in keys],
                          [runs[k][1]["labels"] for k in keys], store)
-    sims = {variant_name(a): runs[(variant_name(a), "learned")][1]["similarity"] for a in aligns}
+    sims = {variant_name(*v): runs[(variant_name(*v), "learned")][1]["similarity"] for v in main}
     report = ground_truth_report(table, model, sims, learned, config.report, store, key_prefix)
     return {"spec": spec, "model": model, "runs": runs, "ground_truth": table, "report": report}
 
@@ -70,10 +83,11 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
     artifacts = {k: refs[k] for k in ("spec", "model", "ground_truth", "report")}
     for (variant, kind), (samples, run) in refs["runs"].items():
         artifacts[f"samples_{kind}"] = samples
-        artifacts[f"similarity_{variant}_{kind}"] = run["similarity"]
-        artifacts.update({f"labels_{variant}_{kind}_{i}": r for i, r in enumerate(run["labels"])})
+        name = variant.replace("+", "_").replace("-", "_")
+        artifacts[f"similarity_{name}_{kind}"] = run["similarity"]
+        artifacts.update({f"labels_{name}_{kind}_{i}": r for i, r in enumerate(run["labels"])})
     return {"artifacts": artifacts,
-            "results": ground_truth_results(Store(store), refs, variant_name(config.model.align_label_sign))}
+            "results": ground_truth_results(Store(store), refs, variant_name(*variants(config)[0]))}
 
 
 def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:

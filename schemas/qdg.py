@@ -216,8 +216,9 @@ ZIPF = register("qdg.zipf", "parquet", 1, ZipfTable, "Zipf fits of cluster sizes
 class GroundTruthTable(pa.DataFrameModel):
     """QDG against the known quanta of sparse parity: one row per clustering (variant, samples, k, seed)."""
 
-    variant: Series[str] = pa.Field(isin=["plain", "aligned"], description="plain loss gradients, or multiplied "
-                                    "by 2 label - 1")
+    variant: Series[str] = pa.Field(isin=["plain", "aligned", "plain+control-weights", "aligned+control-weights"],
+                                    description="plain loss gradients, or multiplied by 2 label - 1; "
+                                    "+control-weights: with the first layer's control-bit weights")
     samples: Series[str] = pa.Field(isin=["learned", "control"], description="samples of learned subtasks, or of "
                                     "as many unlearned ones")
     k: Series[int] = pa.Field(ge=2)

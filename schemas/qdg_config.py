@@ -256,6 +256,8 @@ class QDGSparseParityConfig(StrictModel):
         "clustered); the default 2 shows whether the gradients split by the label instead")
     compare_label_sign: bool = Field(True, description="also cluster with model.align_label_sign flipped (plain vs "
                                      "sign-aligned gradients side by side)")
+    compare_control_weights: bool = Field(True, description="also cluster with model.include_control_weights "
+                                          "flipped (with vs without the first layer's control-bit weights)")
     report: ReportConfig = ReportConfig(title="QDG on multitask sparse parity (ground truth)")
 
     @model_validator(mode="before")

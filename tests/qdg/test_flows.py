@@ -139,7 +139,7 @@ def test_qdg_sparse_parity_measures_the_clusters_against_the_true_subtasks(proje
     table = store.read_table(arts["ground_truth"])
     # plain and aligned on the learned subtasks, the control; k = the true count and 2; two seeds each
     assert set(zip(table.variant, table.samples)) == {("plain", "learned"), ("aligned", "learned"),
-                                                     ("plain", "control")}
+                                                     ("plain+control-weights", "learned"), ("plain", "control")}
     assert set(table.k) == {2, learned} and set(table.seed) == {0, 1}
     # the ARIs are the ones sklearn gives for the stored labels against the stored samples
     from sklearn.metrics import adjusted_rand_score
@@ -151,7 +151,9 @@ def test_qdg_sparse_parity_measures_the_clusters_against_the_true_subtasks(proje
     assert row.ari_subtask.iloc[0] == pytest.approx(adjusted_rand_score(samples["task"], labels.label))
     # the control (unlearned subtasks) is at chance
     assert abs(res["control_ari"]) < 0.1
-    assert -1 <= res["ari"] <= 1 and -1 <= res["ari_aligned"] <= 1
+    for key in ("ground_truth_ari", "ground_truth_ari_aligned", "ground_truth_ari_plain_with_control_weights"):
+        assert -1 <= res[key] <= 1, key
+    assert res["ground_truth_ari"] == pytest.approx(float(np.mean(res["ground_truth_ari_by_seed"])))
     assert np.isfinite(res["label_ari"])
     report = store.local_dir(arts["report"])
     assert (report / "similarity_plain.png").exists() and (report / "similarity_aligned.png").exists()
