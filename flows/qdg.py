@@ -2,7 +2,8 @@
 
 lm-losses pipeline (corpus ─► tokens ─► suite ─► token losses ─► alpha_N) ─► selection ─► gradient blocks (one
 cached task per block) ─► similarity C = G G^T (Dask ─► Zarr; or a sparse kNN affinity past dense_max_n) ─► labels
-per (k, seed) ─► stability (ARI between seeds) ─► Zipf fits vs -(alpha_N + 1) ─► report
+per (k, seed) ─► stability (ARI between seeds; and, optionally, against JL-projected gradients' clusters)
+─► Zipf fits vs -(alpha_N + 1) ─► report
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from schemas.qdg import QDGConfig
 from storage import Store
 from tasks.devices import DeviceError, resolve_device
 from tasks.lm.losses import model_fingerprint
-from tasks.qdg.clustering import cluster_labels, clustering_stability
+from tasks.qdg.clustering import cluster_labels, clustering_stability, projection_agreement
 from tasks.qdg.gradients import gradient_block, gradient_block_plan
 from tasks.qdg.knn import knn_affinity
 from tasks.qdg.report import qdg_report, qdg_results
@@ -49,25 +50,44 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
     selection = select_tokens(lm["eval_tokens"], lm["token_losses"], which["model"], which["model_name"],
                               which["revision"], config.selection, suite.context_length, store, dtype=suite.dtype,
                               device=config.gradients.device)
-    n = config.selection.n_tokens
-    blocks = [gradient_block(selection, lm["eval_tokens"], which["model"], which["model_name"], which["revision"],
-                             which["fingerprint"], start, stop, config.gradients, suite.context_length, suite.dtype,
-                             store)
-              for start, stop in gradient_block_plan(n, config.gradients.block_rows)]
     cl = config.clustering
-    if cl.method_for(n) == "dense":
-        affinity = similarity_matrix(blocks, config.similarity, store)
-    else:
-        affinity = knn_affinity(blocks, cl.knn_neighbors, config.similarity, store)
+    blocks = gradients(selection, lm["eval_tokens"], which, config.gradients, config, store)
+    affinity = affinity_of(blocks, config, store)
     spectral = cl.spectral()
     labels = {(k, seed): cluster_labels(affinity, k, seed, spectral, store) for k in cl.n_clusters for seed in cl.seeds}
     stability = clustering_stability(list(labels.values()), store) if len(cl.seeds) > 1 else None
     first = [labels[(k, cl.seeds[0])] for k in cl.n_clusters]
+    projection = None
+    if cl.compare_projection_dims is not None:  # the same tokens' JL-projected gradients, clustered alike
+        d, seed = cl.compare_projection_dims, cl.seeds[0]
+        projected = gradients(selection, lm["eval_tokens"], which,
+                              config.gradients.model_copy(update={"projection_dims": d}), config, store, f"jl{d}-")
+        paffinity = affinity_of(projected, config, store)
+        plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-jl{d}-k{k}-s{seed}")(
+            paffinity, k, seed, spectral, store) for k in cl.n_clusters]
+        projection = projection_agreement(first, plabels, d, store)
     zipf = zipf_analysis(first, lm["fits"], config.zipf, store)
     report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], affinity, blocks[0], first,
-                        stability, zipf, config.report, store, key_prefix)
+                        stability, zipf, config.report, store, key_prefix, projection)
     return {"lm": lm, "selection": selection, "gradient_blocks": blocks, "affinity": affinity, "labels": labels,
-            "stability": stability, "zipf": zipf, "report": report}
+            "stability": stability, "projection": projection, "zipf": zipf, "report": report}
+
+
+def gradients(selection, tokens, which: dict, cfg, config: QDGConfig, store: str, name: str = "") -> list:
+    """One cached gradient task per block of `gradients.block_rows` selected tokens."""
+    suite = config.lm.suite
+    return [gradient_block.with_options(task_run_name=f"qdg-gradients-{name}{start}-{stop}")(
+                selection, tokens, which["model"], which["model_name"], which["revision"], which["fingerprint"],
+                start, stop, cfg, suite.context_length, suite.dtype, store)
+            for start, stop in gradient_block_plan(config.selection.n_tokens, config.gradients.block_rows)]
+
+
+def affinity_of(blocks: list, config: QDGConfig, store: str):
+    """The dense similarity up to `clustering.dense_max_n` tokens (method 'auto'), else the sparse kNN affinity."""
+    cl = config.clustering
+    if cl.method_for(config.selection.n_tokens) == "dense":
+        return similarity_matrix(blocks, config.similarity, store)
+    return knn_affinity(blocks, cl.knn_neighbors, config.similarity, store)
 
 
 @flow(name="qdg", log_prints=True)
@@ -79,8 +99,7 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
     lm = refs["lm"]
     artifacts = {f"lm_{k}": v for k, v in lm.items() if k in ("eval_tokens", "token_losses", "fits", "report")}
     artifacts.update({k: refs[k] for k in ("selection", "affinity", "zipf", "report")})
-    if refs["stability"] is not None:
-        artifacts["stability"] = refs["stability"]
+    artifacts.update({k: refs[k] for k in ("stability", "projection") if refs[k] is not None})
     artifacts.update({f"gradient_block_{i}": r for i, r in enumerate(refs["gradient_blocks"])})
     artifacts.update({f"labels_k{k}_s{s}": r for (k, s), r in refs["labels"].items()})
     return {"artifacts": artifacts, "results": qdg_results(Store(store), refs, config.zipf)}

@@ -176,6 +176,23 @@ class StabilityTable(pa.DataFrameModel):
 STABILITY = register("qdg.stability", "parquet", 1, StabilityTable, "ARI between clustering seeds, per k")
 
 
+class ProjectionAgreementTable(pa.DataFrameModel):
+    """Clusters of JL-projected gradients against those of the gradients as configured, per k (same seed)."""
+
+    k: Series[int] = pa.Field(ge=2)
+    seed: Series[int] = pa.Field(ge=0)
+    projection_dims: Series[int] = pa.Field(ge=1)
+    ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
+    n_tokens: Series[int] = pa.Field(ge=2)
+
+    class Config:
+        strict = True
+
+
+PROJECTION_ARI = register("qdg.projection_ari", "parquet", 1, ProjectionAgreementTable,
+                          "ARI between the clusters of projected and of full gradients, per k")
+
+
 class ZipfTable(pa.DataFrameModel):
     """Rank-frequency fits of cluster sizes: one row per k (scope 'k') and one for the envelope over k (scope
     'envelope', k = 0). NaN = not measurable (too few clusters, no alpha_N); see `note`."""

@@ -135,6 +135,10 @@ class ClusteringConfig(StrictModel):
         "k-means with 10 restarts at 10,000 tokens and k = 400, as accurate on planted clusters) or kmeans (the "
         "paper's, with n_init restarts; then seeds also vary k-means)")
     n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
+    compare_projection_dims: int | None = Field(
+        None, ge=1, description="also cluster the gradients JL-projected to this many dims (first seed, every k) and "
+        "report the adjusted Rand index against the clusters of the gradients as configured (None = no comparison; "
+        "it computes the gradients a second time)")
 
     @field_validator("n_clusters")
     @classmethod

@@ -211,3 +211,21 @@ def clustering_stability(labels: list[ArtifactRef], store: str) -> ArtifactRef:
     st = Store(store)
     return st.write_table("qdg.stability", stability_table([st.read_table(ref) for ref in labels]),
                           inputs=list(labels))
+
+
+@quanta_task(name="qdg-projection-ari")
+def projection_agreement(full: list[ArtifactRef], projected: list[ArtifactRef], projection_dims: int,
+                         store: str) -> ArtifactRef:
+    """`qdg.projection_ari`: for each k, the ARI between the clustering of the gradients as configured (`full`) and
+    of the same tokens' JL-projected gradients (`projected`), same k and seed (lists in the same k order)."""
+    st = Store(store)
+    rows = []
+    for a_ref, b_ref in zip(full, projected, strict=True):
+        a, b = st.read_table(a_ref), st.read_table(b_ref)
+        if int(a["k"].iloc[0]) != int(b["k"].iloc[0]):
+            raise ValueError(f"clusterings of k = {int(a['k'].iloc[0])} and {int(b['k'].iloc[0])} paired")
+        rows.append({"k": int(a["k"].iloc[0]), "seed": int(a["seed"].iloc[0]), "projection_dims": projection_dims,
+                     "ari": labels_ari(a, b), "n_tokens": len(a)})
+    return st.write_table("qdg.projection_ari", pd.DataFrame(rows).astype({"k": "int64", "seed": "int64",
+                          "projection_dims": "int64", "n_tokens": "int64"}), inputs=[*full, *projected],
+                          params={"projection_dims": projection_dims})

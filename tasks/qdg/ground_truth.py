@@ -88,8 +88,8 @@ def ground_truth_report(table: ArtifactRef, model: ArtifactRef, similarities: di
         for name, ref in similarities.items():
             idx = heatmap_rows(task, rcfg.heatmap_rows)
             c = np.asarray(st.open_zarr(ref)["c"].get_orthogonal_selection((idx, idx)))
-            rep.figure(f"similarity_{name.replace('+', '_')}", similarity_heatmap(c, task[idx], f"{name} gradients, sorted by true "
-                                                                "subtask"))
+            title = f"{name} gradients, sorted by true subtask"
+            rep.figure(f"similarity_{name.replace('+', '_')}", similarity_heatmap(c, task[idx], title))
     return publish(rep, st, key_prefix, inputs=[table, model, samples, *similarities.values()],
                    params={"report": rcfg.model_dump(mode="json")})
 

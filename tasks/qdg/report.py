@@ -161,7 +161,7 @@ def zipf_summary(zipf: pd.DataFrame) -> pd.DataFrame:
 def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
                affinity: ArtifactRef, gradient_block: ArtifactRef, labels: list[ArtifactRef],
                stability: ArtifactRef | None, zipf: ArtifactRef, rcfg: ReportConfig, store: str,
-               key_prefix: str = "qdg") -> ArtifactRef:
+               key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
     """The study's report. `labels`: one `qdg.labels` per cluster count (the first seed's); `gradient_block`: any
     block (its attrs give the gradient's dimensions and projection)."""
     st = Store(store)
@@ -190,6 +190,10 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
     rep.table("zipf", zipf_summary(zdf))
     if stability is not None:
         rep.table("stability", st.read_table(stability))
+    if projection is not None:
+        rep.text("Clusters of JL-projected gradients against the clusters above (adjusted Rand index, same k and "
+                 "seed):")
+        rep.table("projection_ari", st.read_table(projection))
     if rcfg.plots and affinity.kind == "qdg.similarity":
         idx = heatmap_rows(lab, rcfg.heatmap_rows)
         c = st.open_zarr(affinity)["c"].get_orthogonal_selection((idx, idx))
@@ -215,7 +219,7 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
         if rcfg.plots:
             rep.figure("cluster_losses", cluster_losses_figure(cl))
     inputs = [selection, tokens, tokenizer, token_losses, affinity, gradient_block, *labels,
-              *([stability] if stability is not None else []), zipf]
+              *(r for r in (stability, projection) if r is not None), zipf]
     return publish(rep, st, key_prefix, inputs=inputs, params={"report": rcfg.model_dump(mode="json"), "k_shown": k})
 
 
@@ -241,6 +245,11 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
     if refs.get("stability") is not None:
         sdf = st.read_table(refs["stability"])
         stability = {str(k): float(g.ari.mean()) for k, g in sdf.groupby("k")}
+    projection = {}
+    if refs.get("projection") is not None:
+        pdf = st.read_table(refs["projection"])
+        projection = {"dims": int(pdf.projection_dims.iloc[0]),
+                      "ari": {str(r.k): float(r.ari) for r in pdf.itertuples()}}
     alpha = _f(env.alpha_N)
     res = {
         "n_tokens": int(env.n_tokens),
@@ -259,6 +268,7 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         "consistent": env.consistent,
         "consistent_rule": CONSISTENT_RULE,
         "stability_ari": stability,
+        "projection_ari": projection,
         "level": zcfg.level,
         "report_dir": refs["report"].uri,
     }

@@ -15,7 +15,7 @@ def task_states(flow_run_id) -> dict[str, str]:
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                                          limit=200)
-            states = {r.name: r.state.name for r in runs}
+            states = {r.name: r.state.name if r.state is not None else "Pending" for r in runs}
             if not {"Pending", "Running", "Scheduled"} & set(states.values()) or time.monotonic() > deadline:
                 return states
             time.sleep(0.2)

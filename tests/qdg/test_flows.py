@@ -86,6 +86,19 @@ def test_qdg_after_lm_losses_reuses_it_and_reruns_only_what_a_change_touches(pro
         "qdg-stability", "qdg-zipf", "qdg-report"}, ran
     assert "6" in state.result()["results"]["per_k"]
 
+    # 3b. full vs JL-projected gradients: the projected blocks, their affinity and clusterings, and the comparison
+    states, state = _run(QDG, _qdg_tiny(project_root, "clustering.compare_projection_dims=2000"), store_root)
+    ran = {k for k, v in states.items() if v == "Completed"}
+    assert {k for k in ran if k.startswith("qdg-gradients")} == {
+        "qdg-gradients-jl2000-0-50", "qdg-gradients-jl2000-50-100", "qdg-gradients-jl2000-100-120"}, ran
+    assert {k for k in ran if k.startswith("qdg-cluster")} == {"qdg-cluster-jl2000-k4-s0", "qdg-cluster-jl2000-k8-s0",
+                                                                "qdg-cluster-jl2000-k16-s0"}, ran
+    proj = state.result()["results"]["projection_ari"]
+    assert proj["dims"] == 2000 and set(proj["ari"]) == {"4", "8", "16"}
+    assert all(-1 <= v <= 1 for v in proj["ari"].values())
+    table = store.read_table(state.result()["artifacts"]["projection"])
+    assert table.projection_dims.tolist() == [2000] * 3 and table.k.tolist() == [4, 8, 16]
+
     # 4. more tokens: the selection grows by appending rows; every full gradient block is Cached
     states, state = _run(QDG, _qdg_tiny(project_root, "selection.n_tokens=150"), store_root)
     grads = _by_prefix(states, "qdg-gradients-")
