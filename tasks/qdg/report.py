@@ -77,9 +77,10 @@ def similarity_heatmap(c_sub: np.ndarray, labels_sub: np.ndarray, title: str):
     fig, ax = subplots(figsize=(4.6, 4.0))
     im = ax.imshow(c_sub, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     edges = np.flatnonzero(np.diff(labels_sub)) + 0.5
-    for e in edges[:60]:  # cluster boundaries (the first 60)
-        ax.axhline(e, color="black", lw=0.3)
-        ax.axvline(e, color="black", lw=0.3)
+    if len(edges) <= 40:  # cluster boundaries, where they can still be told apart
+        for e in edges:
+            ax.axhline(e, color="black", lw=0.3, alpha=0.5)
+            ax.axvline(e, color="black", lw=0.3, alpha=0.5)
     fig.colorbar(im, ax=ax, label="cosine similarity of gradients")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
