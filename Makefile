@@ -20,16 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
+# the four demo studies checked first, then run one after another on one temporary Prefect server; total time last
 demo: setup
-	@start=$$(date +%s); \
-	$(BIN)/quanta run sparse-parity --config configs/sparse_parity/demo.toml && \
-	$(BIN)/quanta run lm-losses --config configs/lm/demo.toml && \
-	$(BIN)/quanta run qdg --config configs/qdg/demo.toml && \
-	$(BIN)/quanta run qdg-sparse-parity --config configs/qdg/sparse_parity_demo.toml && \
-	echo && echo "demo: 4 studies in $$(( $$(date +%s) - start )) s" && echo && \
-	echo "Results: ./quanta-store (reports under quanta-store/report/*/report.md)." && \
-	echo "Open them in the Prefect UI: run 'make ui', then browse http://127.0.0.1:4200 (Runs, Artifacts)." && \
-	echo "Lineage of any artifact: .venv/bin/quanta lineage <content-hash-prefix>"
+	$(BIN)/quanta run sparse-parity lm-losses qdg qdg-sparse-parity
+	@echo
+	@echo "Results: ./quanta-store (reports under quanta-store/report/*/report.md)."
+	@echo "Open them in the Prefect UI: run 'make ui', then browse http://127.0.0.1:4200 (Runs, Artifacts)."
+	@echo "Lineage of any artifact: .venv/bin/quanta lineage <content-hash-prefix>"
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

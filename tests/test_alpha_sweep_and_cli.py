@@ -66,3 +66,27 @@ def test_cli_json_shape_and_lineage(prefect_server, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "sparse_parity.fits" in text and "report" in text
     assert main(["lineage", "ffffffffff", "--store", store]) == 2
+
+
+def test_several_studies_in_one_run_are_all_checked_before_any_work(prefect_server, tmp_path, capsys, monkeypatch):
+    """`quanta run A B` (what `make demo` does): each study's config is $QUANTA_CONFIG_<STUDY> or its default; a bad
+    config of the second study stops the run before the first does any work; then both run, in order."""
+    import torch
+
+    store = tmp_path / "store"
+    lm_tiny = ROOT / "configs/lm/tiny.toml"
+    monkeypatch.setenv("QUANTA_CONFIG_SPARSE_PARITY", TINY)
+    if not torch.cuda.is_available():  # a device this machine lacks, in the second study only
+        bad = tmp_path / "lm_cuda.toml"
+        bad.write_text(lm_tiny.read_text().replace('device = "cpu"', 'device = "cuda"'))
+        monkeypatch.setenv("QUANTA_CONFIG_LM_LOSSES", str(bad))
+        assert main(["run", "sparse-parity", "lm-losses", "--store", str(store)]) == 2
+        assert "suite.device" in capsys.readouterr().err
+        assert not list(store.glob("sparse_parity.*")), "the first study ran before the second was checked"
+    monkeypatch.setenv("QUANTA_CONFIG_LM_LOSSES", str(lm_tiny))
+    assert main(["run", "sparse-parity", "lm-losses", "--store", str(store), "--json"]) == 0
+    outs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [o["study"] for o in outs] == ["sparse-parity", "lm-losses"]
+    assert all(o["task_states"].get("Completed") for o in outs)
+    assert main(["run", "sparse-parity", "lm-losses", "--config", TINY]) == 2
+    assert "--config and --set apply to one study" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""`quanta run STUDY` and `quanta studies`.
+"""`quanta run STUDY [STUDY ...]` and `quanta studies`.
+
+Several studies (`quanta run sparse-parity lm-losses qdg qdg-sparse-parity`: each with its default, demo config) are
+checked first, all of them, and then run one after another on one Prefect server (the temporary one, or
+PREFECT_API_URL's), each printed as it ends, and the total time last: what `make demo` does.
 
 Exit codes of `quanta run`: 0 done; 2 bad input (a `schemas.UserInputError`: config, files, device, store), found
 before any work or raised by a task inside the flow, printed as one line that names its cause (the traceback is in
@@ -11,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 from flows.cli.options import add_store_option
@@ -22,8 +27,10 @@ from schemas.config import load_config
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a study")
-    p.add_argument("study", help="sparse-parity, alpha-sweep, lm-losses, qdg, qdg-sparse-parity (`quanta studies`)")
-    p.add_argument("--config", default=None, help="TOML config (default: the study's demo config)")
+    p.add_argument("study", nargs="+", help="sparse-parity, alpha-sweep, lm-losses, qdg, qdg-sparse-parity "
+                   "(`quanta studies`); several run one after another, each with its default config")
+    p.add_argument("--config", default=None, help="TOML config (one study only; default: $QUANTA_CONFIG_<STUDY>, "
+                   "e.g. QUANTA_CONFIG_SPARSE_PARITY, else the study's demo config)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable); the value is parsed as TOML")
     add_store_option(p)
@@ -77,43 +84,71 @@ def _one_line_error(e: Exception, code: int) -> int:
     return code
 
 
+def _load(study: str, args):
+    """(config) of one study, or an exit code when the study is unknown or not installed."""
+    from flows.deployments import config_path
+    from flows.studies import STUDIES
+
+    if study not in STUDIES:
+        print(f"error: unknown study {study!r}; known: {', '.join(STUDIES)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        config_cls, _ = STUDIES[study].load()
+    except ModuleNotFoundError as e:
+        print(f"error: study {study!r} is not available ({e})", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return load_config(config_cls, args.config or config_path(study), args.set)
+
+
+def _print(out: dict, as_json: bool) -> None:
+    from flows.running import dumps
+
+    if as_json:
+        print(dumps(out))
+        return
+    print(f"study {out['study']}: flow run {out['flow_run_id']}")
+    print(f"store: {out['store']}")
+    print("task states: " + ", ".join(f"{k} {v}" for k, v in sorted(out["task_states"].items())))
+    for k, v in out["results"].items():
+        if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+            continue  # tables: see the report, or --json
+        print(f"  {k}: {v}")
+    if "report" in out["artifacts"]:
+        print(f"report: {out['artifacts']['report']['uri']}/report.md")
+    print("inspect in the UI: `make ui`, then open http://127.0.0.1:4200 (Runs, Artifacts)")
+
+
 def cmd_run(args) -> int:
-    from flows.running import dumps, run_study
-    from flows.studies import STUDIES, default_config_path
+    from flows.local_server import temporary_api
+    from flows.running import run_study
+    from flows.studies import STUDIES
     from storage import Store
 
-    if args.study not in STUDIES:
-        print(f"error: unknown study {args.study!r}; known: {', '.join(STUDIES)}", file=sys.stderr)
+    if len(args.study) > 1 and (args.config or args.set):
+        print("error: --config and --set apply to one study: run the studies one at a time", file=sys.stderr)
         return EXIT_USER_ERROR
-    try:
-        config_cls, _ = STUDIES[args.study].load()
-    except ModuleNotFoundError as e:
-        print(f"error: study {args.study!r} is not available ({e})", file=sys.stderr)
-        return EXIT_USER_ERROR
-    path = args.config or default_config_path(args.study)
     dask_address = args.dask_address or os.environ.get("QUANTA_DASK_ADDRESS")
+    start = time.monotonic()
     try:
-        cfg = load_config(config_cls, path, args.set)
+        configs = []
+        for study in args.study:
+            cfg = _load(study, args)
+            if isinstance(cfg, int):
+                return cfg
+            configs.append(cfg)
         store = Store(args.store)
-        with _terminal_failures(args.verbose):
-            out = run_study(args.study, cfg, store.url, refresh=args.refresh, dask_address=dask_address)
+        for study, cfg in zip(args.study, configs):  # every study's checks before any work
+            STUDIES[study].preflight(cfg)
+        with temporary_api(), _terminal_failures(args.verbose):
+            for study, cfg in zip(args.study, configs):
+                out = run_study(study, cfg, store.url, refresh=args.refresh, dask_address=dask_address)
+                _print(out, args.json)
     except UserInputError as e:
         return _one_line_error(e, EXIT_USER_ERROR)
     except ArtifactCorruptError as e:
         return _one_line_error(e, EXIT_DAMAGED_STORE)
-    if args.json:
-        print(dumps(out))
-    else:
-        print(f"study {out['study']}: flow run {out['flow_run_id']}")
-        print(f"store: {out['store']}")
-        print("task states: " + ", ".join(f"{k} {v}" for k, v in sorted(out["task_states"].items())))
-        for k, v in out["results"].items():
-            if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
-                continue  # tables: see the report, or --json
-            print(f"  {k}: {v}")
-        if "report" in out["artifacts"]:
-            print(f"report: {out['artifacts']['report']['uri']}/report.md")
-        print("inspect in the UI: `make ui`, then open http://127.0.0.1:4200 (Runs, Artifacts)")
+    if len(args.study) > 1 and not args.json:
+        print(f"\n{len(args.study)} studies in {time.monotonic() - start:.0f} s (wall clock, one Prefect server)")
     return 0
 
 
