@@ -49,3 +49,25 @@ def test_sparse_parity_on_dask_cli_workers_equals_the_in_process_run(prefect_ser
         assert len(client.scheduler_info()["workers"]) == 2
     rec = Store(tmp_path / "cluster").lineage(remote["artifacts"]["curves_1"]["content_hash"])
     assert rec["producer"] == "train-shard" and rec["flow_run_id"] == remote["flow_run_id"]
+
+
+def test_qdg_similarity_on_dask_cli_workers_equals_the_in_process_run(cli_cluster_address, tmp_path):
+    """The QDG similarity C = G G^T, blockwise on the same two `dask worker` processes, reading and writing a store
+    on a path they share: bit for bit what a LocalCluster started for the task writes."""
+    from distributed import Client, get_task_stream
+
+    from schemas.qdg import SimilarityConfig
+    from tasks.qdg.similarity import similarity_matrix_to_store
+    from tests.qdg.planted_gradients import planted_gradients, write_gradient_blocks
+
+    g, _ = planted_gradients([60, 40, 30], dim=96, seed=5)
+    cluster_store, local_store = Store(tmp_path / "cluster"), Store(tmp_path / "local")
+    with Client(cli_cluster_address) as client, get_task_stream(client) as stream:
+        on_cluster = similarity_matrix_to_store(cluster_store, write_gradient_blocks(cluster_store, g, block_rows=50),
+                                                SimilarityConfig(chunk_rows=32, dask_address=cli_cluster_address))
+    assert stream.data, "no task ran on the cluster's workers"
+    local = similarity_matrix_to_store(local_store, write_gradient_blocks(local_store, g, block_rows=50),
+                                       SimilarityConfig(chunk_rows=32, n_workers=1))
+    assert on_cluster.content_hash == local.content_hash
+    c = cluster_store.open_zarr(on_cluster)["c"][...]
+    np.testing.assert_allclose(c, np.clip(g.astype(np.float64) @ g.T.astype(np.float64), -1, 1), atol=2e-6)
