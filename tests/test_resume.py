@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from flows.run_artifacts import result_path
 from flows.running import run_study
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig
@@ -43,17 +44,6 @@ def _train_shard_runs(client, flow_run_id=None, since=None) -> list:
         flt.start_time = TaskRunFilterStartTime(after_=since)
     frf = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None
     return client.read_task_runs(task_run_filter=flt, flow_run_filter=frf)
-
-
-def _cache_record_path(task_run) -> Path | None:
-    """Where Prefect persisted the completed task's result (= its cache record), from the state's metadata."""
-    data = task_run.state.data if task_run.state else None
-    meta = getattr(data, "metadata", data)
-    key = getattr(meta, "storage_key", None) or (meta.get("storage_key") if isinstance(meta, dict) else None)
-    if not key:
-        return None
-    p = Path(key)
-    return p if p.is_absolute() else Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]) / p
 
 
 def _task_states(client, flow_run_id) -> dict[str, str]:
@@ -101,7 +91,7 @@ def test_killed_run_resumes_only_unfinished_shards(prefect_server, tmp_path):
             while True:
                 polls += 1
                 done = [r for r in _train_shard_runs(client, since=started) if r.state and r.state.is_completed()]
-                record_path = _cache_record_path(done[0]) if done else None
+                record_path = result_path(done[0]) if done else None
                 if record_path is not None and record_path.exists():
                     break
                 assert proc.poll() is None, f"first run ended before the kill:\n{log.read_text()[-3000:]}"
