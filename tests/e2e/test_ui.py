@@ -50,7 +50,9 @@ def _studies(tmp_path: Path) -> dict[str, list[str]]:
     sweep.write_text(TINY_SP.read_text() + "\n[sweep]\nalphas = [0.3, 0.6]\n")
     return {"sparse-parity": ["--config", str(TINY_SP)],
             "lm-losses": ["--config", str(TINY_LM)],
-            "alpha-sweep": ["--config", str(sweep)]}
+            "alpha-sweep": ["--config", str(sweep)],
+            "qdg": ["--config", str(ROOT / "configs/qdg/tiny.toml")],
+            "qdg-sparse-parity": ["--config", str(ROOT / "configs/qdg/sparse_parity_tiny.toml")]}
 
 
 def _latest(api: str, key: str):
