@@ -107,10 +107,12 @@ def test_adding_a_seed_trains_only_the_new_shard(first_run):
 
 def test_report_is_published_as_keyed_prefect_artifacts(first_run):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as c:
-        arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="sparse-parity")))
+    _, out = first_run
+    with get_client(sync_client=True) as c:  # this run's artifacts (other tests publish under the same keys)
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="sparse-parity")),
+                                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[out["flow_run_id"]])))
     keys = {a.key for a in arts}
     assert {"sparse-parity-report", "sparse-parity-fits", "sparse-parity-final-losses"} <= keys
     md = next(a for a in arts if a.key == "sparse-parity-report")
