@@ -150,11 +150,22 @@ def cluster_losses_figure(df: pd.DataFrame):
     return fig
 
 
+def _interval(lo, hi) -> str:
+    return f"[{lo:.3g}, {hi:.3g}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a"
+
+
 def zipf_summary(zipf: pd.DataFrame) -> pd.DataFrame:
-    cols = ["scope", "k", "n_nonempty", "rank_min", "rank_max", "slope", "slope_ci_lo", "slope_ci_hi",
-            "exponent_mle", "exponent_mle_ci_lo", "exponent_mle_ci_hi", "predicted_slope", "predicted_ci_lo",
-            "predicted_ci_hi", "consistent", "note"]
-    return zipf[cols]
+    """The Zipf table as shown (intervals in one column each; every column is in zipf.csv)."""
+    return pd.DataFrame({
+        "scope": zipf.scope, "k": zipf.k, "clusters": zipf.n_nonempty,
+        "ranks": [f"{a}-{b}" for a, b in zip(zipf.rank_min, zipf.rank_max)],
+        "slope": zipf.slope, "slope CI": [_interval(a, b) for a, b in zip(zipf.slope_ci_lo, zipf.slope_ci_hi)],
+        "MLE exponent": zipf.exponent_mle,
+        "MLE CI": [_interval(a, b) for a, b in zip(zipf.exponent_mle_ci_lo, zipf.exponent_mle_ci_hi)],
+        "predicted": zipf.predicted_slope,
+        "predicted CI": [_interval(a, b) for a, b in zip(zipf.predicted_ci_lo, zipf.predicted_ci_hi)],
+        "consistent": zipf.consistent, "note": zipf.note,
+    })
 
 
 # ---------------------------------------------------------------------------------------------- the task
@@ -188,7 +199,8 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
         f"(paper: -1.24 vs -1.083): consistent = **{env.consistent}**. Rule: {CONSISTENT_RULE}.")
     if rcfg.plots:
         rep.figure("rank_frequency", rank_frequency_figure(sizes, n, zdf))
-    rep.table("zipf", zipf_summary(zdf))
+    rep.table("zipf", zdf, show=False)  # every column: zipf.csv and the qdg-zipf table artifact
+    rep.table("zipf_summary", zipf_summary(zdf))
     if stability is not None:
         rep.table("stability", st.read_table(stability))
     if projection is not None:
@@ -210,7 +222,8 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
                           predicted=ex.predicted.map(lambda s: md_escape(s, 40)))
         rep.table("cluster_examples", shown, max_rows=rcfg.clusters_shown * rcfg.examples_per_cluster)
         rep.attach("clusters.html", examples_html(ex, f"{rcfg.title}: the largest clusters (k = {k})"),
-                   link="The same examples as a page, token highlighted (clusters.html)")
+                   link="The same examples as a page, token highlighted (clusters.html, beside report.md in the "
+                        "store's report directory)")
     larr, lattrs = st.read_zarr(token_losses)
     cl = cluster_losses(sel, lab, np.asarray(larr["loss"]), list(lattrs["models"]),
                         np.asarray(larr["n_params_nonembed"]), rcfg.clusters_shown)
