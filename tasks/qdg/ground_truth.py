@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 
 from schemas.jsonable import jsonable
 from schemas.qdg import ReportConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
+from tasks.qdg.clustering import labels_ari
 from tasks.qdg.report import heatmap_rows, similarity_heatmap
 from tasks.reporting import Report, publish
 
@@ -20,18 +20,12 @@ SAMPLES = ("learned", "control")
 def ground_truth_rows(task: np.ndarray, label: np.ndarray, tables: list[pd.DataFrame], variant: str,
                       samples: str) -> list[dict]:
     """One row per `qdg.labels` table over the samples (rows 0..n-1 in sample order)."""
-    out = []
-    for df in tables:
-        df = df.sort_values("row")
-        if not np.array_equal(df["row"].to_numpy(), np.arange(len(task))):
-            raise ValueError(f"the clustering covers rows {df.row.min()}..{df.row.max()} ({len(df)}), the samples "
-                             f"0..{len(task) - 1}: not the same samples")
-        pred = df["label"].to_numpy()
-        out.append({"variant": variant, "samples": samples, "k": int(df["k"].iloc[0]),
-                    "seed": int(df["seed"].iloc[0]), "n_samples": int(len(task)),
-                    "n_subtasks": int(len(np.unique(task))), "ari_subtask": float(adjusted_rand_score(task, pred)),
-                    "ari_label": float(adjusted_rand_score(label, pred))})
-    return out
+    rows = np.arange(len(task))
+    truth = pd.DataFrame({"row": rows, "label": task})
+    sign = pd.DataFrame({"row": rows, "label": label})
+    return [{"variant": variant, "samples": samples, "k": int(df["k"].iloc[0]), "seed": int(df["seed"].iloc[0]),
+             "n_samples": int(len(task)), "n_subtasks": int(len(np.unique(task))),
+             "ari_subtask": labels_ari(df, truth), "ari_label": labels_ari(df, sign)} for df in tables]
 
 
 @quanta_task(name="qdg-ground-truth")

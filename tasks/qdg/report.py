@@ -14,7 +14,7 @@ from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.lm.report import md_escape, token_context
 from tasks.lm.tokenizer import decode, load_tokenizer
-from tasks.qdg.zipf import cluster_sizes
+from tasks.qdg.zipf import size_envelope, sizes_from_labels
 from tasks.reporting import Report, publish, subplots
 
 CONSISTENT_RULE = ("consistent iff the rank-frequency slope's confidence interval (OLS t-interval) overlaps the "
@@ -49,10 +49,7 @@ def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf
     env = zipf[zipf.scope == "envelope"]
     if len(env):
         e = env.iloc[0]
-        envelope = np.zeros(int(max(sizes_by_k)))
-        for sizes in sizes_by_k.values():
-            ss = np.sort(sizes)[::-1] / n_tokens
-            envelope[:len(ss)] = np.maximum(envelope[:len(ss)], ss)
+        envelope = size_envelope(sizes_by_k, n_tokens)
         envelope = envelope[envelope > 0]
         r = np.arange(1, len(envelope) + 1)
         ax.plot(r, envelope, color="black", lw=1.6, label="envelope")
@@ -180,8 +177,7 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
     sel = st.read_table(selection)
     tables = {int(t["k"].iloc[0]): t for t in (st.read_table(r) for r in labels)}
     zdf = st.read_table(zipf)
-    n = len(sel)
-    sizes = {k: cluster_sizes(t.sort_values("row")["label"].to_numpy(), k) for k, t in tables.items()}
+    sizes, n = sizes_from_labels(list(tables.values()))
     k = shown_k(sorted(tables), rcfg)
     lab = tables[k].sort_values("row")["label"].to_numpy()
     battrs = st.open_zarr(gradient_block).attrs
