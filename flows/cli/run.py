@@ -85,18 +85,16 @@ def _one_line_error(e: Exception, code: int) -> int:
 
 
 def _load(study: str, args):
-    """(config) of one study, or an exit code when the study is unknown or not installed."""
+    """The config of one study (UserInputError when the study is unknown or not installed)."""
     from flows.deployments import config_path
     from flows.studies import STUDIES
 
     if study not in STUDIES:
-        print(f"error: unknown study {study!r}; known: {', '.join(STUDIES)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        raise UserInputError(f"unknown study {study!r}; known: {', '.join(STUDIES)}")
     try:
         config_cls, _ = STUDIES[study].load()
     except ModuleNotFoundError as e:
-        print(f"error: study {study!r} is not available ({e})", file=sys.stderr)
-        return EXIT_USER_ERROR
+        raise UserInputError(f"study {study!r} is not available ({e})") from None
     return load_config(config_cls, args.config or config_path(study), args.set)
 
 
@@ -130,12 +128,7 @@ def cmd_run(args) -> int:
     dask_address = args.dask_address or os.environ.get("QUANTA_DASK_ADDRESS")
     start = time.monotonic()
     try:
-        configs = []
-        for study in args.study:
-            cfg = _load(study, args)
-            if isinstance(cfg, int):
-                return cfg
-            configs.append(cfg)
+        configs = [_load(study, args) for study in args.study]
         store = Store(args.store)
         for study, cfg in zip(args.study, configs):  # every study's checks before any work
             STUDIES[study].preflight(cfg)
