@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from storage.settings import PROJECT_ROOT
 
@@ -45,15 +46,27 @@ class DyingServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def start(self, timeout: float | None = None) -> None:
+        """Start the server and wait until it answers. Servers of one Prefect home start one at a time: each applies
+        the database migrations at start-up, and two doing it at once on a fresh home race in alembic (one fails with
+        "Online migration expected to match one row")."""
+        from filelock import FileLock
+        from prefect.settings import PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        limit = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        home = Path(PREFECT_HOME.value())
+        home.mkdir(parents=True, exist_ok=True)
+        with FileLock(home / "server-start.lock", timeout=limit):
+            self._start(limit)
+
+    def _start(self, limit: float) -> None:
         import httpx
-        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+        from prefect.settings import get_current_settings
 
         env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
                "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         self.process = subprocess.Popen([sys.executable, "-m", "flows.local_server", str(os.getpid()),
                                          str(self.port)], env=env)
-        limit = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
         t0 = time.monotonic()
         with httpx.Client() as client:
             while time.monotonic() - t0 < limit:
