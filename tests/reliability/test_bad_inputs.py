@@ -18,6 +18,8 @@ from reliability_cli import LM_TINY, SP_TINY
 
 SP = ["run", "sparse-parity", "--config", SP_TINY]
 LM = ["run", "lm-losses", "--config", LM_TINY]
+QDG = ["run", "qdg", "--config", LM_TINY.parent.parent / "qdg" / "tiny.toml"]
+QDG_SP = ["run", "qdg-sparse-parity", "--config", LM_TINY.parent.parent / "qdg" / "sparse_parity_tiny.toml"]
 
 
 @dataclass
@@ -68,6 +70,26 @@ CASES = [
     Case("config-bad-toml", lambda p: ["run", "sparse-parity", "--config", p.bad_toml],
          ["bad.toml", "not valid TOML"]),
     Case("unknown-study", lambda p: ["run", "sparse-parityy"], ["unknown study 'sparse-parityy'"]),
+    Case("several-studies-one-config", lambda p: ["run", "sparse-parity", "lm-losses", "--config", SP_TINY],
+         ["--config and --set apply to one study"]),
+    # the QDG studies
+    Case("qdg-unknown-model", lambda p: [*QDG, "--set", "selection.model='L9-d999'"],
+         ["selection.model 'L9-d999' is not a model of the suite"]),
+    Case("qdg-k-not-below-tokens", lambda p: [*QDG, "--set", "clustering.n_clusters=[4, 500]"],
+         ["clustering.n_clusters must be < selection.n_tokens"]),
+    Case("qdg-jl-dims-zero", lambda p: [*QDG, "--set", "gradients.projection_dims=0"], ["projection_dims"]),
+    Case("qdg-compare-dims-zero", lambda p: [*QDG, "--set", "clustering.compare_projection_dims=0"],
+         ["compare_projection_dims"]),
+    Case("qdg-bad-regex", lambda p: [*QDG, "--set", "gradients.include=['(']"], ["not a regular expression"]),
+    Case("qdg-memory-limit-text", lambda p: [*QDG, "--set", "similarity.memory_limit='lots'"],
+         ["not a memory size"]),
+    Case("qdg-dense-beyond-memory", lambda p: [*QDG, "--set", "selection.n_tokens=2000000", "--set",
+                                               "clustering.method='dense'"],
+         ["dense spectral clustering of 2,000,000 tokens", "clustering.method = 'knn'"], preflight_of="flows.qdg"),
+    Case("qdg-lm-config-missing", lambda p: ["run", "qdg", "--config", p.tmp / "qdg.toml"],
+         ["lm_config: config file not found"]),
+    Case("qdg-sp-width-not-in-grid", lambda p: [*QDG_SP, "--set", "model.width=5"],
+         ["model.width 5 is not a width of the study's grid"], preflight_of="flows.qdg_sparse_parity"),
     # the machine and the corpus: PREFLIGHT, before any work
     Case("lm-device-cuda", lambda p: [*LM, "--set", "suite.device='cuda'"], ["suite.device", "cuda"],
          skip_if_cuda=True),
@@ -127,6 +149,7 @@ def places(tmp_path_factory) -> SimpleNamespace:
         (too_short / name).write_text(blank)
     bad_toml = tmp / "bad.toml"
     bad_toml.write_text("[grid\nwidths = [8\n")
+    (tmp / "qdg.toml").write_text('lm_config = "no-such-lm.toml"\n')  # a qdg config naming a missing lm config
     csv = tmp / "runs.csv"
     csv.write_text("n,loss\n10,1.0\n20,0.8\n40,0.7\n80,0.65\n")
     bad_csv = tmp / "bad.csv"
