@@ -17,8 +17,8 @@ from pandera.typing import Series
 
 from schemas.arrays import ArraySpec, GroupSpec, finite, in_range
 from schemas.registry import register
-from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, ClusteringConfig, GradientConfig,  # noqa: F401
-                                 ParityModelConfig, QDGConfig, QDGSparseParityConfig, ReportConfig,
+from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, PARAMETER_SPACE_REPRESENTATIONS,  # noqa: F401
+                                 REPRESENTATIONS, ClusteringConfig, GradientConfig, ParityModelConfig, Representation, QDGConfig, QDGSparseParityConfig, ReportConfig,
                                  SelectionConfig, SimilarityConfig, SpectralOptions, ZipfConfig, parse_bytes)
 
 

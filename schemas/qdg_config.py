@@ -16,6 +16,24 @@ from schemas.sparse_parity import SparseParityConfig
 # GradientConfig.exclude for name patterns on top of that
 DEFAULT_EXCLUDED_MODULES = ("embedding", "unembedding", "layernorm")
 
+# What QDG clusters, per sample or token (issue: QDG you can trust). Each is written as the same validated
+# `qdg.gradient_block` kind (rows x dims, optionally JL-projected, L2-normalised), so similarity, kNN and clustering
+# stay one path:
+# - gradient: the loss gradient w.r.t. the parameters (the paper's C)
+# - abs_gradient: its element-wise absolute value (the paper code's C_abs: sign-free), taken before any projection
+# - activations: the hidden (MLP) activations at the sample/token (the paper code's activation baseline)
+# - logit_gradient: the gradient of the target's logit (binary: z1 - z0) w.r.t. the parameters: no label sign, no
+#   (1 - p) scaling
+# - attribution: per hidden unit, activation x d(target logit)/d(unit) (one number per unit and layer), APD-style
+# - ablation: per hidden unit, the change in the loss when that unit is zeroed (exact for the parity MLP; for LMs
+#   the first-order estimate -a * dL/da)
+Representation = Literal["gradient", "abs_gradient", "activations", "logit_gradient", "attribution", "ablation"]
+REPRESENTATIONS: tuple[str, ...] = ("gradient", "abs_gradient", "activations", "logit_gradient", "attribution",
+                                    "ablation")
+# the representations that live in parameter space (the benchmark's goal is stated for these)
+PARAMETER_SPACE_REPRESENTATIONS: tuple[str, ...] = ("gradient", "abs_gradient", "logit_gradient", "attribution",
+                                                    "ablation")
+
 
 # ----------------------------------------------------------------------------------------------- config
 class SelectionConfig(StrictModel):
