@@ -57,12 +57,56 @@ def test_gram_of_dim_chunked_gradients_equals_rows_only(store, scheduler):
     assert np.array_equal(b["c"], b["c"].T) and (np.diagonal(b["c"]) == 1).all()
 
 
-def test_similarity_is_reproducible_bit_for_bit(store, scheduler):
+@pytest.mark.parametrize("chunk_dim", [None, 8], ids=["rows-only", "dim-chunked"])
+def test_similarity_is_reproducible_bit_for_bit(store, scheduler, chunk_dim):
+    """Blocks move between two worker processes; how a chunk arrives (a view, a copy, at an unaligned address) changes
+    from run to run and must not change a bit of C (before the kernels canonicalised their operands this failed
+    5 runs in 6 here)."""
     g, _ = planted_gradients([30, 30], dim=32, seed=3)
     refs = write_gradient_blocks(store, g, block_rows=25)
-    first = _similarity(store, refs, scheduler, chunk_rows=16)[0]
-    again = _similarity(store, refs, scheduler, chunk_rows=16)[0]
-    assert first == again  # same content hash, same address
+    runs = [_similarity(store, refs, scheduler, chunk_rows=16, chunk_dim=chunk_dim)[0] for _ in range(4)]
+    assert all(r == runs[0] for r in runs), [r.content_hash[:8] for r in runs]  # same content hash, same address
+
+
+def _unaligned(a: np.ndarray, offset: int = 1) -> np.ndarray:
+    """A C-ordered copy of `a` at an address `offset` bytes past a 64-byte boundary (not a multiple of its items)."""
+    buf = np.empty(a.nbytes + 128, dtype=np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_block_products_do_not_depend_on_the_operands_layout():
+    """What a worker receives: unaligned, F-ordered or strided views of the same values. Each product goes through
+    one canonical BLAS call, so its bits are those of the aligned C-ordered operands."""
+    from tasks.qdg import gram
+
+    g, _ = planted_gradients([40, 40], dim=48, seed=7)
+    a, b = np.ascontiguousarray(g[:16]), np.ascontiguousarray(g[32:48])
+    want, want_diag = gram.block_product(a, b), gram.row_gram(a)
+    wide = np.zeros((16, 96), dtype=np.float32)
+    wide[:, ::2] = b
+    layouts = {"unaligned": (_unaligned(a), _unaligned(b, 5)), "fortran": (np.asfortranarray(a), np.asfortranarray(b)),
+               "strided": (a, wide[:, ::2])}
+    for name, (x, y) in layouts.items():
+        assert np.array_equal(gram.block_product(x, y), want), name
+        assert np.array_equal(gram.row_gram(x), want_diag), name
+    assert gram.canonical(_unaligned(a)).flags.aligned and gram.canonical(np.asfortranarray(a)).flags.c_contiguous
+
+
+def test_dask_workers_run_blas_on_one_thread(scheduler):
+    """BLAS sums in another order on another number of threads; the similarity's bits are fixed because Dask's
+    worker processes run it on one thread, whatever this process's OMP/OpenBLAS settings."""
+    from distributed import Client
+
+    def blas_threads():
+        from threadpoolctl import threadpool_info
+
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+
+    with Client(scheduler) as client:
+        assert set(map(tuple, client.run(blas_threads).values())) == {(1,)}
 
 
 def test_inside_a_dask_worker_it_uses_the_cluster_it_runs_on(store, scheduler):
