@@ -28,6 +28,11 @@ def artifact_key(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")
 
 
+# the widest markdown table row (characters) the Prefect UI's artifact page shows without running into its side
+# panel; a wider table is shown there as a link to its own table artifact, which the UI lays out and scrolls
+UI_TABLE_WIDTH = 110
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub-style markdown table (`DataFrame.to_markdown`, via tabulate): numbers to 4 significant digits,
     missing values as `n/a`, no index."""
@@ -68,16 +73,25 @@ class Report:
         self.figures[name] = buf.getvalue()
         self.blocks.append(("figure", name))
 
-    def markdown(self, embed: bool) -> str:
+    def markdown(self, embed: bool, table_keys: dict[str, str] | None = None) -> str:
+        """The report as markdown: plots embedded as data URIs (`embed`, for the Prefect UI) or linked as PNG files
+        beside it (the store's copy). `table_keys` (table name -> its Prefect table artifact's key): a table wider
+        than the UI's page (`UI_TABLE_WIDTH`) is shown as a link to that artifact instead of inline."""
         out = [f"# {self.title}", ""]
         for kind, payload in self.blocks:
             if kind == "text":
                 out += [str(payload), ""]
             elif kind == "table":
                 name, df, total = payload
+                md = markdown_table(df)
+                key = (table_keys or {}).get(name)
+                if key and max(map(len, md.splitlines())) > UI_TABLE_WIDTH:
+                    out += [f"**{name}**: {total} rows x {df.shape[1]} columns, too wide for this page: the table "
+                            f"artifact [{key}](../key/{key}) (Artifacts page) shows it whole.", ""]
+                    continue
                 out.append(f"**{name}**" + (f" (first {len(df)} of {total} rows)" if total > len(df) else ""))
                 out.append("")
-                out.append(markdown_table(df))
+                out.append(md)
                 out.append("")
             elif kind == "mermaid":
                 out += ["```mermaid", str(payload), "```", ""]
@@ -126,12 +140,13 @@ def publish(report: Report, store: Store, key_prefix: str, *, inputs: list[Artif
         return ref
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    md = report.markdown(embed=True) + f"\n\n_Store copy: `{ref.uri}` (content {ref.content_hash[:12]})_\n"
+    table_keys = {name: artifact_key(f"{key_prefix}-{name}") for name in report.tables}
+    md = report.markdown(embed=True, table_keys=table_keys)
+    md += f"\n\n_Store copy: `{ref.uri}` (content {ref.content_hash[:12]})_\n"
     create_markdown_artifact(markdown=md, key=artifact_key(f"{key_prefix}-report"), description=report.title)
     for name, df in report.tables.items():
         records = df.replace({np.nan: None}).to_dict(orient="records")
-        create_table_artifact(table=records, key=artifact_key(f"{key_prefix}-{name}"),
-                              description=f"{report.title}: {name}")
+        create_table_artifact(table=records, key=table_keys[name], description=f"{report.title}: {name}")
     nodes = dict(graph.nodes)
     nodes[ref.content_hash] = store.lineage(ref.content_hash)
     run_id = _current_flow_run_id()
