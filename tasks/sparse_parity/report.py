@@ -37,28 +37,155 @@ def _fit_line(ax, pts: pd.DataFrame, cfg: FitConfig, label: str, fits: pd.DataFr
     ax.plot(xs, f.predict(xs), "k--", lw=1, label=f"{label} = {r.value:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}]")
 
 
-def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
-                 fit_cfg: FitConfig, cfg: ReportConfig) -> Report:
-    rep = Report(cfg.title, dpi=cfg.dpi)
-    alphas = sorted(runs.alpha.unique())
+def exponents_text(fits: pd.DataFrame, slope: dict, fit_cfg: FitConfig) -> str:
+    """The headline: each fitted exponent with its CI beside theory, and the steps-to-learn slope."""
     lines = ["Exponents (fitted, with CI) beside the quantization model's predictions "
              "(alpha_N = alpha, alpha_S = alpha_D = alpha/(alpha+1)); losses in bits; final losses at each model's "
              f"own last logged step. Rule: {exponent_rule(fit_cfg.level)}."]
     for r in fits.itertuples():
-        if r.value == r.value:
+        if not np.isnan(r.value):
             lines.append(f"- alpha={r.alpha:g} **{r.quantity} = {r.value:.3f}** [{r.ci_lo:.3f}, {r.ci_hi:.3f}] "
                          f"vs theory {r.theory:.3f} ({'consistent' if r.consistent else 'NOT consistent'} at "
                          f"{fit_cfg.level:.0%}, {r.n_points} points, {r.method})")
         else:
             lines.append(f"- alpha={r.alpha:g} {r.quantity}: {r.note}")
-    slope = emergence_slope(emergence, fit_cfg.level)
-    if slope["slope"] == slope["slope"]:
+    if not np.isnan(slope["slope"]):
         lines.append(f"- steps-to-learn vs frequency slope = {slope['slope']:.3f} "
                      f"[{slope['ci'][0]:.3f}, {slope['ci'][1]:.3f}] (theory -1; paper measured -0.81), "
                      f"{slope['n_points']} subtasks")
     else:
         lines.append(f"- steps-to-learn slope: too few learned subtasks ({slope['n_points']})")
-    rep.text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def fresh_or_largest(sub: pd.DataFrame) -> pd.DataFrame:
+    """The runs on fresh data, or on the largest training set when there are none."""
+    return sub[sub.data_size == (-1 if (sub.data_size == -1).any() else sub.data_size.max())]
+
+
+def loss_vs_n_figure(sub: pd.DataFrame, data: dict, fits: pd.DataFrame, fit_cfg: FitConfig, alpha: float):
+    """Final mean loss vs parameters, per seed, with the alpha_N fit."""
+    fig, ax = subplots(figsize=(5, 3.6))
+    last = final_rows(fresh_or_largest(sub))
+    ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
+    _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N", fits, alpha)
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="mean test loss (bits)",
+           title=f"Parameter scaling (alpha={alpha:g}, theory {alpha:.2f})")
+    _legend(ax, 7)
+    return fig
+
+
+def loss_vs_steps_figure(sub: pd.DataFrame, data: dict, fits: pd.DataFrame, fit_cfg: FitConfig, alpha: float):
+    """Mean loss vs step for each width (light = wide), with the alpha_S fit."""
+    fig, ax = subplots(figsize=(5, 3.6))
+    base = fresh_or_largest(sub)
+    cmap = colormaps["viridis"]
+    widths = sorted(base.width.unique())
+    for i, w in enumerate(widths):
+        g = base[base.width == w].groupby("step").mean_loss.mean()
+        ax.plot(g.index, g.values, color=cmap(i / max(1, len(widths) - 1)), lw=1)
+    _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S", fits, alpha)
+    ax.set(xscale="log", yscale="log", xlabel="step", ylabel="mean test loss (bits)",
+           title="Loss vs steps, widths light = wide")
+    _legend(ax, 7)
+    return fig
+
+
+def loss_vs_d_figure(data: dict, fits: pd.DataFrame, fit_cfg: FitConfig, alpha: float):
+    """Early-stopped loss vs training-set size, with the alpha_D fit."""
+    fig, ax = subplots(figsize=(5, 3.6))
+    ax.scatter(data["alpha_D"].x, data["alpha_D"].mean_loss, s=16)
+    _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D", fits, alpha)
+    ax.set(xscale="log", yscale="log", xlabel="training samples D", ylabel="min test loss (bits)",
+           title="Data scaling (early stopping)")
+    _legend(ax, 7)
+    return fig
+
+
+def emergence_figure(curves: list[dict]):
+    """Per-subtask loss vs step of the widest model on fresh data (else the largest set), coloured by frequency
+    rank."""
+    c = next((c for c in curves if (c["data_size"] == -1).any()), curves[0])
+    m = int(np.argmax(np.where(c["data_size"] == c["data_size"].max() if not (c["data_size"] == -1).any()
+                               else c["data_size"] == -1, c["width"], -1)))
+    fig, ax = subplots(figsize=(5.5, 3.6))
+    T = c["loss_bits"].shape[-1]
+    cmap = colormaps["plasma"]
+    for t in range(T):
+        ax.plot(c["steps"], c["loss_bits"][m, :, t], color=cmap(t / max(1, T - 1)), lw=0.7, alpha=0.8)
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set(xscale="log", xlabel="step", ylabel="subtask test loss (bits)",
+           title=f"Emergence: width {int(c['width'][m])}, colour = frequency rank (dark = frequent)")
+    return fig
+
+
+def steps_to_learn_figure(emergence: pd.DataFrame, slope: dict):
+    """The step each subtask was learned vs its frequency, with the fitted slope; None when none was learned."""
+    e = emergence.dropna(subset=["learned_step"])
+    if not len(e):
+        return None
+    fig, ax = subplots(figsize=(5, 3.6))
+    ax.scatter(e.frequency, e.learned_step, s=8, alpha=0.5, c=np.log(e.width), cmap="viridis")
+    ref = e[e.width == e.width.max()]
+    if not np.isnan(slope["slope"]) and len(ref):
+        xs = np.geomspace(e.frequency.min(), e.frequency.max(), 50)
+        k = np.exp(np.mean(np.log(ref.learned_step) - slope["slope"] * np.log(ref.frequency)))
+        ax.plot(xs, k * xs ** slope["slope"], "k--", lw=1, label=f"slope {slope['slope']:.2f} (theory -1)")
+        _legend(ax, 7)
+    ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="step learned",
+           title="Steps to learn a subtask vs its frequency")
+    return fig
+
+
+def width_to_learn_figure(emergence: pd.DataFrame):
+    """The smallest width that learned each subtask vs its frequency; None when none was learned."""
+    wl = width_to_learn(emergence)
+    if not len(wl):
+        return None
+    fig, ax = subplots(figsize=(5, 3.6))
+    ax.scatter(wl.frequency, wl.min_width_learned, s=12)
+    ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="smallest width that learned it",
+           title="Width needed to learn a subtask vs its frequency")
+    return fig
+
+
+def subtasks_learned_figure(runs: pd.DataFrame):
+    """Subtasks learned vs parameters, per alpha and training-set size."""
+    fig, ax = subplots(figsize=(5, 3.6))
+    for (alpha, d), g in final_rows(runs).groupby(["alpha", "data_size"]):
+        gg = g.groupby("n_params").subtasks_learned.mean()
+        ax.plot(gg.index, gg.values, marker="o", ms=3, label=f"alpha={alpha:g}, D={'fresh' if d < 0 else d}")
+    ax.set(xscale="log", xlabel="parameters N", ylabel="subtasks learned", title="Quanta learned vs N")
+    _legend(ax, 6)
+    return fig
+
+
+def add_figures(rep: Report, runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
+                slope: dict, fit_cfg: FitConfig) -> None:
+    """Every plot of the report, in order: per alpha the N, steps and D scaling; then emergence, steps and width to
+    learn, quanta learned vs N."""
+    for alpha in sorted(runs.alpha.unique()):
+        sub = runs[runs.alpha == alpha]
+        data = scaling_data(sub, fit_cfg)
+        rep.figure(f"loss_vs_N_alpha{alpha:g}", loss_vs_n_figure(sub, data, fits, fit_cfg, alpha))
+        rep.figure(f"loss_vs_steps_alpha{alpha:g}", loss_vs_steps_figure(sub, data, fits, fit_cfg, alpha))
+        if "alpha_D" in data:
+            rep.figure(f"loss_vs_D_alpha{alpha:g}", loss_vs_d_figure(data, fits, fit_cfg, alpha))
+    rep.figure("emergence_subtask_curves", emergence_figure(curves))
+    optional = {"steps_to_learn_vs_frequency": steps_to_learn_figure(emergence, slope),
+                "width_to_learn_vs_frequency": width_to_learn_figure(emergence)}
+    for name, fig in optional.items():
+        if fig is not None:
+            rep.figure(name, fig)
+    rep.figure("subtasks_learned_vs_N", subtasks_learned_figure(runs))
+
+
+def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
+                 fit_cfg: FitConfig, cfg: ReportConfig) -> Report:
+    """The sparse-parity report: exponents vs theory, theory checks, plots, and the tables behind them."""
+    rep = Report(cfg.title, dpi=cfg.dpi)
+    slope = emergence_slope(emergence, fit_cfg.level)
+    rep.text(exponents_text(fits, slope, fit_cfg))
     rep.table("fits", fits)
     checks = theory_checks(fits, fit_cfg.level)
     if len(checks):
@@ -66,85 +193,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
         rep.text(f"Theory checks (rule per row; {rules}):")
         rep.table("theory_checks", checks)
     if cfg.plots:
-        for alpha in alphas:
-            sub = runs[runs.alpha == alpha]
-            data = scaling_data(sub, fit_cfg)
-            # mean loss vs N with fit
-            fig, ax = subplots(figsize=(5, 3.6))
-            base = sub[sub.data_size == (-1 if (sub.data_size == -1).any() else sub.data_size.max())]
-            last = final_rows(base)
-            ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
-            _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N", fits, alpha)
-            ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="mean test loss (bits)",
-                   title=f"Parameter scaling (alpha={alpha:g}, theory {alpha:.2f})")
-            _legend(ax, 7)
-            rep.figure(f"loss_vs_N_alpha{alpha:g}", fig)
-            # loss vs steps for each width
-            fig, ax = subplots(figsize=(5, 3.6))
-            cmap = colormaps["viridis"]
-            widths = sorted(base.width.unique())
-            for i, w in enumerate(widths):
-                g = base[base.width == w].groupby("step").mean_loss.mean()
-                ax.plot(g.index, g.values, color=cmap(i / max(1, len(widths) - 1)), lw=1)
-            _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S", fits, alpha)
-            ax.set(xscale="log", yscale="log", xlabel="step", ylabel="mean test loss (bits)",
-                   title="Loss vs steps, widths light = wide")
-            _legend(ax, 7)
-            rep.figure(f"loss_vs_steps_alpha{alpha:g}", fig)
-            if "alpha_D" in data:
-                fig, ax = subplots(figsize=(5, 3.6))
-                ax.scatter(data["alpha_D"].x, data["alpha_D"].mean_loss, s=16)
-                _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D", fits, alpha)
-                ax.set(xscale="log", yscale="log", xlabel="training samples D",
-                       ylabel="min test loss (bits)", title="Data scaling (early stopping)")
-                _legend(ax, 7)
-                rep.figure(f"loss_vs_D_alpha{alpha:g}", fig)
-        # emergence picture: per-subtask loss vs step of the widest fresh model, coloured by frequency rank
-        c = next((c for c in curves if (c["data_size"] == -1).any()), curves[0])
-        m = int(np.argmax(np.where(c["data_size"] == c["data_size"].max() if not (c["data_size"] == -1).any()
-                                   else c["data_size"] == -1, c["width"], -1)))
-        fig, ax = subplots(figsize=(5.5, 3.6))
-        T = c["loss_bits"].shape[-1]
-        cmap = colormaps["plasma"]
-        for t in range(T):
-            ax.plot(c["steps"], c["loss_bits"][m, :, t], color=cmap(t / max(1, T - 1)), lw=0.7, alpha=0.8)
-        ax.axhline(1.0, color="grey", lw=0.5)
-        ax.set(xscale="log", xlabel="step", ylabel="subtask test loss (bits)",
-               title=f"Emergence: width {int(c['width'][m])}, colour = frequency rank (dark = frequent)")
-        rep.figure("emergence_subtask_curves", fig)
-        # steps-to-learn vs frequency
-        e = emergence.dropna(subset=["learned_step"])
-        if len(e):
-            fig, ax = subplots(figsize=(5, 3.6))
-            ax.scatter(e.frequency, e.learned_step, s=8, alpha=0.5, c=np.log(e.width), cmap="viridis")
-            if slope["slope"] == slope["slope"]:
-                xs = np.geomspace(e.frequency.min(), e.frequency.max(), 50)
-                ref = e[e.width == e.width.max()]
-                if len(ref):
-                    k = np.exp(np.mean(np.log(ref.learned_step) - slope["slope"] * np.log(ref.frequency)))
-                    ax.plot(xs, k * xs ** slope["slope"], "k--", lw=1,
-                            label=f"slope {slope['slope']:.2f} (theory -1)")
-                    _legend(ax, 7)
-            ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="step learned",
-                   title="Steps to learn a subtask vs its frequency")
-            rep.figure("steps_to_learn_vs_frequency", fig)
-        # width needed to learn each subtask vs its frequency
-        wl = width_to_learn(emergence)
-        if len(wl):
-            fig, ax = subplots(figsize=(5, 3.6))
-            ax.scatter(wl.frequency, wl.min_width_learned, s=12)
-            ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="smallest width that learned it",
-                   title="Width needed to learn a subtask vs its frequency")
-            rep.figure("width_to_learn_vs_frequency", fig)
-        # subtasks learned vs N
-        last = final_rows(runs)
-        fig, ax = subplots(figsize=(5, 3.6))
-        for (alpha, d), g in last.groupby(["alpha", "data_size"]):
-            gg = g.groupby("n_params").subtasks_learned.mean()
-            ax.plot(gg.index, gg.values, marker="o", ms=3, label=f"alpha={alpha:g}, D={'fresh' if d < 0 else d}")
-        ax.set(xscale="log", xlabel="parameters N", ylabel="subtasks learned", title="Quanta learned vs N")
-        _legend(ax, 6)
-        rep.figure("subtasks_learned_vs_N", fig)
+        add_figures(rep, runs, fits, emergence, curves, slope, fit_cfg)
     es = early_stopping(runs)
     if len(es):
         rep.text("Data scaling uses each finite-data model at its best logged step (early stopping):")
