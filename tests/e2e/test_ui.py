@@ -94,10 +94,15 @@ def test_each_study_report_renders_in_the_prefect_ui(tmp_path):
                 title = report.description
                 browser.open(f"{ui}/artifacts/artifact/{report.id}")
                 browser.wait_for(f"document.body && document.body.innerText.includes({json.dumps(title)})", 120)
-                browser.wait_for("document.images.length > 0 && [...document.images].every(i => i.complete)", 60)
+                # the report's own plots (its data URIs), not any image: the UI's icons load before the markdown
+                want = report.data.count("](data:image/png;base64,")
+                assert want, f"{study}: the report artifact embeds no plot"
+                browser.wait_for("(() => { const own = [...document.images].filter(i => i.src.startsWith("
+                                 f"'data:image/png')); return own.length >= {want} && own.every(i => i.complete) }})()",
+                                 60)
                 images = browser.evaluate(IMAGES_JS)
                 shot = browser.screenshot(SHOTS / f"{study}-report.png")
-                assert images, f"{study}: no plot on the report page"
+                assert len(images) >= want, f"{study}: {len(images)} of the report's {want} plots on the page"
                 for img in images:
                     assert img["decoded"], f"{study}: plot {img['alt']} does not decode"
                     assert img["width"] > 50 and img["height"] > 50, img
