@@ -2,7 +2,8 @@
 
 The input is an affinity source: the dense `qdg.similarity` (C, turned into A = 1 - arccos(C)/pi here) or the sparse
 `qdg.knn_affinity` (already A). scikit-learn's `SpectralClustering(affinity="precomputed")` does the rest, seeded;
-eigen_solver 'auto' is ARPACK on a dense affinity and AMG (pyamg) on a sparse one. Labels are renumbered by cluster
+eigen_solver 'auto' is a randomized embedding (scikit-learn's `randomized_svd`, see
+`randomized_spectral_embedding`) on a dense affinity and AMG (pyamg) on a sparse one; 'arpack' is the paper's. Labels are renumbered by cluster
 size (label 0 = the largest cluster; ties: the cluster holding the earlier row first), which changes nothing an
 adjusted Rand index sees and makes tables readable.
 

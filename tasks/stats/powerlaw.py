@@ -1,6 +1,7 @@
 """Scaling-law fits with uncertainties: the numerical core every study of the project uses.
 
-Plain functions over numpy arrays (no Prefect, no project imports), so each is testable alone.
+Plain functions over numpy arrays (no Prefect; of the project only `schemas.jsonable` and the other modules of
+`tasks.stats`), so each is testable alone.
 
 Laws
 ----
