@@ -10,6 +10,8 @@ API, `--records-only` uses the store's lineage records alone (a fully cached run
 """
 from __future__ import annotations
 
+import math
+
 import json
 import sys
 
@@ -64,7 +66,7 @@ def cmd_ls(args) -> int:
 
 
 def _age(days: float) -> str:
-    if days != days:
+    if math.isnan(days):
         return "?"
     if days >= 1:
         return f"{days:.1f}d"

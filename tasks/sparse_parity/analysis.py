@@ -186,7 +186,7 @@ def theory_checks(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for alpha, sub in fits.groupby("alpha"):
         est = {r.quantity: (r.value, (r.ci_lo, r.ci_hi)) for r in sub.itertuples()
-               if r.value == r.value and r.ci_lo == r.ci_lo}
+               if not (np.isnan(r.value) or np.isnan(r.ci_lo))}
         checks = scaling_theory_checks(alpha_n=est.get("alpha_N"), alpha_d=est.get("alpha_D"),
                                        alpha_s=est.get("alpha_S"), alpha=float(alpha), level=level)
         for c in checks:
