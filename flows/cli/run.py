@@ -27,8 +27,10 @@ from schemas.config import load_config
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a study")
-    p.add_argument("study", nargs="+", help="sparse-parity, alpha-sweep, lm-losses, qdg, qdg-sparse-parity "
-                   "(`quanta studies`); several run one after another, each with its default config")
+    from flows.studies import STUDIES
+
+    p.add_argument("study", nargs="+", help=f"{', '.join(STUDIES)} (`quanta studies`); several run one after "
+                   "another, each with its default config")
     p.add_argument("--config", default=None, help="TOML config (one study only; default: $QUANTA_CONFIG_<STUDY>, "
                    "e.g. QUANTA_CONFIG_SPARSE_PARITY, else the study's demo config)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
