@@ -137,7 +137,7 @@ def test_bad_csv_exit_2_with_clear_message(tmp_path, capsys, rows, expected):
     code, out, err = run(capsys, "--csv", str(csv), "--y", "loss", "--x", "params", "--bootstrap", "0")
     assert code == 2
     assert out == ""
-    assert err.startswith("quanta fit: error:") and "Traceback" not in err
+    assert err.startswith("error:") and "Traceback" not in err
     for piece in expected:
         assert piece in err, (piece, err)
 
@@ -220,7 +220,7 @@ def test_trendless_loss_gets_a_warning_on_stderr_and_in_json(tmp_path, capsys):
     code, out, err = run(capsys, "--csv", str(csv), "--y", "loss", "--x", "params", "--bootstrap", "20", "--json")
     assert code == 0, err
     d = json.loads(out)
-    assert "no-trend" in d["warnings"] and "quanta fit: warning: no significant decrease of loss" in err
+    assert "no-trend" in d["warnings"] and "warning: no significant decrease of loss" in err
 
 
 def test_large_table_uses_asymptotic_intervals(tmp_path, capsys):

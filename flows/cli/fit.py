@@ -27,16 +27,15 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from schemas import EXIT_USER_ERROR, UserInputError
 from tasks.progress import Progress
 from tasks.stats import FitError, PowerLawFit, fit_chinchilla, fit_power_law
 from tasks.stats.powerlaw import CI_METHODS
-
-EXIT_BAD_INPUT = 2
 PROGRESS_INTERVAL_S = 2.0  # the first progress line after this long, then at most one per interval
 
 
-class _InputError(Exception):
-    """A user-facing input problem: reported on stderr, exit code 2."""
+class _InputError(UserInputError):
+    """A user-facing input problem: one line on stderr (the CLI's `error: ` prefix), exit code 2."""
 
 
 def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -259,10 +258,10 @@ def run_fit(args: argparse.Namespace) -> int:
         if "not-decreasing" in fit.warnings:
             raise _InputError(f"{fit.warnings['not-decreasing']}; refusing to report a scaling law")
     except (_InputError, FitError) as exc:
-        print(f"quanta fit: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     for message in fit.warnings.values():
-        print(f"quanta fit: warning: {message}", file=sys.stderr)
+        print(f"warning: {message}", file=sys.stderr)
 
     if args.json:
         out = fit.to_dict()
