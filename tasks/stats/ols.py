@@ -45,21 +45,7 @@ class LogLogFit:
         return self.offset + np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
-            "slope": self.slope,
-            "intercept": self.intercept,
-            "ci": self.ci,
-            "se": self.se,
-            "intercept_ci": self.intercept_ci,
-            "intercept_se": self.intercept_se,
-            "r2": self.r2,
-            "n_points": int(self.n_points),
-            "level": float(self.level),
-            "xmin": self.xmin,
-            "xmax": self.xmax,
-            "offset": float(self.offset),
-            "method": self.method,
-        })
+        return jsonable(self)
 
 
 def ols_loglog(lx: np.ndarray, ly: np.ndarray, level: float) -> tuple[float, float, float, float, float, list, list]:

@@ -65,7 +65,7 @@ class DerivedValue:
     samples: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({"value": self.value, "ci": self.ci, "se": self.se, "level": self.level})
+        return jsonable(self, exclude={"samples"})
 
 
 @dataclass
@@ -152,25 +152,8 @@ class PowerLawFit:
         return self.bootstrap_samples[:, self.param_names.index(name)]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary (floats, lists; NaN -> None); bootstrap samples left out."""
-        return jsonable({
-            "params": self.params,
-            "ci": self.ci,
-            "se": self.se,
-            "n_points": int(self.n_points),
-            "method": self.method,
-            "converged": bool(self.converged),
-            "loss": self.loss,
-            "law": self.law,
-            "offset": bool(self.offset),
-            "level": float(self.level),
-            "huber_delta": float(self.huber_delta),
-            "n_bootstrap": int(self.n_bootstrap),
-            "n_bootstrap_failed": int(self.n_bootstrap_failed),
-            "ci_method": self.ci_method,
-            "seed": self.seed,
-            "warnings": self.warnings,
-        })
+        """JSON-safe summary (floats, lists; NaN -> None); parameter names and resamples left out."""
+        return jsonable(self, exclude={"param_names", "bootstrap_samples", "jackknife_samples"})
 
 
 # ------------------------------------------------------------------------------------------ the fit, stage by stage

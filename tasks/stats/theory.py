@@ -64,18 +64,7 @@ class TheoryCheck:
     difference_ci: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
-            "name": self.name,
-            "measured": self.measured,
-            "measured_ci": self.measured_ci,
-            "predicted": self.predicted,
-            "predicted_ci": self.predicted_ci,
-            "consistent": bool(self.consistent),
-            "level": float(self.level),
-            "rule": self.rule,
-            "difference": self.difference,
-            "difference_ci": self.difference_ci,
-        })
+        return jsonable(self)
 
 
 def _finite(values) -> bool:

@@ -80,17 +80,7 @@ class DiscretePowerLawFit:
     method: str = "powerlaw-mle-discrete"
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
-            "alpha": self.alpha,
-            "ci": self.ci,
-            "se": self.se,
-            "xmin": self.xmin,
-            "n": int(self.n),
-            "n_total": int(self.n_total),
-            "ks_distance": self.ks_distance,
-            "level": float(self.level),
-            "method": self.method,
-        })
+        return jsonable(self)
 
 
 def _powerlaw_fit(data: np.ndarray, xmin: float | None):
