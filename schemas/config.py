@@ -10,16 +10,41 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import ConfigError
 
 
+# the largest integer any config field takes: a config is a flow run's parameters, and the Prefect server cannot
+# serialise an integer past 64 bits (every later read of that run fails); 2**53 - 1 also survives a JSON round trip
+# through a float (the Prefect UI's forms)
+MAX_CONFIG_INT = 2**53 - 1
+
+
+def _too_large_int(value: Any) -> int | None:
+    """The first integer in `value` (an int, or one in a list / tuple / dict) beyond +-MAX_CONFIG_INT, if any."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) > MAX_CONFIG_INT else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for v in items if (bad := _too_large_int(v)) is not None), None)
+
+
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment too, and every float is
-    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late)."""
+    """Base for config sections: unknown keys are errors, values are validated on assignment too, every float is
+    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late) and every integer,
+    in every field, is at most MAX_CONFIG_INT in magnitude."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, v: Any) -> Any:
+        bad = _too_large_int(v)
+        if bad is not None:
+            raise ValueError(f"integers must be at most {MAX_CONFIG_INT:,} in magnitude")
+        return v
 
 
 M = TypeVar("M", bound=BaseModel)

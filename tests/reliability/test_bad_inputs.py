@@ -63,6 +63,11 @@ CASES = [
     Case("set-without-equals", lambda p: [*SP, "--set", "grid.lr"], ["--set 'grid.lr'", "section.key=value"]),
     Case("lm-no-sizes", lambda p: [*LM, "--set", "suite.sizes=[]"], ["suite"]),
     Case("lm-eval-fraction-one", lambda p: [*LM, "--set", "corpus.eval_fraction=1.0"], ["corpus.eval_fraction"]),
+    # integers past 64 bits would be stored as the flow run's parameters, which the Prefect server then cannot send
+    Case("int-past-64-bits", lambda p: [*QDG, "--set", "selection.n_tokens=10000000000000000000000"],
+         ["selection.n_tokens", "at most 9,007,199,254,740,991", "10000000000000000000000"]),
+    Case("int-past-64-bits-in-list", lambda p: [*SP, "--set", "grid.widths=[8, 100000000000000000000]"],
+         ["grid.widths", "at most", "100000000000000000000"]),
     # files
     Case("config-missing", lambda p: ["run", "sparse-parity", "--config", p.tmp / "nope.toml"],
          ["config file not found", "nope.toml"]),
