@@ -82,6 +82,7 @@ def run_study(study: str, config: BaseModel, store: str, *, refresh: bool = Fals
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     _, flow = STUDIES[study].load()
+    Store(store).check_root()
     STUDIES[study].preflight(config)
     removed = Store(store).clean_debris()
     if removed:

@@ -130,6 +130,7 @@ def cmd_run(args) -> int:
     try:
         configs = [_load(study, args) for study in args.study]
         store = Store(args.store)
+        store.check_root()
         for study, cfg in zip(args.study, configs):  # every study's checks before any work
             STUDIES[study].preflight(cfg)
         with temporary_api(), _terminal_failures(args.verbose):

@@ -26,7 +26,7 @@ QDG_SP = ["run", "qdg-sparse-parity", "--config", LM_TINY.parent.parent / "qdg" 
 class Case:
     id: str
     argv: Callable[[SimpleNamespace], list]
-    says: list[str]  # every one of these is in the message
+    says: list[str] | Callable[[SimpleNamespace], list[str]]  # every one of these is in the message
     rc: int = 2
     skip_if_cuda: bool = False
     # found by this flow module's PREFLIGHT when it has one (nothing written); else by a task, after earlier tasks wrote
@@ -125,6 +125,13 @@ CASES = [
          ["../../etc/passwd"]),
     Case("verify-mistyped-store", lambda p: ["store", "verify", "--store", p.tmp / "typo" / "store"],
          ["no quanta store at", "typo"]),
+    Case("store-is-a-file", lambda p: [*SP, "--store", p.csv], lambda p: [f"store {p.csv} is a file"]),
+    Case("store-under-a-file", lambda p: [*SP, "--store", p.csv / "store"], lambda p: [f"is under {p.csv}, a file"]),
+    Case("ls-store-is-a-file", lambda p: ["store", "ls", "--store", p.csv], lambda p: [f"store {p.csv} is a file"]),
+    Case("gc-store-is-a-file", lambda p: ["store", "gc", "--keep-last", "1", "--store", p.csv],
+         lambda p: [f"store {p.csv} is a file"]),
+    Case("gc-older-than-overflow", lambda p: ["store", "gc", "--older-than", "99999999999d", "--store", p.real_store],
+         ["'99999999999d' is longer than 100 years"]),
     Case("verify-unknown-protocol", lambda p: ["store", "verify", "--store", "nosuchproto://x"],
          ["cannot open store"]),
     # quanta fit
@@ -182,16 +189,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, quanta, p
     if argv[0] == "run" and "--store" not in argv:
         argv += ["--store", str(store)]
     before = sorted(os.listdir(places.real_store))
+    csv_before = places.csv.read_bytes()
     got = quanta(*argv)
     assert got.rc == case.rc, f"{argv}: rc {got.rc}\n{got.text[-3000:]}"
     errors = [line for line in got.err.splitlines() if line.startswith(("error:", "quanta fit: error:"))]
     assert len(errors) == 1, got.err[-3000:]
     message = got.err[got.err.index(errors[0]):]
-    for needle in case.says:
+    for needle in case.says(places) if callable(case.says) else case.says:
         assert needle in message, f"{needle!r} not in {message!r}"
     assert "Traceback" not in got.text, got.text[-3000:]
     if case.preflight_of is None or getattr(importlib.import_module(case.preflight_of), "PREFLIGHT", None):
         assert not store.exists(), f"{argv} wrote to the store: {list(store.rglob('*'))[:5]}"
     assert not (places.tmp / "typo").exists()
     assert sorted(os.listdir(places.real_store)) == before
+    assert places.csv.read_bytes() == csv_before
     assert not Path("nosuchproto:").exists()
