@@ -68,6 +68,13 @@ CASES = [
          ["selection.n_tokens", "at most 9,007,199,254,740,991", "10000000000000000000000"]),
     Case("int-past-64-bits-in-list", lambda p: [*SP, "--set", "grid.widths=[8, 100000000000000000000]"],
          ["grid.widths", "at most", "100000000000000000000"]),
+    # one line naming the file, the field and the value
+    Case("config-error-one-line", lambda p: [*SP, "--set", "grid.lr=-1"],
+         [f"invalid config {SP_TINY}: grid.lr: ", "(got -1)"]),
+    Case("config-includes-itself", lambda p: ["run", "qdg", "--config", p.self_include],
+         lambda p: [f"{p.self_include} includes itself ({p.self_include} → {p.self_include})"]),
+    Case("config-include-cycle", lambda p: ["run", "qdg", "--config", p.cycle_a],
+         lambda p: [f"{p.cycle_a} includes itself ({p.cycle_a} → {p.cycle_b} → {p.cycle_a})"]),
     # files
     Case("config-missing", lambda p: ["run", "sparse-parity", "--config", p.tmp / "nope.toml"],
          ["config file not found", "nope.toml"]),
@@ -162,6 +169,10 @@ def places(tmp_path_factory) -> SimpleNamespace:
     bad_toml = tmp / "bad.toml"
     bad_toml.write_text("[grid\nwidths = [8\n")
     (tmp / "qdg.toml").write_text('lm_config = "no-such-lm.toml"\n')  # a qdg config naming a missing lm config
+    self_include, cycle_a, cycle_b = (tmp / "self.toml").resolve(), (tmp / "a.toml").resolve(), (tmp / "b.toml").resolve()
+    self_include.write_text('lm_config = "self.toml"\n[selection]\nn_tokens = 20\n')
+    cycle_a.write_text('lm_config = "b.toml"\n')
+    cycle_b.write_text('lm_config = "a.toml"\n')
     csv = tmp / "runs.csv"
     csv.write_text("n,loss\n10,1.0\n20,0.8\n40,0.7\n80,0.65\n")
     bad_csv = tmp / "bad.csv"
@@ -173,7 +184,8 @@ def places(tmp_path_factory) -> SimpleNamespace:
         "model_id": ["m1"], "width": [4], "n_params": [100], "data_size": [-1], "seed": [0], "alpha": [0.4],
         "step": [1], "mean_loss": [1.0], "subtasks_learned": [0]}))
     return SimpleNamespace(tmp=tmp, empty=empty, non_utf8=non_utf8, too_short=too_short, bad_toml=bad_toml, csv=csv,
-                           bad_csv=bad_csv, real_store=real_store)
+                           bad_csv=bad_csv, real_store=real_store, self_include=self_include, cycle_a=cycle_a,
+                           cycle_b=cycle_b)
 
 
 def test_the_table_is_large_enough():
@@ -195,6 +207,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, quanta, p
     errors = [line for line in got.err.splitlines() if line.startswith(("error:", "quanta fit: error:"))]
     assert len(errors) == 1, got.err[-3000:]
     message = got.err[got.err.index(errors[0]):]
+    assert message.strip() == errors[0].strip(), f"more than one line: {message!r}"
     for needle in case.says(places) if callable(case.says) else case.says:
         assert needle in message, f"{needle!r} not in {message!r}"
     assert "Traceback" not in got.text, got.text[-3000:]
