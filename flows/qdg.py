@@ -18,6 +18,7 @@ from storage import Store
 from tasks.devices import DeviceError, resolve_device
 from tasks.lm.losses import model_fingerprint
 from tasks.qdg.clustering import cluster_labels, clustering_stability, projection_agreement
+from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradients import gradient_block, gradient_block_plan
 from tasks.qdg.knn import knn_affinity
 from tasks.qdg.report import qdg_report, qdg_results
@@ -106,13 +107,14 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
 
 
 def qdg_preflight(config: QDGConfig) -> None:
-    """Before any work: the lm-losses checks (device, corpus files), the gradients' device, and room for the dense
-    similarity path (`clustering.method` / `dense_max_n`) in this machine's memory."""
+    """Before any work: the lm-losses checks (device, corpus files), the gradients' device, a Dask LocalCluster that
+    fits this machine, and room for the dense similarity path (`clustering.method` / `dense_max_n`) in its memory."""
     lm_preflight(config.lm)
     try:
         resolve_device(config.gradients.device, "gradients.device")
     except DeviceError as e:
         raise ConfigError(str(e)) from None
+    check_local_cluster(config.similarity)
     n = config.selection.n_tokens
     if config.clustering.method_for(n) == "dense":
         need, have = DENSE_BYTES_PER_ENTRY * n * n, psutil.virtual_memory().total

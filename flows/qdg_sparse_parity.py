@@ -15,6 +15,7 @@ from schemas.qdg import QDGSparseParityConfig
 from storage import Store
 from tasks.devices import DeviceError, resolve_device
 from tasks.qdg.clustering import cluster_labels
+from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
 from tasks.qdg.gradients import gradient_block_plan
 from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model, parity_model_plan, parity_samples
@@ -91,7 +92,8 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
 
 
 def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
-    """Before any work: the model asked for is in the grid (width, seed, depth 1) and the devices exist."""
+    """Before any work: the model asked for is in the grid (width, seed, depth 1), the devices exist and the Dask
+    LocalCluster fits this machine."""
     try:
         parity_model_plan(config.sparse_parity, config.model)
     except ParityModelError as e:
@@ -102,6 +104,7 @@ def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
             resolve_device(value, field)
         except DeviceError as e:
             raise ConfigError(str(e)) from None
+    check_local_cluster(config.similarity)
 
 
 CONFIG = QDGSparseParityConfig
