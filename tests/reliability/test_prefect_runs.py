@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_gc_skips_a_run_the_api_cannot_read(prefect_server, quanta, tmp_path):
     import pandas as pd
@@ -34,7 +36,8 @@ def test_gc_skips_a_run_the_api_cannot_read(prefect_server, quanta, tmp_path):
     assert summary["dry_run"] and str(bad.id) not in listed, summary
 
     # the runs the API can read are still read
-    from flows.run_artifacts import run_usage
+    from flows.run_artifacts import UnreadableRunWarning, run_usage
 
-    usage = run_usage(flow_names=["quanta-test-poisoned-parameters"])
+    with pytest.warns(UnreadableRunWarning, match=str(bad.id)):
+        usage = run_usage(flow_names=["quanta-test-poisoned-parameters"])
     assert str(good.id) in usage and str(bad.id) not in usage
