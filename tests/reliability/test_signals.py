@@ -1,7 +1,8 @@
 """SIGTERM and SIGINT stop a `quanta run` within seconds, mid-task: exit 128 + the signal, one line on stderr, no
 process left (the temporary Prefect server, anything else it started), nothing half-written trusted; the same command
 then resumes from the cache. SIGTERM goes to the whole process group, as `timeout` sends it; SIGINT to the process
-alone. Slow (a temporary Prefect server per run, twice): `make test-slow`."""
+alone. Slow (a temporary Prefect server per run, twice): `make test-slow`. The mechanism alone (a busy thread that
+never looks at signals, a child process) is tested fast."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,50 @@ import signal
 import subprocess
 import time
 
+import sys
+
 import psutil
 import pytest
 
 from reliability_cli import ROOT, SP_FAST, SP_TINY, cli_command, subprocess_env
 
-pytestmark = pytest.mark.skipif(os.environ.get("QUANTA_SLOW_TESTS") != "1",
-                                reason="slow: QUANTA_SLOW_TESTS=1 (make test-slow)")
+BUSY = """
+import subprocess, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from flows.interrupts import stop_on_signals
+
+def work():  # like a task's thread: never looks at signals
+    while True:
+        sum(range(10000))
+
+with stop_on_signals():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    threading.Thread(target=work).start()
+    print(child.pid, flush=True)
+    while True:
+        time.sleep(1)
+"""
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_a_signal_stops_busy_threads_and_children_with_one_line(sig):
+    proc = subprocess.Popen([sys.executable, "-c", BUSY, str(ROOT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        child = psutil.Process(int(proc.stdout.readline()))
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 128 + sig, (rc, err)
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(f"error: stopped by {sig.name}"), err
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive
+
+
+@pytest.mark.skipif(os.environ.get("QUANTA_SLOW_TESTS") != "1", reason="slow: QUANTA_SLOW_TESTS=1 (make test-slow)")
 @pytest.mark.parametrize("sig,to_group", [(signal.SIGTERM, True), (signal.SIGINT, False)], ids=["term-group", "int"])
 def test_a_signal_mid_task_stops_the_run_in_seconds_and_the_rerun_resumes(sig, to_group, tmp_path):
     home, store = tmp_path / "prefect-home", tmp_path / "store"
