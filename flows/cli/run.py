@@ -7,7 +7,8 @@ PREFECT_API_URL's), each printed as it ends, and the total time last: what `make
 Exit codes of `quanta run`: 0 done; 2 bad input (a `schemas.UserInputError`: config, files, device, store), found
 before any work or raised by a task inside the flow, printed as one line that names its cause (the traceback is in
 the flow run's Prefect logs, and on the terminal with --verbose); 3 a damaged artifact in the store (one line naming
-it and the command that repairs it); 1 anything else (a bug: its traceback).
+it and the command that repairs it); 128 + the signal when stopped by SIGTERM or SIGINT (flows.interrupts: one line,
+every child process stopped, within seconds); 1 anything else (a bug: its traceback).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def add_parser(sub) -> None:
                                                           "always in the flow run's Prefect logs)")
     p.set_defaults(func=cmd_run)
     p.epilog = ("exit codes: 0 done, 2 bad input (config, files, device, store: one line naming it), 3 a damaged "
-                "artifact in the store (one line naming it and the repair), 1 other failures")
+                "artifact in the store (one line naming it and the repair), 143 / 130 stopped by SIGTERM / SIGINT, "
+                "1 other failures")
 
 
 def add_studies_parser(sub) -> None:
