@@ -31,9 +31,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# slower tests, not in `make test`: schedules through `prefect deploy` + a process work pool + `prefect worker start`
+# slower tests, not in `make test`: schedules through `prefect deploy` + a process work pool + `prefect worker start`;
+# the reliability cases that need a whole qdg run or a signal sent mid-run (> 30 s each)
 test-slow: setup
-	QUANTA_SLOW_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ops_schedules.py
+	QUANTA_SLOW_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ops_schedules.py \
+		tests/reliability/test_processes.py tests/reliability/test_signals.py \
+		tests/reliability/test_task_states.py
 
 # the Prefect UI in a headless browser (not in `make test`): a `make ui` server on a free port, the tiny studies run
 # against it, each report page checked (title, plots decode and render, lineage graph drawn); screenshots in

@@ -65,8 +65,10 @@ class DyingServer:
         env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
                "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        # its own session: a signal to this run's process group (Ctrl-C, `timeout`) reaches this process, which stops
+        # the server after its own work (flows.interrupts), not the server first under a run still talking to it
         self.process = subprocess.Popen([sys.executable, "-m", "flows.local_server", str(os.getpid()),
-                                         str(self.port)], env=env)
+                                         str(self.port)], env=env, start_new_session=True)
         t0 = time.monotonic()
         with httpx.Client() as client:
             while time.monotonic() - t0 < limit:

@@ -18,6 +18,8 @@ from storage import Store
 from tasks.devices import DeviceError, resolve_device
 from tasks.lm.losses import model_fingerprint
 from tasks.qdg.clustering import cluster_labels, clustering_stability, projection_agreement
+from tasks.qdg.dask_cluster import check_local_cluster
+from tasks.qdg.gradient_dims import check_projection, lm_gradient_dim
 from tasks.qdg.gradients import gradient_block, gradient_block_plan
 from tasks.qdg.knn import knn_affinity
 from tasks.qdg.report import qdg_report, qdg_results
@@ -106,13 +108,15 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
 
 
 def qdg_preflight(config: QDGConfig) -> None:
-    """Before any work: the lm-losses checks (device, corpus files), the gradients' device, and room for the dense
-    similarity path (`clustering.method` / `dense_max_n`) in this machine's memory."""
+    """Before any work: the lm-losses checks (device, corpus files), the gradients' device, a Dask LocalCluster that
+    fits this machine, and room for the dense similarity path (`clustering.method` / `dense_max_n`) in its memory."""
     lm_preflight(config.lm)
     try:
         resolve_device(config.gradients.device, "gradients.device")
     except DeviceError as e:
         raise ConfigError(str(e)) from None
+    check_local_cluster(config.similarity)
+    check_qdg_projections(config)
     n = config.selection.n_tokens
     if config.clustering.method_for(n) == "dense":
         need, have = DENSE_BYTES_PER_ENTRY * n * n, psutil.virtual_memory().total
@@ -120,6 +124,29 @@ def qdg_preflight(config: QDGConfig) -> None:
             raise ConfigError(f"clustering: dense spectral clustering of {n:,} tokens needs ~{need / 1e9:.1f} GB, "
                               f"this machine has {have / 1e9:.1f} GB: set clustering.method = 'knn' (or 'auto' with "
                               "a lower clustering.dense_max_n), or fewer selection.n_tokens")
+
+
+def check_qdg_projections(config: QDGConfig) -> None:
+    """Each JL projection (gradients.projection_dims, clustering.compare_projection_dims) reduces the selection
+    model's gradient dim and its matrix fits in memory; the estimate is logged."""
+    asked = [(d, f) for d, f in ((config.gradients.projection_dims, "gradients.projection_dims"),
+                                 (config.clustering.compare_projection_dims, "clustering.compare_projection_dims"))
+             if d is not None]
+    if not asked:
+        return
+    known = lm_gradient_dim(config.lm, config.selection.model, config.gradients)
+    if known is None:
+        return
+    dim, label = known
+    for dims, field in asked:
+        need = check_projection(dim, dims, field, f"the model {label}", psutil.virtual_memory().total)
+        _log_info(f"{field}: {dim:,} -> {dims:,} dims, projection matrix ~{need / 2**20:,.0f} MiB")
+
+
+def _log_info(message: str) -> None:
+    from prefect.logging import get_logger
+
+    get_logger("quanta").info(message)
 
 
 CONFIG = QDGConfig

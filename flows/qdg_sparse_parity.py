@@ -15,6 +15,8 @@ from schemas.qdg import QDGSparseParityConfig
 from storage import Store
 from tasks.devices import DeviceError, resolve_device
 from tasks.qdg.clustering import cluster_labels
+from tasks.qdg.dask_cluster import check_local_cluster
+from tasks.qdg.gradient_dims import check_projection, parity_gradient_dim
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
 from tasks.qdg.gradients import gradient_block_plan
 from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model, parity_model_plan, parity_samples
@@ -91,17 +93,26 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
 
 
 def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
-    """Before any work: the model asked for is in the grid (width, seed, depth 1) and the devices exist."""
+    """Before any work: the model asked for is in the grid (width, seed, depth 1), the devices exist and the Dask
+    LocalCluster fits this machine."""
     try:
-        parity_model_plan(config.sparse_parity, config.model)
+        plan = parity_model_plan(config.sparse_parity, config.model)
     except ParityModelError as e:
         raise ConfigError(str(e)) from None
+    if config.gradients.projection_dims is not None:  # every variant's gradients are projected: the smallest decides
+        control = {config.model.include_control_weights} | ({True, False} if config.compare_control_weights else set())
+        dim = min(parity_gradient_dim(config.sparse_parity, plan["width"], config.gradients, c) for c in control)
+        import psutil
+
+        check_projection(dim, config.gradients.projection_dims, "gradients.projection_dims",
+                         f"the width-{plan['width']} MLP", psutil.virtual_memory().total)
     for value, field in ((config.sparse_parity.grid.device, "sparse_parity.grid.device"),
                          (config.gradients.device, "gradients.device")):
         try:
             resolve_device(value, field)
         except DeviceError as e:
             raise ConfigError(str(e)) from None
+    check_local_cluster(config.similarity)
 
 
 CONFIG = QDGSparseParityConfig

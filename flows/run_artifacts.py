@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def result_path(task_run) -> Path | None:
     return Path(os.path.expanduser(str(PREFECT_LOCAL_STORAGE_PATH.value()))) / p
 
 
+class UnreadableRunWarning(UserWarning):
+    """A flow run the Prefect API cannot return (its stored parameters cannot be serialised: an integer past 64
+    bits, from before configs bounded them): it is skipped, named by its id."""
+
+
 def _paged(read, **kw) -> list:
     out, offset = [], 0
     while True:
@@ -64,7 +70,7 @@ def run_usage(flow_run_ids: list[str] | None = None, flow_names: list[str] | Non
     flow_filter = FlowFilter(name=FlowFilterName(any_=list(flow_names))) if flow_names else None
     out: dict[str, RunUsage] = {}
     with get_client(sync_client=True) as client:
-        runs = _paged(client.read_flow_runs, flow_run_filter=flow_run_filter, flow_filter=flow_filter)
+        runs = _readable_flow_runs(client, flow_run_filter, flow_filter)
         flows: dict = {}
         for fr in runs:
             if fr.flow_id not in flows:
@@ -80,6 +86,64 @@ def run_usage(flow_run_ids: list[str] | None = None, flow_names: list[str] | Non
                 if path is not None and str(tr.flow_run_id) in out:
                     out[str(tr.flow_run_id)].refs |= refs_in_result_file(path)
     return out
+
+
+def _readable_flow_runs(client, flow_run_filter, flow_filter) -> list:
+    """Every flow run the filters match that the API can return. A page the server fails to send (HTTP 5xx: one
+    run's stored parameters cannot be serialised) is read again one run at a time; each run it still cannot send is
+    skipped with an UnreadableRunWarning naming it, and the others are returned."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    def read(limit: int, offset: int) -> list | None:  # None: the server failed on this page
+        try:
+            return client.read_flow_runs(limit=limit, offset=offset, flow_run_filter=flow_run_filter,
+                                         flow_filter=flow_filter)
+        except PrefectHTTPStatusError as e:
+            if e.response.status_code < 500:
+                raise
+            return None
+
+    out, offset, unreadable = [], 0, 0
+    while True:
+        page = read(_PAGE, offset)
+        seen = len(page) if page is not None else 0
+        if page is None:
+            page = []
+            for i in range(_PAGE):
+                one = read(1, offset + i)
+                if one == []:
+                    break
+                seen += 1
+                if one is None:
+                    unreadable += 1
+                else:
+                    page += one
+        out += page
+        if seen < _PAGE:
+            break
+        offset += _PAGE
+    if unreadable:
+        for run_id in _unreadable_run_ids(client, {str(r.id) for r in out}, flow_run_filter, flow_filter):
+            warnings.warn(f"flow run {run_id}: the Prefect API cannot read it (its stored parameters cannot be "
+                          "serialised); skipped", UnreadableRunWarning, stacklevel=3)
+    return out
+
+
+def _unreadable_run_ids(client, readable: set[str], flow_run_filter, flow_filter) -> list[str]:
+    """The ids of the matching runs not in `readable`, from the API's run history (ids and times only, which it can
+    always serialise)."""
+    body = {"limit": 1000, "offset": 0}
+    if flow_run_filter is not None:
+        body["flow_runs"] = flow_run_filter.model_dump(mode="json")
+    if flow_filter is not None:
+        body["flows"] = flow_filter.model_dump(mode="json")
+    ids: list[str] = []
+    while True:
+        page = client._client.post("/ui/flow_runs/history", json=body).json()
+        ids += [r["id"] for r in page]
+        if len(page) < 1000:
+            return [i for i in ids if i not in readable]
+        body["offset"] += 1000
 
 
 _STORE_COPY = re.compile(r"Store copy: `([^`]+)`")

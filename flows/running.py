@@ -18,31 +18,64 @@ from schemas.jsonable import jsonable
 from storage import ArtifactRef, Store
 
 
-def task_state_counts(flow_run_id) -> dict[str, int]:
-    """State name -> count over the flow run's task runs (and those of its subflows), from the Prefect API."""
-    from prefect.client.orchestration import get_client
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SETTLE_TIMEOUT_S = 30.0
+
+
+def _read_task_states(client, flow_run_id) -> list[tuple[str, str]]:
+    """(state type, state name) of each task run of the flow run and of its subflows (transitively)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
-    counts: Counter[str] = Counter()
+    run_ids = [flow_run_id]
+    frontier = [flow_run_id]
+    while frontier:  # subflows, transitively
+        subs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        frontier = [r.id for r in subs]
+        run_ids += frontier
+    out, offset = [], 0
+    while True:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                                     limit=200, offset=offset)
+        out += [(tr.state.type.name, tr.state.name) for tr in runs if tr.state is not None]
+        if len(runs) < 200:
+            return sorted(out)
+        offset += 200
+
+
+def _settle_seconds() -> float:
+    """How long the task run states must stay unchanged to be the final ones. The server records task run states
+    from the events the client sends, `batch_size` at a time or every `flush_interval` seconds: with batches of
+    one (the default) each is written as it arrives."""
+    from prefect.settings import get_current_settings
+
+    recorder = get_current_settings().server.services.task_run_recorder
+    return 0.3 if recorder.batch_size <= 1 else float(recorder.flush_interval) + 0.5
+
+
+def task_state_counts(flow_run_id) -> dict[str, int]:
+    """State name -> count over the flow run's task runs (and those of its subflows), from the Prefect API, once
+    they are final: task run states reach the server as events, recorded asynchronously, so the events still queued
+    here are sent first, then the states are read until every one is final and they stay unchanged for a moment
+    (at most SETTLE_TIMEOUT_S)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=30, at_exit=False)
+    settle = _settle_seconds()
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
     with get_client(sync_client=True) as client:
-        run_ids = [flow_run_id]
-        frontier = [flow_run_id]
-        while frontier:  # subflows, transitively
-            subs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
-            frontier = [r.id for r in subs]
-            run_ids += frontier
-        offset = 0
-        while True:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
-                                         limit=200, offset=offset)
-            for tr in runs:
-                if tr.state is not None:
-                    counts[tr.state.name] += 1
-            if len(runs) < 200:
+        states = _read_task_states(client, flow_run_id)
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            again = _read_task_states(client, flow_run_id)
+            if again == states and all(kind in FINAL_STATES for kind, _ in states):
                 break
-            offset += 200
-    return dict(counts)
+            states = again
+    return dict(Counter(name for _, name in states))
 
 
 def study_output(study: str, flow_run_id, store: str, result: dict) -> dict:
@@ -82,6 +115,7 @@ def run_study(study: str, config: BaseModel, store: str, *, refresh: bool = Fals
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     _, flow = STUDIES[study].load()
+    Store(store).check_root()
     STUDIES[study].preflight(config)
     removed = Store(store).clean_debris()
     if removed:

@@ -10,16 +10,41 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import ConfigError
 
 
+# the largest integer any config field takes: a config is a flow run's parameters, and the Prefect server cannot
+# serialise an integer past 64 bits (every later read of that run fails); 2**53 - 1 also survives a JSON round trip
+# through a float (the Prefect UI's forms)
+MAX_CONFIG_INT = 2**53 - 1
+
+
+def _too_large_int(value: Any) -> int | None:
+    """The first integer in `value` (an int, or one in a list / tuple / dict) beyond +-MAX_CONFIG_INT, if any."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) > MAX_CONFIG_INT else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for v in items if (bad := _too_large_int(v)) is not None), None)
+
+
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment too, and every float is
-    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late)."""
+    """Base for config sections: unknown keys are errors, values are validated on assignment too, every float is
+    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late) and every integer,
+    in every field, is at most MAX_CONFIG_INT in magnitude."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, v: Any) -> Any:
+        bad = _too_large_int(v)
+        if bad is not None:
+            raise ValueError(f"integers must be at most {MAX_CONFIG_INT:,} in magnitude")
+        return v
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -46,16 +71,22 @@ class ReportConfig(StrictModel):
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """One line: the config's source, then each bad field with what is wrong and its value, `; `-separated."""
+    parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
-    return "\n".join(lines)
+        shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else msg)
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -123,19 +154,55 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def include_section(data: Any, section: str, path_key: str, config_dir: Path | None) -> Any:
-    """A study config may name another study's config instead of inlining it: `path_key = "../lm/tiny.toml"`
-    (relative to the including file, else to the working directory) becomes the `section` table, with any inline
-    `[section]` values (e.g. from --set) on top."""
-    if not isinstance(data, dict) or path_key not in data:
-        return data
-    data = dict(data)
-    raw = data.pop(path_key)
+def _shown(path: Path) -> str:
+    """A path as a user would type it: relative to the working directory when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _find_included(raw: Any, path_key: str, config_dir: Path | None) -> Path:
     p = Path(str(raw)).expanduser()
     candidates = [p] if p.is_absolute() else [*([config_dir / p] if config_dir else []), Path.cwd() / p]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise ValueError(f"{path_key}: config file not found: {raw} (looked in {', '.join(map(str, candidates))})")
+    return found.resolve()
+
+
+def _check_include_cycle(first: Path, path_key: str, including: Path | None) -> None:
+    """ConfigError "A includes itself (A → B → A)" when following `path_key` from `first` (included by
+    `including`) comes back to a file already in the chain."""
+    chain = [including.resolve()] if including is not None else []
+    current = first
+    while current not in chain:
+        chain.append(current)
+        try:
+            nxt = tomllib.loads(current.read_text()).get(path_key)
+        except (OSError, tomllib.TOMLDecodeError):
+            return  # reported where it is read
+        if nxt is None:
+            return
+        try:
+            current = _find_included(nxt, path_key, current.parent)
+        except ValueError:
+            return
+    cycle = chain[chain.index(current):] + [current]
+    raise ConfigError(f"{_shown(current)} includes itself ({' → '.join(_shown(c) for c in cycle)})")
+
+
+def include_section(data: Any, section: str, path_key: str, config_dir: Path | None,
+                    including: Path | None = None) -> Any:
+    """A study config may name another study's config instead of inlining it: `path_key = "../lm/tiny.toml"`
+    (relative to the including file, else to the working directory) becomes the `section` table, with any inline
+    `[section]` values (e.g. from --set) on top. A chain of includes that comes back to a file already in it (the
+    `including` file itself, or A → B → A) is a ConfigError naming the cycle."""
+    if not isinstance(data, dict) or path_key not in data:
+        return data
+    data = dict(data)
+    found = _find_included(data.pop(path_key), path_key, config_dir)
+    _check_include_cycle(found, path_key, including)
     try:
         included = tomllib.loads(found.read_text())
     except tomllib.TOMLDecodeError as e:
@@ -160,8 +227,11 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     data = apply_overrides(data, overrides, model)
-    context = {"config_dir": Path(path).resolve().parent} if path is not None else {}
+    context = {"config_dir": Path(path).resolve().parent, "config_path": Path(path)} if path is not None else {}
     try:
         return model.model_validate(data, context=context)
     except ValidationError as e:
+        whole = [x["ctx"]["error"] for x in e.errors() if isinstance((x.get("ctx") or {}).get("error"), ConfigError)]
+        if whole:  # an error about the config files themselves (an include cycle): its own line
+            raise whole[0] from None
         raise ConfigError(format_validation_error(e, source)) from None

@@ -228,7 +228,8 @@ class QDGConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _lm_config(cls, data, info: ValidationInfo):
-        return include_section(data, "lm", "lm_config", (info.context or {}).get("config_dir"))
+        context = info.context or {}
+        return include_section(data, "lm", "lm_config", context.get("config_dir"), context.get("config_path"))
 
     @model_validator(mode="after")
     def _cross(self):
@@ -285,5 +286,6 @@ class QDGSparseParityConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _sparse_parity_config(cls, data, info: ValidationInfo):
-        return include_section(data, "sparse_parity", "sparse_parity_config",
-                               (info.context or {}).get("config_dir"))
+        context = info.context or {}
+        return include_section(data, "sparse_parity", "sparse_parity_config", context.get("config_dir"),
+                               context.get("config_path"))

@@ -71,6 +71,19 @@ class Store:
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else f"{self._proto()}://{self.root}"
 
+    def check_root(self) -> None:
+        """StoreError when this root cannot hold a store: it, or the nearest existing directory above it, is a file
+        (checked before any work, so a run with a mistyped --store fails in one line, not in its first write)."""
+        path = self.root
+        while path and not self.fs.exists(path):
+            parent = self.fs._parent(path)
+            if parent == path:
+                return
+            path = parent
+        if path and not self.fs.isdir(path):
+            where = "is a file" if path == self.root else f"is under {path}, a file"
+            raise StoreError(f"store {self.url} {where}, not a store directory; check --store or $QUANTA_STORE")
+
     def exists(self) -> bool:
         """Whether a store is here (anything was ever written to it)."""
         return self.fs.exists(self._join("_lineage"))

@@ -248,11 +248,15 @@ def apply_gc(store, plan: GcPlan, result_dirs: Iterable[str | os.PathLike] = ())
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks", "": "days"}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+MAX_DURATION_DAYS = 100 * 366  # a cut-off further back than this is a typo (and past ~2,700 years, not a date)
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """`30d`, `12h`, `90m`, `2w`, `45s`, or a bare number of days."""
+    """`30d`, `12h`, `90m`, `2w`, `45s`, or a bare number of days; at most MAX_DURATION_DAYS."""
     m = _DURATION.match(str(text))
     if not m:
         raise ValueError(f"{text!r} is not a duration (e.g. 30d, 12h, 90m, 2w)")
+    if float(m.group(1)) * _UNIT_SECONDS[m.group(2)] > MAX_DURATION_DAYS * 86400:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION_DAYS // 366} years (e.g. 30d, 12h, 90m, 2w)")
     return dt.timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})

@@ -41,15 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _store_warnings_as_lines():
-    """The store's warnings (a skipped unreadable lineage record) as `warning: ...` lines on stderr, every time."""
+    """The store's warnings (a skipped unreadable lineage record or flow run) as `warning: ...` lines on stderr, every time."""
+    from flows.run_artifacts import UnreadableRunWarning
     from storage.lineage import LineageRecordWarning
 
+    as_lines = (LineageRecordWarning, UnreadableRunWarning)
     with warnings.catch_warnings():
-        warnings.simplefilter("always", LineageRecordWarning)
+        for category in as_lines:
+            warnings.simplefilter("always", category)
         shown = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, LineageRecordWarning):
+            if issubclass(category, as_lines):
                 print(f"warning: {message}", file=sys.stderr)
             else:
                 shown(message, category, filename, lineno, file, line)

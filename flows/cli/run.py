@@ -7,7 +7,8 @@ PREFECT_API_URL's), each printed as it ends, and the total time last: what `make
 Exit codes of `quanta run`: 0 done; 2 bad input (a `schemas.UserInputError`: config, files, device, store), found
 before any work or raised by a task inside the flow, printed as one line that names its cause (the traceback is in
 the flow run's Prefect logs, and on the terminal with --verbose); 3 a damaged artifact in the store (one line naming
-it and the command that repairs it); 1 anything else (a bug: its traceback).
+it and the command that repairs it); 128 + the signal when stopped by SIGTERM or SIGINT (flows.interrupts: one line,
+every child process stopped, within seconds); 1 anything else (a bug: its traceback).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def add_parser(sub) -> None:
                                                           "always in the flow run's Prefect logs)")
     p.set_defaults(func=cmd_run)
     p.epilog = ("exit codes: 0 done, 2 bad input (config, files, device, store: one line naming it), 3 a damaged "
-                "artifact in the store (one line naming it and the repair), 1 other failures")
+                "artifact in the store (one line naming it and the repair), 143 / 130 stopped by SIGTERM / SIGINT, "
+                "1 other failures")
 
 
 def add_studies_parser(sub) -> None:
@@ -119,32 +121,40 @@ def _print(out: dict, as_json: bool) -> None:
 
 
 def cmd_run(args) -> int:
+    from flows.interrupts import stop_on_signals
+
+    if len(args.study) > 1 and (args.config or args.set):
+        print("error: --config and --set apply to one study: run the studies one at a time", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        with stop_on_signals():  # SIGTERM / SIGINT: one line, every child stopped, exit 128 + signal within seconds
+            _run_studies(args)
+    except UserInputError as e:
+        return _one_line_error(e, EXIT_USER_ERROR)
+    except ArtifactCorruptError as e:
+        return _one_line_error(e, EXIT_DAMAGED_STORE)
+    return 0
+
+
+def _run_studies(args) -> None:
     from flows.local_server import temporary_api
     from flows.running import run_study
     from flows.studies import STUDIES
     from storage import Store
 
-    if len(args.study) > 1 and (args.config or args.set):
-        print("error: --config and --set apply to one study: run the studies one at a time", file=sys.stderr)
-        return EXIT_USER_ERROR
     dask_address = args.dask_address or os.environ.get("QUANTA_DASK_ADDRESS")
     start = time.monotonic()
-    try:
-        configs = [_load(study, args) for study in args.study]
-        store = Store(args.store)
-        for study, cfg in zip(args.study, configs):  # every study's checks before any work
-            STUDIES[study].preflight(cfg)
-        with temporary_api(), _terminal_failures(args.verbose):
-            for study, cfg in zip(args.study, configs):
-                out = run_study(study, cfg, store.url, refresh=args.refresh, dask_address=dask_address)
-                _print(out, args.json)
-    except UserInputError as e:
-        return _one_line_error(e, EXIT_USER_ERROR)
-    except ArtifactCorruptError as e:
-        return _one_line_error(e, EXIT_DAMAGED_STORE)
+    configs = [_load(study, args) for study in args.study]
+    store = Store(args.store)
+    store.check_root()
+    for study, cfg in zip(args.study, configs):  # every study's checks before any work
+        STUDIES[study].preflight(cfg)
+    with temporary_api(), _terminal_failures(args.verbose):
+        for study, cfg in zip(args.study, configs):
+            out = run_study(study, cfg, store.url, refresh=args.refresh, dask_address=dask_address)
+            _print(out, args.json)
     if len(args.study) > 1 and not args.json:
         print(f"\n{len(args.study)} studies in {time.monotonic() - start:.0f} s (wall clock, one Prefect server)")
-    return 0
 
 
 def cmd_studies(args) -> int:

@@ -45,6 +45,7 @@ def cmd_ls(args) -> int:
     from storage.upkeep import human_bytes, inventory, totals_by_kind
 
     st = Store(args.store)
+    st.check_root()
     inv = inventory(st)
     if args.kind:
         inv = inv[inv.kind.isin(args.kind)].reset_index(drop=True)
@@ -86,6 +87,7 @@ def cmd_gc(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     st = Store(args.store)
+    st.check_root()
     records = st.lineage_index()
     runs = runs_from_records(records)
     result_dirs = []

@@ -27,10 +27,17 @@ from tasks.progress import Progress, run_logger
 WORKER_BASELINE_BYTES = 128 << 20
 PAUSE_FRACTION = 0.8
 ENV_ADDRESS = "QUANTA_DASK_ADDRESS"
+# a LocalCluster's worker processes (x threads) per CPU core: beyond this, processes only compete for the cores and
+# each costs a Python process's memory
+WORKERS_PER_CPU = 2
 
 
 class DaskMemoryError(UserInputError):
     """A worker's memory limit is too small for one block of the computation."""
+
+
+class DaskMachineError(UserInputError):
+    """A LocalCluster larger than this machine (its cores, its memory)."""
 
 
 def scheduler_address(cfg: SimilarityConfig) -> str | None:
@@ -65,6 +72,8 @@ def dask_client(cfg: SimilarityConfig, store: Store, task_bytes: int = 0) -> Ite
     address = scheduler_address(cfg)
     log = run_logger()
     local = address is None and workers_can_reach(store) and _current_worker() is None
+    if address is None and _current_worker() is None:
+        check_local_cluster(cfg)
     if local:
         check_worker_memory(task_bytes, cfg.threads_per_worker, cfg.memory_limit_bytes)
     if not workers_can_reach(store):
@@ -111,6 +120,31 @@ def quiet_distributed(level: int = logging.WARNING):
         logger.setLevel(before)
 
 
+def check_local_cluster(cfg: SimilarityConfig, section: str = "similarity") -> None:
+    """Fail before any work when the LocalCluster `cfg` asks for does not fit this machine: more worker threads than
+    WORKERS_PER_CPU per core, or workers whose memory limits add up to more than its memory. Nothing to check when
+    the computation goes to an existing scheduler (`dask_address`)."""
+    import psutil
+
+    if scheduler_address(cfg) is not None:
+        return
+    cpus = os.cpu_count() or 1
+    threads = cfg.n_workers * cfg.threads_per_worker
+    if threads > WORKERS_PER_CPU * cpus:
+        raise DaskMachineError(
+            f"{section}.n_workers x {section}.threads_per_worker = {cfg.n_workers} x {cfg.threads_per_worker} is more "
+            f"than this machine's {cpus} CPU cores can run (at most {WORKERS_PER_CPU * cpus} worker threads): lower "
+            f"{section}.n_workers, or give a {section}.dask_address")
+    total = psutil.virtual_memory().total
+    need = cfg.n_workers * cfg.memory_limit_bytes
+    if need > total:
+        fits = max(total // cfg.memory_limit_bytes, 0)
+        raise DaskMachineError(
+            f"{section}.n_workers x {section}.memory_limit = {cfg.n_workers} x {cfg.memory_limit} "
+            f"({need / 1e9:.1f} GB) is more than this machine's memory ({total / 1e9:.1f} GB): at most {fits} "
+            f"worker(s) of {cfg.memory_limit} fit; lower {section}.n_workers or {section}.memory_limit")
+
+
 def block_bytes(chunk_rows: int, chunk_cols: int, itemsize: int = 4) -> int:
     """Peak memory of one block task, in bytes (an estimate): the two row chunks of G it multiplies (chunk_rows x
     chunk_cols) and one more being assembled from Zarr chunks (x3), plus the chunk_rows^2 product, its clipped copy
@@ -153,4 +187,4 @@ def compute_blocks(client, blocks: Sequence, name: str, unit: str = "block") -> 
 
 
 __all__ = ["dask_client", "scheduler_address", "workers_can_reach", "block_bytes", "check_worker_memory",
-           "check_client_memory", "compute_blocks", "DaskMemoryError"]
+           "check_client_memory", "check_local_cluster", "compute_blocks", "DaskMemoryError", "DaskMachineError"]

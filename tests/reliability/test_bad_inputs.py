@@ -26,7 +26,7 @@ QDG_SP = ["run", "qdg-sparse-parity", "--config", LM_TINY.parent.parent / "qdg" 
 class Case:
     id: str
     argv: Callable[[SimpleNamespace], list]
-    says: list[str]  # every one of these is in the message
+    says: list[str] | Callable[[SimpleNamespace], list[str]]  # every one of these is in the message
     rc: int = 2
     skip_if_cuda: bool = False
     # found by this flow module's PREFLIGHT when it has one (nothing written); else by a task, after earlier tasks wrote
@@ -63,6 +63,18 @@ CASES = [
     Case("set-without-equals", lambda p: [*SP, "--set", "grid.lr"], ["--set 'grid.lr'", "section.key=value"]),
     Case("lm-no-sizes", lambda p: [*LM, "--set", "suite.sizes=[]"], ["suite"]),
     Case("lm-eval-fraction-one", lambda p: [*LM, "--set", "corpus.eval_fraction=1.0"], ["corpus.eval_fraction"]),
+    # integers past 64 bits would be stored as the flow run's parameters, which the Prefect server then cannot send
+    Case("int-past-64-bits", lambda p: [*QDG, "--set", "selection.n_tokens=10000000000000000000000"],
+         ["selection.n_tokens", "at most 9,007,199,254,740,991", "10000000000000000000000"]),
+    Case("int-past-64-bits-in-list", lambda p: [*SP, "--set", "grid.widths=[8, 100000000000000000000]"],
+         ["grid.widths", "at most", "100000000000000000000"]),
+    # one line naming the file, the field and the value
+    Case("config-error-one-line", lambda p: [*SP, "--set", "grid.lr=-1"],
+         [f"invalid config {SP_TINY}: grid.lr: ", "(got -1)"]),
+    Case("config-includes-itself", lambda p: ["run", "qdg", "--config", p.self_include],
+         lambda p: [f"{p.self_include} includes itself ({p.self_include} → {p.self_include})"]),
+    Case("config-include-cycle", lambda p: ["run", "qdg", "--config", p.cycle_a],
+         lambda p: [f"{p.cycle_a} includes itself ({p.cycle_a} → {p.cycle_b} → {p.cycle_a})"]),
     # files
     Case("config-missing", lambda p: ["run", "sparse-parity", "--config", p.tmp / "nope.toml"],
          ["config file not found", "nope.toml"]),
@@ -86,6 +98,22 @@ CASES = [
     Case("qdg-dense-beyond-memory", lambda p: [*QDG, "--set", "selection.n_tokens=2000000", "--set",
                                                "clustering.method='dense'"],
          ["dense spectral clustering of 2,000,000 tokens", "clustering.method = 'knn'"], preflight_of="flows.qdg"),
+    Case("qdg-workers-beyond-cores", lambda p: [*QDG, "--set", "similarity.n_workers=1000"],
+         ["similarity.n_workers x similarity.threads_per_worker = 1000 x 1", "CPU cores"], preflight_of="flows.qdg"),
+    Case("qdg-workers-beyond-memory", lambda p: [*QDG, "--set", "similarity.n_workers=2", "--set",
+                                                 "similarity.memory_limit='100TB'"],
+         ["similarity.n_workers x similarity.memory_limit = 2 x 100TB", "machine's memory"], preflight_of="flows.qdg"),
+    Case("qdg-sp-workers-beyond-cores", lambda p: [*QDG_SP, "--set", "similarity.threads_per_worker=1000"],
+         ["similarity.n_workers x similarity.threads_per_worker", "x 1000"], preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-projection-not-reducing", lambda p: [*QDG, "--set", "gradients.projection_dims=1000000000000"],
+         ["gradients.projection_dims = 1,000,000,000,000 does not reduce the gradient dimension (56,160"],
+         preflight_of="flows.qdg"),
+    Case("qdg-compare-projection-not-reducing", lambda p: [*QDG, "--set",
+                                                           "clustering.compare_projection_dims=60000"],
+         ["clustering.compare_projection_dims = 60,000 does not reduce"], preflight_of="flows.qdg"),
+    Case("qdg-sp-projection-not-reducing", lambda p: [*QDG_SP, "--set", "gradients.projection_dims=5000"],
+         ["gradients.projection_dims = 5,000 does not reduce the gradient dimension"],
+         preflight_of="flows.qdg_sparse_parity"),
     Case("qdg-lm-config-missing", lambda p: ["run", "qdg", "--config", p.tmp / "qdg.toml"],
          ["lm_config: config file not found"]),
     Case("qdg-sp-width-not-in-grid", lambda p: [*QDG_SP, "--set", "model.width=5"],
@@ -120,6 +148,13 @@ CASES = [
          ["../../etc/passwd"]),
     Case("verify-mistyped-store", lambda p: ["store", "verify", "--store", p.tmp / "typo" / "store"],
          ["no quanta store at", "typo"]),
+    Case("store-is-a-file", lambda p: [*SP, "--store", p.csv], lambda p: [f"store {p.csv} is a file"]),
+    Case("store-under-a-file", lambda p: [*SP, "--store", p.csv / "store"], lambda p: [f"is under {p.csv}, a file"]),
+    Case("ls-store-is-a-file", lambda p: ["store", "ls", "--store", p.csv], lambda p: [f"store {p.csv} is a file"]),
+    Case("gc-store-is-a-file", lambda p: ["store", "gc", "--keep-last", "1", "--store", p.csv],
+         lambda p: [f"store {p.csv} is a file"]),
+    Case("gc-older-than-overflow", lambda p: ["store", "gc", "--older-than", "99999999999d", "--store", p.real_store],
+         ["'99999999999d' is longer than 100 years"]),
     Case("verify-unknown-protocol", lambda p: ["store", "verify", "--store", "nosuchproto://x"],
          ["cannot open store"]),
     # quanta fit
@@ -150,6 +185,10 @@ def places(tmp_path_factory) -> SimpleNamespace:
     bad_toml = tmp / "bad.toml"
     bad_toml.write_text("[grid\nwidths = [8\n")
     (tmp / "qdg.toml").write_text('lm_config = "no-such-lm.toml"\n')  # a qdg config naming a missing lm config
+    self_include, cycle_a, cycle_b = (tmp / "self.toml").resolve(), (tmp / "a.toml").resolve(), (tmp / "b.toml").resolve()
+    self_include.write_text('lm_config = "self.toml"\n[selection]\nn_tokens = 20\n')
+    cycle_a.write_text('lm_config = "b.toml"\n')
+    cycle_b.write_text('lm_config = "a.toml"\n')
     csv = tmp / "runs.csv"
     csv.write_text("n,loss\n10,1.0\n20,0.8\n40,0.7\n80,0.65\n")
     bad_csv = tmp / "bad.csv"
@@ -161,7 +200,8 @@ def places(tmp_path_factory) -> SimpleNamespace:
         "model_id": ["m1"], "width": [4], "n_params": [100], "data_size": [-1], "seed": [0], "alpha": [0.4],
         "step": [1], "mean_loss": [1.0], "subtasks_learned": [0]}))
     return SimpleNamespace(tmp=tmp, empty=empty, non_utf8=non_utf8, too_short=too_short, bad_toml=bad_toml, csv=csv,
-                           bad_csv=bad_csv, real_store=real_store)
+                           bad_csv=bad_csv, real_store=real_store, self_include=self_include, cycle_a=cycle_a,
+                           cycle_b=cycle_b)
 
 
 def test_the_table_is_large_enough():
@@ -177,16 +217,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, quanta, p
     if argv[0] == "run" and "--store" not in argv:
         argv += ["--store", str(store)]
     before = sorted(os.listdir(places.real_store))
+    csv_before = places.csv.read_bytes()
     got = quanta(*argv)
     assert got.rc == case.rc, f"{argv}: rc {got.rc}\n{got.text[-3000:]}"
     errors = [line for line in got.err.splitlines() if line.startswith(("error:", "quanta fit: error:"))]
     assert len(errors) == 1, got.err[-3000:]
     message = got.err[got.err.index(errors[0]):]
-    for needle in case.says:
+    assert message.strip() == errors[0].strip(), f"more than one line: {message!r}"
+    for needle in case.says(places) if callable(case.says) else case.says:
         assert needle in message, f"{needle!r} not in {message!r}"
     assert "Traceback" not in got.text, got.text[-3000:]
     if case.preflight_of is None or getattr(importlib.import_module(case.preflight_of), "PREFLIGHT", None):
         assert not store.exists(), f"{argv} wrote to the store: {list(store.rglob('*'))[:5]}"
     assert not (places.tmp / "typo").exists()
     assert sorted(os.listdir(places.real_store)) == before
+    assert places.csv.read_bytes() == csv_before
     assert not Path("nosuchproto:").exists()
