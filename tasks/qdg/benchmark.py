@@ -203,3 +203,22 @@ def short_table(df: pd.DataFrame) -> pd.DataFrame:
         "CI": [f"[{f(a)}, {f(b)}]" if not pd.isna(a) else "" for a, b in zip(df.ari_lo, df.ari_hi)],
         "lbl": df.label_ari.map(f), "ctrl": df.control_ari.map(f), "pur": df.purity_mean.map(f),
         "spec": df.specialised.map(f)})
+
+
+def markdown_from_results(results: dict) -> str:
+    """The benchmark as a markdown table from a run's `--json` results (what docs/qdg.md quotes)."""
+    from tasks.reporting import markdown_table
+
+    df = pd.DataFrame(results["benchmark"])
+    df["ari_lo"] = [c[0] for c in df.ari_ci]
+    df["ari_hi"] = [c[1] for c in df.ari_ci]
+    return markdown_table(short_table(df.astype({c: float for c in ("ari_lo", "ari_hi", "control_ari",
+                                                                    "specialised")})))
+
+
+if __name__ == "__main__":  # quanta run qdg-sparse-parity --config ... --json | python -m tasks.qdg.benchmark
+    import json
+    import sys
+
+    out = json.load(sys.stdin)
+    print(markdown_from_results(out.get("results", out)))
