@@ -71,6 +71,9 @@ def test_logit_gradient_equals_finite_differences_and_the_aligned_gradient(store
     fd = torch.stack(fd, dim=1)
     assert g.shape == fd.shape and fd.abs().max() > 1
     torch.testing.assert_close(g, fd, rtol=1e-5, atol=1e-5)
+    # on a one-hidden-layer MLP with 0/1 inputs each coordinate of the gap's gradient has one sign for every sample
+    # (sign(v_j) in layer 1, fixed in layer 2): |gradient| = |dL/dd| |logit gradient| then has the same cosines
+    assert not ((g > 0).any(0) & (g < 0).any(0)).any()
     # the loss gradient is dL/dd = -(2y - 1)(1 - p_y) times it: no label sign, no (1 - p) scaling in the logit gradient
     for i in range(len(task)):
         loss = F.cross_entropy(mlp(x[i:i + 1]), label[i:i + 1])
