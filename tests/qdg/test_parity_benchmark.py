@@ -14,7 +14,7 @@ from schemas.config import load_config
 from schemas.qdg import GroupLassoConfig, QDGSparseParityConfig, SpectralOptions
 from schemas.sparse_parity import TaskConfig
 from tasks.qdg.benchmark import (baseline_labels, baseline_vectors, best_row, bootstrap_interval, purity,
-                                 seed_mean_ari, specialisation)
+                                 resampled_ari, seed_mean_ari, specialisation)
 from tasks.qdg.parity import mlp_from_arrays, sample_subtasks
 from tasks.qdg.regimes import group_lasso_finetune, modular_mlp, subtask_loss_bits, unit_group_norms
 from tasks.sparse_parity.data import make_spec
@@ -34,6 +34,10 @@ def test_interval_purity_and_baselines(spec):
     assert lo < est < hi and hi - lo < 0.3
     assert bootstrap_interval(truth, [truth], 50, 0.95, 0) == (1.0, 1.0)
     assert np.isnan(bootstrap_interval(truth, [noisy], 0, 0.95, 0)[0])
+    from sklearn.metrics import adjusted_rand_score
+
+    for idx in (rng.integers(0, 200, 200), np.arange(200), np.zeros(5, dtype=int)):
+        assert resampled_ari(truth, noisy, idx) == pytest.approx(adjusted_rand_score(truth[idx], noisy[idx]))
     pm, pmin = purity(truth, [truth])
     assert pm == pmin == 1.0
     assert 0.25 < purity(truth, [rng.integers(0, 4, 200)])[0] < 0.5
@@ -113,7 +117,7 @@ def test_adding_a_representation_computes_only_its_stages(project_root, store_ro
                                            "regimes=['study']"), store=store_root,
                               return_state=True).state_details.flow_run_id)
     ran = {k for k, v in states.items() if v != "Cached"}
-    assert {k for k in ran if k.startswith("qdg-parity-")} == {
+    assert {k for k in ran if k.startswith("qdg-parity-") and not k.startswith("qdg-parity-benchmark")} == {
         "qdg-parity-activations-0-64", "qdg-parity-activations-64-100", "qdg-parity-activations-0-60"}, ran
     assert sum(k.startswith("qdg-similarity") for k in ran) == 2, ran
     assert {k.rsplit("-", 1)[0] for k in ran if not k.startswith(("qdg-parity-activations", "qdg-similarity",
