@@ -25,7 +25,7 @@ from tasks.qdg.clustering import cluster_labels
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
 from tasks.qdg.gradients import gradient_block_plan
 from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model_plan, parity_samples
-from tasks.qdg.parity_representations import parity_representation_block
+from tasks.qdg.parity_representations import PARAMETER_ROWS, parity_representation_block
 from tasks.qdg.regimes import group_lasso_model, modular_model, trained_model
 from tasks.qdg.similarity import similarity_matrix
 from tasks.sparse_parity.data import build_spec
@@ -48,13 +48,16 @@ def cluster_samples(samples, model, align: bool, control_weights: bool, config: 
         blocks = [parity_gradient_block(samples, model, start, stop, config.gradients, control_weights, align, store)
                   for start, stop in plan]
     else:
+        # the per-unit representations do not read the control-bit columns: keep their blocks' keys free of it
+        weights = control_weights and representation in PARAMETER_ROWS
         blocks = [parity_representation_block(samples, model, start, stop, representation, config.gradients,
-                                              control_weights, False, store) for start, stop in plan]
+                                              weights, False, store) for start, stop in plan]
     sim = similarity_matrix(blocks, config.similarity, store)
     ks = sorted({k_true, *(k for k in config.clustering.n_clusters if k < n)})
     spectral = config.clustering.spectral()
-    labels = [cluster_labels(sim, k, seed, spectral, store) for k in ks for seed in config.clustering.seeds]
-    truth = [lab for lab, (k, _) in zip(labels, [(k, s) for k in ks for s in config.clustering.seeds]) if k == k_true]
+    pairs = [(k, seed) for k in ks for seed in config.clustering.seeds]
+    labels = [cluster_labels(sim, k, seed, spectral, store) for k, seed in pairs]
+    truth = [lab for lab, (k, _) in zip(labels, pairs) if k == k_true]
     return {"blocks": blocks, "similarity": sim, "labels": labels, "truth": truth}
 
 
