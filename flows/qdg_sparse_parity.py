@@ -5,21 +5,30 @@ unlearned ones: the control) ─► per-sample gradient blocks (as configured; w
 compare) ─► similarity (Dask ─►
 Zarr) ─► labels per (k, seed), k = the number of subtasks and clustering.n_clusters ─► ARI against the true
 subtasks and the labels ─► report
+
+The benchmark: for each training regime (config.regimes, each its own cached model: the study's training, longer
+training, group-lasso fine-tuning, the hand-built modular control) and each representation (config.representations,
+each its own cached blocks) ─► samples ─► blocks ─► similarity ─► labels ─► one benchmark table (ARI with bootstrap
+intervals, label and control ARI, purity, specialisation, baselines) ─► report
 """
 from __future__ import annotations
 
 from prefect import flow
 
 from schemas import ConfigError
+from schemas.jsonable import jsonable
 from schemas.qdg import QDGSparseParityConfig
 from storage import Store
 from tasks.devices import DeviceError, resolve_device
+from tasks.qdg.benchmark import benchmark_records, best_row, parity_benchmark
 from tasks.qdg.clustering import cluster_labels
 from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, parity_gradient_dim
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
 from tasks.qdg.gradients import gradient_block_plan
-from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model, parity_model_plan, parity_samples
+from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model_plan, parity_samples
+from tasks.qdg.parity_representations import PARAMETER_ROWS, parity_representation_block
+from tasks.qdg.regimes import group_lasso_model, modular_model, trained_model
 from tasks.qdg.similarity import similarity_matrix
 from tasks.sparse_parity.data import build_spec
 
@@ -29,18 +38,72 @@ def variant_name(align_label_sign: bool, control_weights: bool) -> str:
 
 
 def cluster_samples(samples, model, align: bool, control_weights: bool, config: QDGSparseParityConfig,
-                    store: str) -> dict:
-    """Gradient blocks ─► similarity ─► labels at the true k and each clustering.n_clusters, every seed."""
+                    store: str, representation: str = "gradient") -> dict:
+    """Blocks of one representation ─► similarity ─► labels at the true k and each clustering.n_clusters, every
+    seed. `truth`: the labels at the true k (one per seed). "gradient" is today's QDG gradient (`align`, the
+    configured variant); every other representation is its own block task."""
     st = Store(store)
     group = st.open_zarr(samples, validate=False, verify_hash=False)
     n, k_true = int(group["task"].shape[0]), len(group.attrs["subtasks"])
-    blocks = [parity_gradient_block(samples, model, start, stop, config.gradients, control_weights, align, store)
-              for start, stop in gradient_block_plan(n, config.gradients.block_rows)]
+    plan = gradient_block_plan(n, config.gradients.block_rows)
+    if representation == "gradient":
+        blocks = [parity_gradient_block(samples, model, start, stop, config.gradients, control_weights, align, store)
+                  for start, stop in plan]
+    else:
+        # the per-unit representations do not read the control-bit columns: keep their blocks' keys free of it
+        weights = control_weights and representation in PARAMETER_ROWS
+        blocks = [parity_representation_block(samples, model, start, stop, representation, config.gradients,
+                                              weights, False, store) for start, stop in plan]
     sim = similarity_matrix(blocks, config.similarity, store)
     ks = sorted({k_true, *(k for k in config.clustering.n_clusters if k < n)})
     spectral = config.clustering.spectral()
-    labels = [cluster_labels(sim, k, seed, spectral, store) for k in ks for seed in config.clustering.seeds]
-    return {"blocks": blocks, "similarity": sim, "labels": labels}
+    pairs = [(k, seed) for k in ks for seed in config.clustering.seeds]
+    labels = [cluster_labels(sim, k, seed, spectral, store) for k, seed in pairs]
+    truth = [lab for lab, (k, _) in zip(labels, pairs) if k == k_true]
+    return {"blocks": blocks, "similarity": sim, "labels": labels, "truth": truth}
+
+
+def regime_models(spec, plan: dict, config: QDGSparseParityConfig, store: str) -> dict:
+    """regime -> its cached `qdg.parity_model` (a start model a regime needs is trained even when not listed)."""
+    trained: dict = {}
+
+    def model_of(regime: str):
+        if regime not in trained:
+            trained[regime] = trained_model(spec, regime, plan, config.long.steps, config.long.weight_decay, store)
+        return trained[regime]
+
+    models = {}
+    for regime in config.regimes:
+        if regime in ("study", "long"):
+            models[regime] = model_of(regime)
+        elif regime == "group_lasso":
+            models[regime] = group_lasso_model(model_of(config.group_lasso.start), spec, config.group_lasso,
+                                               plan["params"], store)
+        else:
+            models[regime] = modular_model(model_of("study"), spec, config.model.learned_threshold_bits,
+                                           plan["params"]["eval_samples_per_task"], store)
+    return models
+
+
+def benchmark_runs(models: dict, spec, config: QDGSparseParityConfig, store: str, first: dict) -> dict:
+    """(regime, representation) -> {samples, run, control_samples, control_run}; the first regime's gradient reuses
+    the configured variant's runs (`first`)."""
+    main = variants(config)[0]
+    out = {}
+    for regime, model in models.items():
+        headline = regime == config.regimes[0]
+        learned = first["learned"] if headline else parity_samples(model, spec, config.model, False, store)
+        control = None
+        if config.model.unlearned_control and regime != "modular":  # the modular model has no unit for them
+            control = first["control"] if headline else parity_samples(model, spec, config.model, True, store)
+        for rep in config.representations:
+            if headline and rep == "gradient":
+                run, crun = first["run"], first["control_run"]
+            else:
+                run = cluster_samples(learned, model, *main, config, store, rep)
+                crun = cluster_samples(control, model, *main, config, store, rep) if control is not None else None
+            out[(regime, rep)] = {"samples": learned, "run": run, "control_samples": control, "control_run": crun}
+    return out
 
 
 def variants(config: QDGSparseParityConfig) -> list[tuple[bool, bool]]:
@@ -60,11 +123,13 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
     sp = config.sparse_parity
     spec = build_spec(sp.task, store)
     plan = parity_model_plan(sp, config.model)
-    model = parity_model(spec, plan["width"], plan["seed"], plan["data_size"], plan["params"], store)
+    models = regime_models(spec, plan, config, store)
+    model = models[config.regimes[0]]
     main = variants(config)
     learned = parity_samples(model, spec, config.model, False, store)
     runs = {(variant_name(*v), "learned"): (learned, cluster_samples(learned, model, *v, config, store))
             for v in main}
+    control = None
     if config.model.unlearned_control:
         control = parity_samples(model, spec, config.model, True, store)
         runs[(variant_name(*main[0]), "control")] = (control, cluster_samples(control, model, *main[0], config,
@@ -72,9 +137,19 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
     keys = list(runs)
     table = ground_truth([v for v, _ in keys], [s for _, s in keys], [runs[k][0] for k in keys],
                          [runs[k][1]["labels"] for k in keys], store)
+    first = {"learned": learned, "control": control, "run": runs[(variant_name(*main[0]), "learned")][1],
+             "control_run": runs[(variant_name(*main[0]), "control")][1] if control is not None else None}
+    bench_runs = benchmark_runs(models, spec, config, store, first)
+    entries = list(bench_runs.items())
+    bench = parity_benchmark(
+        [r for (r, _), _ in entries], [p for (_, p), _ in entries], [e["samples"] for _, e in entries],
+        [e["run"]["truth"] for _, e in entries], [e["control_samples"] for _, e in entries],
+        [e["control_run"]["truth"] if e["control_run"] else [] for _, e in entries], models,
+        list(config.clustering.seeds), config.clustering.spectral(), config.benchmark, store)
     sims = {variant_name(*v): runs[(variant_name(*v), "learned")][1]["similarity"] for v in main}
-    report = ground_truth_report(table, model, sims, learned, config.report, store, key_prefix)
-    return {"spec": spec, "model": model, "runs": runs, "ground_truth": table, "report": report}
+    report = ground_truth_report(table, model, sims, learned, config.report, store, key_prefix, bench)
+    return {"spec": spec, "model": model, "models": models, "runs": runs, "bench_runs": bench_runs,
+            "ground_truth": table, "benchmark": bench, "report": report}
 
 
 @flow(name="qdg-sparse-parity", log_prints=True)
@@ -88,8 +163,18 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
         name = variant.replace("+", "_").replace("-", "_")
         artifacts[f"similarity_{name}_{kind}"] = run["similarity"]
         artifacts.update({f"labels_{name}_{kind}_{i}": r for i, r in enumerate(run["labels"])})
-    return {"artifacts": artifacts,
-            "results": ground_truth_results(Store(store), refs, variant_name(*variants(config)[0]))}
+    for regime, ref in refs["models"].items():
+        artifacts[f"model_{regime}"] = ref
+    artifacts["benchmark"] = refs["benchmark"]
+    for (regime, rep), e in refs["bench_runs"].items():
+        artifacts[f"similarity_{regime}_{rep}"] = e["run"]["similarity"]
+    results = ground_truth_results(Store(store), refs, variant_name(*variants(config)[0]))
+    bench = Store(store).read_table(refs["benchmark"])
+    results["benchmark"] = benchmark_records(bench)
+    results["best"] = best_row(bench)
+    results["regimes"] = list(config.regimes)
+    results["representations"] = list(config.representations)
+    return {"artifacts": artifacts, "results": jsonable(results)}
 
 
 def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
@@ -106,6 +191,9 @@ def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
 
         check_projection(dim, config.gradients.projection_dims, "gradients.projection_dims",
                          f"the width-{plan['width']} MLP", psutil.virtual_memory().total)
+    if "modular" in config.regimes and config.sparse_parity.task.k != 3:
+        raise ConfigError(f"regimes: the 'modular' control is built for k = 3 bits per subtask (sparse_parity.task.k "
+                          f"= {config.sparse_parity.task.k}): drop 'modular' from regimes")
     for value, field in ((config.sparse_parity.grid.device, "sparse_parity.grid.device"),
                          (config.gradients.device, "gradients.device")):
         try:

@@ -20,6 +20,8 @@ from schemas.registry import register
 from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, PARAMETER_SPACE_REPRESENTATIONS,  # noqa: F401
                                  REPRESENTATIONS, ClusteringConfig, GradientConfig, ParityModelConfig, Representation, QDGConfig, QDGSparseParityConfig, ReportConfig,
                                  SelectionConfig, SimilarityConfig, SpectralOptions, ZipfConfig, parse_bytes)
+from schemas.qdg_config import (REGIMES, BenchmarkConfig, GroupLassoConfig, LongTrainingConfig,  # noqa: F401
+                                 Regime)
 
 
 # -------------------------------------------------------------------------------------------- artifacts
@@ -283,6 +285,40 @@ PARITY_SAMPLES = register(
     ),
     "samples of sparse-parity subtasks (the true quanta), in clustering order",
 )
+
+class ParityBenchmarkTable(pa.DataFrameModel):
+    """The known-quanta benchmark (qdg-sparse-parity): one row per (regime, representation or baseline); see
+    tasks.qdg.benchmark for each column's definition."""
+
+    regime: Series[str] = pa.Field(isin=list(REGIMES))
+    representation: Series[str] = pa.Field(isin=[*REPRESENTATIONS, "control_bits", "task_bits", "random"])
+    kind: Series[str] = pa.Field(isin=["representation", "baseline"])
+    k: Series[int] = pa.Field(ge=2, description="clusters = sampled subtasks")
+    n_samples: Series[int] = pa.Field(ge=2)
+    n_subtasks: Series[int] = pa.Field(ge=2)
+    ari: Series[float] = pa.Field(ge=-1.0, le=1.0, description="ARI against the true subtasks, mean over seeds")
+    ari_lo: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True, description="bootstrap interval over samples")
+    ari_hi: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True)
+    label_ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
+    control_ari: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True, description="on unlearned subtasks")
+    purity_mean: Series[float] = pa.Field(ge=0.0, le=1.0)
+    purity_min: Series[float] = pa.Field(ge=0.0, le=1.0)
+    specialised: Series[float] = pa.Field(ge=0.0, le=1.0, nullable=True, description="fraction of used units "
+                                          "whose ablation hurts one subtask far more than the others")
+    units_used: Series[int] = pa.Field(ge=0)
+
+    @pa.dataframe_check(error="ari_lo <= ari_hi where the interval is set")
+    def _interval(cls, df) -> bool:
+        both = df["ari_lo"].notna() & df["ari_hi"].notna()
+        return bool((df.loc[both, "ari_lo"] <= df.loc[both, "ari_hi"]).all())
+
+    class Config:
+        strict = True
+
+
+PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 1, ParityBenchmarkTable,
+                            "representation x training regime -> ARI against the true subtasks, with intervals, "
+                            "baselines and per-unit specialisation")
 
 __all__ = ["QDGConfig", "QDGSparseParityConfig", "SelectionConfig", "GradientConfig", "SimilarityConfig",
            "ClusteringConfig", "SpectralOptions", "ZipfConfig", "ReportConfig", "ParityModelConfig"]

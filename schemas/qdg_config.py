@@ -266,8 +266,67 @@ class ParityModelConfig(StrictModel):
     seed_samples: int = Field(0, ge=0)
 
 
+# How the looked-into parity MLP was trained (qdg-sparse-parity's benchmark; each regime is its own cached model):
+# - study: the sparse-parity study's own training (the grid's steps and weight decay)
+# - long: the same from scratch with `long.steps` and `long.weight_decay` (the clean-up phase after grokking)
+# - group_lasso: the study's model fine-tuned with a group-lasso penalty over hidden units (`group_lasso.*`)
+# - modular: the positive control, a hand-built MLP in which each learned subtask of the study's model has its own
+#   four gated hidden units (no training)
+Regime = Literal["study", "long", "group_lasso", "modular"]
+REGIMES: tuple[str, ...] = ("study", "long", "group_lasso", "modular")
+
+
+class LongTrainingConfig(StrictModel):
+    """The `long` regime: the study's training from scratch, longer and with more weight decay."""
+
+    steps: int = Field(10000, ge=1, description="training steps (the study's grid.steps in the `study` regime)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+
+
+class GroupLassoConfig(StrictModel):
+    """The `group_lasso` regime (narrow-AI recipe): fine-tune the `start` model with cross-entropy on fresh samples
+    plus lam * sum over hidden units j of sqrt(||W1[j, :]||^2 + ||W2[:, j]||^2) (incoming and outgoing weights)."""
+
+    lam: float = Field(1e-4, description="penalty strength lambda (> 0; on the demo model 1e-3 already unlearns "
+                       "all but 3 of its 11 subtasks)")
+    steps: int = Field(2000, ge=1, description="fine-tuning steps")
+    lr: float | None = Field(None, gt=0, description="AdamW learning rate (None = the "
+                             "grid's lr)")
+    start: Literal["study", "long"] = Field("study", description="the regime whose model is fine-tuned")
+
+    @field_validator("lam")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("group_lasso.lam must be > 0 (a penalty of 0 is the start model itself)")
+        return v
+
+
+class BenchmarkConfig(StrictModel):
+    """The benchmark table: ARI intervals, baselines and the per-unit specialisation measure."""
+
+    bootstrap: int = Field(500, ge=0, description="bootstrap resamples of the samples for the ARI interval (0 = no "
+                           "interval)")
+    level: float = Field(0.95, gt=0, lt=1)
+    seed: int = Field(0, ge=0, description="seed of the bootstrap and of the random-vector baseline")
+    random_dims: int = Field(64, ge=1, description="dimension of the random-vector baseline")
+    specialised_ratio: float = Field(3.0, gt=1, description="a unit is specialised when its largest mean ablation "
+                                     "damage over subtasks is at least this many times its second largest")
+    specialised_min_nats: float = Field(0.01, gt=0, description="units whose largest mean ablation damage is below "
+                                        "this (nats) do not matter and are not counted")
+
+
 class QDGSparseParityConfig(StrictModel):
     """Ground truth for QDG: the quanta of sparse parity are known (its subtasks)."""
+
+    representations: list[Representation] = Field(
+        list(REPRESENTATIONS), description="what is clustered, each its own cached stage (see Representation); "
+        "default: all")
+    regimes: list[Regime] = Field(["study", "modular"], description="how the looked-into model was trained, each its "
+                                  "own cached model (see Regime); the first is the headline")
+    long: LongTrainingConfig = LongTrainingConfig()
+    group_lasso: GroupLassoConfig = GroupLassoConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     sparse_parity: SparseParityConfig
     model: ParityModelConfig = ParityModelConfig()
@@ -289,3 +348,16 @@ class QDGSparseParityConfig(StrictModel):
         context = info.context or {}
         return include_section(data, "sparse_parity", "sparse_parity_config", context.get("config_dir"),
                                context.get("config_path"))
+
+    @field_validator("representations", "regimes")
+    @classmethod
+    def _distinct(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"{info.field_name} must be a non-empty list without repeats")
+        return v
+
+    @model_validator(mode="after")
+    def _regimes(self):
+        if self.regimes[0] == "modular":
+            raise ValueError("regimes: the first regime is the headline and must be a trained model, not 'modular'")
+        return self

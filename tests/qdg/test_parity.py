@@ -19,6 +19,7 @@ from tasks.qdg.gradients import GradientConfigError, gradient_block_plan
 from tasks.qdg.parity import (ParityModelError, chosen_subtasks, load_parity_model, parity_gradient_block,
                               parity_gradients, parity_model, parity_model_plan, parity_parameter_names,
                               parity_samples)
+from tasks.qdg.regimes import modular_mlp
 from tasks.sparse_parity.data import build_spec, encode, eval_set, load_spec
 from tasks.sparse_parity.train import Group, log_steps, train_grid
 
@@ -46,26 +47,6 @@ def test_parity_model_is_the_model_the_study_trained(store, project_root):
         torch.testing.assert_close(v, res.states[0][m][k], rtol=1e-5, atol=1e-6)
     with pytest.raises(ParityModelError, match=r"model.width 5 is not a width of the study's grid \[8, 24, 64\]"):
         parity_model_plan(sp, ParityModelConfig(width=5))
-
-
-def modular_mlp(spec, learned: list[int], scale: float = 10.0, gate: float = 8.0) -> dict[str, np.ndarray]:
-    """Weights of a one-hidden-layer ReLU MLP that has learned exactly the subtasks `learned`: for each, four units
-    h_m = relu(sum of its bits - m + 1/2 - gate (1 - its control bit)), m = 0..3, whose combination
-    2 h_0 - 8 h_2 + 16 h_3 - 2 is -1, +1, -1, +1 for 0..3 bits set (the parity, as a sign); logits +-scale/2 times
-    that. Other subtasks have no units (and always get label 0)."""
-    n_tasks, n_bits = spec.n_tasks, spec.n_bits
-    h = 4 * len(learned)
-    w1, b1 = np.zeros((h, n_tasks + n_bits), np.float32), np.zeros(h, np.float32)
-    w2, b2 = np.zeros((2, h), np.float32), np.array([scale, -scale], np.float32)
-    a = [2.0, 0.0, -8.0, 16.0]
-    for i, t in enumerate(learned):
-        for m in range(4):
-            j = 4 * i + m
-            w1[j, t] = gate
-            w1[j, n_tasks + spec.subsets[t]] = 1.0
-            b1[j] = -m + 0.5 - gate
-            w2[1, j], w2[0, j] = scale / 2 * a[m], -scale / 2 * a[m]
-    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
 
 
 @pytest.fixture

@@ -164,6 +164,18 @@ CASES = [
          ["'params'", "not found"]),
     Case("fit-non-numeric", lambda p: ["fit", "--csv", p.bad_csv, "--y", "loss", "--x", "n"],
          ["non-numeric", "'loss'", "row 2"]),
+    # the qdg-sparse-parity benchmark: representations and training regimes
+    Case("qdg-sp-unknown-representation", lambda p: [*QDG_SP, "--set", "representations=['gradient', 'saliency']"],
+         ["representations.1", "saliency"]),
+    Case("qdg-sp-group-lasso-lambda-zero", lambda p: [*QDG_SP, "--set", "group_lasso.lam=0"],
+         ["group_lasso.lam must be > 0"]),
+    Case("qdg-sp-group-lasso-lambda-negative", lambda p: [*QDG_SP, "--set", "group_lasso.lam=-1e-3"],
+         ["group_lasso.lam must be > 0"]),
+    Case("qdg-sp-unknown-regime", lambda p: [*QDG_SP, "--set", "regimes=['study', 'longer']"],
+         ["regimes.1", "longer"]),
+    Case("qdg-sp-modular-not-k3", lambda p: [*QDG_SP, "--set", "regimes=['study', 'modular']", "--set",
+                                             "sparse_parity.task.k=4"],
+         ["regimes", "'modular'", "k = 3"], preflight_of="flows.qdg_sparse_parity"),
 ]
 
 

@@ -1,0 +1,141 @@
+"""The known-quanta benchmark: its statistics (bootstrap interval, purity, baselines, specialisation), the training
+regimes (group-lasso fine-tuning, the modular control), and the flow: a representation added to the config computes
+only its own stages, a new cluster count only the clusterings and what reads them."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flow_states import task_states
+from schemas import ConfigError
+from schemas.config import load_config
+from schemas.qdg import GroupLassoConfig, QDGSparseParityConfig, SpectralOptions
+from schemas.sparse_parity import TaskConfig
+from tasks.qdg.benchmark import (baseline_labels, baseline_vectors, best_row, bootstrap_interval, purity,
+                                 resampled_ari, seed_mean_ari, specialisation)
+from tasks.qdg.parity import mlp_from_arrays, sample_subtasks
+from tasks.qdg.regimes import group_lasso_finetune, modular_mlp, subtask_loss_bits, unit_group_norms
+from tasks.sparse_parity.data import make_spec
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return make_spec(TaskConfig(n_tasks=6, n_bits=16, k=3, seed=0))
+
+
+def test_interval_purity_and_baselines(spec):
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), 50)
+    noisy = np.where(rng.random(200) < 0.3, rng.integers(0, 4, 200), truth)  # 30% of the labels shuffled
+    lo, hi = bootstrap_interval(truth, [noisy, noisy], 300, 0.95, 0)
+    est = seed_mean_ari(truth, [noisy])
+    assert lo < est < hi and hi - lo < 0.3
+    assert bootstrap_interval(truth, [truth], 50, 0.95, 0) == (1.0, 1.0)
+    assert np.isnan(bootstrap_interval(truth, [noisy], 0, 0.95, 0)[0])
+    from sklearn.metrics import adjusted_rand_score
+
+    for idx in (rng.integers(0, 200, 200), np.arange(200), np.zeros(5, dtype=int)):
+        assert resampled_ari(truth, noisy, idx) == pytest.approx(adjusted_rand_score(truth[idx], noisy[idx]))
+    pm, pmin = purity(truth, [truth])
+    assert pm == pmin == 1.0
+    assert 0.25 < purity(truth, [rng.integers(0, 4, 200)])[0] < 0.5
+    task, bits, _ = sample_subtasks(spec, np.arange(4), 40, 0)
+    opts = SpectralOptions()
+    ceiling = baseline_labels(baseline_vectors("control_bits", task, bits, 6, 8, 0), 4, [0, 1], opts)
+    assert seed_mean_ari(task, ceiling) == 1.0
+    for name in ("task_bits", "random"):
+        floor = baseline_labels(baseline_vectors(name, task, bits, 6, 64, 0), 4, [0, 1], opts)
+        assert abs(seed_mean_ari(task, floor)) < 0.1, name
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_vectors("nope", task, bits, 6, 8, 0)
+
+
+def test_specialisation_of_the_modular_model_is_complete_and_of_a_shared_one_is_not(spec):
+    learned = [0, 1, 2, 3]
+    task, bits, label = sample_subtasks(spec, np.array(learned), 40, 0)
+    modular = mlp_from_arrays(modular_mlp(spec, learned))
+    frac, used = specialisation(modular, 6, task, bits, label, 3.0, 0.01)
+    assert frac == 1.0 and used == 12  # 4 units per subtask, the one with no outgoing weight unused
+    shared = modular_mlp(spec, learned)
+    shared["w1"][:, :6] = 0  # no gating: every unit sees every subtask's bits through its own subset only
+    shared["b1"] += 8.0
+    frac, _ = specialisation(mlp_from_arrays(shared), 6, task, bits, label, 3.0, 0.01)
+    assert frac < 1.0
+
+
+def test_group_lasso_shrinks_the_unit_norms_and_keeps_what_is_learned(spec):
+    torch.manual_seed(0)
+    mlp = mlp_from_arrays(modular_mlp(spec, list(range(6))))  # every subtask learned by its own units
+    with torch.no_grad():  # extra useless units that the penalty should switch off
+        w1 = torch.cat([mlp[0].weight, 0.3 * torch.randn(8, mlp[0].weight.shape[1])])
+        b1 = torch.cat([mlp[0].bias, torch.zeros(8)])
+        w2 = torch.cat([mlp[2].weight, 0.3 * torch.randn(2, 8)], dim=1)
+    mlp = mlp_from_arrays({"w1": w1.numpy(), "b1": b1.numpy(), "w2": w2.numpy(), "b2": mlp[2].bias.detach().numpy()})
+    before = unit_group_norms(mlp).detach().clone()
+    trace = group_lasso_finetune(mlp, spec, GroupLassoConfig(lam=1e-2, steps=200), 1e-2, 256, 0)
+    after = unit_group_norms(mlp).detach()
+    extra = slice(24, 32)
+    assert trace[-1] < trace[0] and (after[extra] < 0.05 * before[extra]).all(), after[extra]
+    mlp.eval()
+    assert (subtask_loss_bits(mlp, spec, 100) < 0.5).all()  # still learned (the penalty costs a little loss)
+    with pytest.raises(ValueError, match="group_lasso.lam must be > 0"):
+        GroupLassoConfig(lam=0)
+
+
+def test_best_row_is_a_parameter_space_representation_of_a_trained_model():
+    df = pd.DataFrame({"regime": ["study", "study", "modular", "long", "study"],
+                       "representation": ["gradient", "activations", "abs_gradient", "ablation", "control_bits"],
+                       "kind": ["representation"] * 4 + ["baseline"], "ari": [0.2, 0.9, 1.0, 0.5, 1.0],
+                       "ari_lo": [0.1, 0.8, 1.0, 0.4, 1.0], "ari_hi": [0.3, 0.95, 1.0, 0.6, 1.0]})
+    assert best_row(df) == {"representation": "ablation", "regime": "long", "ari": 0.5, "ari_ci": [0.4, 0.6]}
+
+
+def _tiny(project_root, *overrides) -> QDGSparseParityConfig:
+    return load_config(QDGSparseParityConfig, project_root / "configs" / "qdg" / "sparse_parity_tiny.toml",
+                       ["compare_label_sign=false", "compare_control_weights=false", "benchmark.bootstrap=50",
+                        *overrides])
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_adding_a_representation_computes_only_its_stages(project_root, store_root, store):
+    from flows.qdg_sparse_parity import FLOW
+
+    cfg = _tiny(project_root, "representations=['gradient']", "regimes=['study']")
+    state = FLOW(config=cfg, store=store_root, return_state=True)
+    res = state.result(raise_on_failure=True)["results"]
+    rows = pd.DataFrame(res["benchmark"])
+    assert set(rows.representation) == {"gradient", "control_bits", "task_bits", "random"}
+    assert rows.set_index("representation").loc["control_bits", "ari"] == 1.0
+    g = rows.set_index("representation").loc["gradient"]
+    assert g.ari == pytest.approx(res["ground_truth_ari"]) and g.control_ari == pytest.approx(res["control_ari"])
+    assert abs(g.control_ari) < 0.1  # unlearned subtasks: at chance
+    assert res["best"]["representation"] == "gradient"
+
+    states = task_states(FLOW(config=_tiny(project_root, "representations=['gradient', 'activations']",
+                                           "regimes=['study']"), store=store_root,
+                              return_state=True).state_details.flow_run_id)
+    ran = {k for k, v in states.items() if v != "Cached"}
+    assert {k for k in ran if k.startswith("qdg-parity-") and not k.startswith("qdg-parity-benchmark")} == {
+        "qdg-parity-activations-0-64", "qdg-parity-activations-64-100", "qdg-parity-activations-0-60"}, ran
+    assert sum(k.startswith("qdg-similarity") for k in ran) == 2, ran
+    assert {k.rsplit("-", 1)[0] for k in ran if not k.startswith(("qdg-parity-activations", "qdg-similarity",
+                                                                  "qdg-cluster"))} == {
+        "qdg-parity-benchmark", "qdg-sparse-parity-report"}, ran
+    assert "qdg-ground-truth" not in {k.rsplit("-", 1)[0] for k in ran}
+
+    states = task_states(FLOW(config=_tiny(project_root, "representations=['gradient', 'activations']",
+                                           "regimes=['study']", "clustering.n_clusters=[3]"), store=store_root,
+                              return_state=True).state_details.flow_run_id)
+    ran = {k.rsplit("-", 1)[0] if not k.startswith("qdg-cluster") else k for k, v in states.items() if v != "Cached"}
+    assert ran == {"qdg-cluster-k3-s0", "qdg-cluster-k3-s1", "qdg-ground-truth", "qdg-sparse-parity-report"}, ran
+
+
+def test_bad_representation_and_regime_settings_fail_at_load(project_root):
+    with pytest.raises(ConfigError, match="representations.0"):
+        _tiny(project_root, "representations=['gradients']")
+    with pytest.raises(ConfigError, match="group_lasso.lam must be > 0"):
+        _tiny(project_root, "group_lasso.lam=-0.1")
+    with pytest.raises(ConfigError, match="regimes must be a non-empty list without repeats"):
+        _tiny(project_root, "regimes=['study', 'study']")
