@@ -60,10 +60,13 @@ class GridResult:
 
 
 class _GroupBatches:
-    """Per-group batch streams, each with its own generator: a group's batches do not depend on other groups.
-    Each batch is ordered by subtask (the same samples, reordered), so the lookup-table gradient's row scatter-add
-    adds into one row at a time (3-4x faster than in random order). Fresh samples are drawn `ahead` batches at a
-    time (up to PREFETCH_BYTES), which saves a dozen small operations per step."""
+    """Per-group batch streams, each with its own counter-based stream (data.Sampler): a group's batches do not
+    depend on other groups, nor on the device. Each batch is ordered by subtask (the same samples, reordered), so
+    the lookup-table gradient's row scatter-add adds into one row at a time (3-4x faster than in random order).
+    Fresh samples are drawn `ahead` batches at a time (up to PREFETCH_BYTES), which saves a dozen small operations
+    per step. A finite set larger than a batch is read in epochs: a fresh random permutation per epoch, step j of
+    the epoch takes its j-th slice of B (each batch a uniformly random B-subset without replacement, no sample twice
+    in an epoch; the last D mod B of an epoch's order are skipped, different ones each epoch)."""
 
     PREFETCH_BYTES = 8 << 20
 
@@ -75,6 +78,7 @@ class _GroupBatches:
         self.queues: list[deque] = [deque() for _ in groups]
         self.ones = torch.ones(batch_size, device=device)
         self.sets = []
+        self.epochs: list[tuple[torch.Tensor, int] | None] = [None] * len(groups)  # (permutation, next slice)
         for g in groups:
             if g.data is None:
                 self.sets.append(None)
@@ -93,12 +97,21 @@ class _GroupBatches:
             queue.extend(zip(t[order].view(k, B), bits[order].float().view(k, B, -1), y[order].view(k, B)))
         return queue.popleft()
 
+    def _epoch_slice(self, i: int, n: int) -> torch.Tensor:
+        """Indices (B,) of group i's next minibatch of its n-sample set, sorted (see the class docstring)."""
+        B, epoch = self.batch_size, self.epochs[i]
+        if epoch is None or epoch[1] + B > n:
+            epoch = (self.samplers[i].stream.permutation(n), 0)
+        perm, start = epoch
+        self.epochs[i] = (perm, start + B)
+        return perm[start:start + B].sort().values
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """task [G, B] int64, bits [G, B, n_bits] float32, y [G, B] int64, weight [G, B] float32 (0 pads small
         full-batch sets)."""
         ts, bs, ys, ws = [], [], [], []
         B = self.batch_size
-        for i, (sampler, data) in enumerate(zip(self.samplers, self.sets)):
+        for i, data in enumerate(self.sets):
             w = self.ones
             if data is None:
                 t, bits, y = self._fresh(i)
@@ -107,8 +120,8 @@ class _GroupBatches:
                 if n <= B:  # the whole set every step (full batch), padded to B with zero weight
                     idx = torch.arange(B, device=self.device) % n
                     w = (torch.arange(B, device=self.device) < n).float()
-                else:  # a minibatch without replacement, in the set's (subtask) order
-                    idx = torch.randperm(n, generator=sampler.gen, device=self.device)[:B].sort().values
+                else:  # the epoch's next slice, in the set's (subtask) order
+                    idx = self._epoch_slice(i, n)
                 t, bits, y = data[0][idx], data[1][idx].float(), data[2][idx]
             ts.append(t)
             bs.append(bits)
