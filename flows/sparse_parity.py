@@ -22,7 +22,7 @@ def sparse_parity_pipeline(config: SparseParityConfig, store: str, key_prefix: s
     spec = build_spec(config.task, store)
     plan = training_plan(config)
     train_sets = {g: build_train_set.submit(spec, g[0], g[1], store) for g in finite_data_groups(plan)}
-    shards = [train_shard.submit(spec, groups, [train_sets.get(g) for g in groups], params, store)
+    shards = [train_shard.submit(spec, groups, [train_sets.get(g) for g in groups], params, store, config.grid.device)
               for params, groups in plan]
     curves = [s.result() for s in shards]
     threshold = config.grid.learned_threshold_bits

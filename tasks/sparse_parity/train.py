@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from schemas import ConfigError
 from schemas.sparse_parity import GridConfig, SparseParityConfig
 from storage import ArtifactRef, Store
-from tasks.caching import quanta_task
+from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device, tensor_cores
 from tasks.progress import Progress
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, derive_seed, encode, eval_set, load_spec
@@ -297,12 +297,13 @@ def train_single(spec: SparseParitySpec, width: int, group: Group, *, depth: int
 
 
 # ------------------------------------------------------------------------------------------ Prefect task
-TRAIN_FIELDS = ("widths", "depth", "steps", "batch_size", "lr", "weight_decay", "log_points", "eval_samples_per_task",
-                "device")
+TRAIN_FIELDS = ("widths", "depth", "steps", "batch_size", "lr", "weight_decay", "log_points", "eval_samples_per_task")
 
 
 def train_params(grid: GridConfig) -> dict:
-    """The grid fields that affect training (not, e.g., the learned threshold): the shard's cache inputs."""
+    """The grid fields that affect training (not, e.g., the learned threshold): the shard's cache inputs. Not the
+    device: every random stream is the same on every device (streams.Stream), so a shard computed on a GPU is the
+    cached result of the same shard on the CPU (up to float rounding, and TF32 matmuls on a GPU)."""
     return {k: getattr(grid, k) for k in TRAIN_FIELDS}
 
 
@@ -387,14 +388,15 @@ def _short_list(xs: list[int]) -> str:
     return str(xs) if len(xs) <= 6 else f"[{xs[0]}, {xs[1]}, ..., {xs[-1]}] ({len(xs)})"
 
 
-@quanta_task(name="train-shard", task_run_name="train-shard-{groups}")
+@quanta_task(name="train-shard", task_run_name="train-shard-{groups}", cache_policy=CACHE_POLICY - "device")
 def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_refs: list[ArtifactRef | None],
-                params: dict, store: str) -> ArtifactRef:
+                params: dict, store: str, device: str = "auto") -> ArtifactRef:
     """Train all widths for the given (data_size, seed) groups as one batched computation; write the curves.
-    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored."""
+    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored. `device` (the
+    config's grid.device) is not part of the cache key; the curves' attrs and lineage record the device used."""
     st = Store(store)
     spec = load_spec(st, spec_ref)
-    device = resolve_device(params["device"], "grid.device")
+    device = resolve_device(device, "grid.device")
     group_objs = []
     for (data_size, seed), ref in zip(groups, train_set_refs):
         data = None
@@ -423,4 +425,13 @@ def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_
     attrs = {"depth": params["depth"], "lr": params["lr"], "batch_size": params["batch_size"],
              "device": str(device.type)}
     inputs = [spec_ref] + [r for r in train_set_refs if r is not None]
-    return st.write_zarr("sparse_parity.curves", arrays, attrs, inputs=inputs, params={**params, "groups": groups})
+    return st.write_zarr("sparse_parity.curves", arrays, attrs, inputs=inputs,
+                         params={**params, "groups": groups, "device": _device_name(device)})
+
+
+def _device_name(device: torch.device) -> str:
+    """'cpu', or e.g. 'cuda:0 (NVIDIA H200)': which device computed an artifact, for its lineage."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
