@@ -29,6 +29,7 @@ from tasks.devices import resolve_device, tensor_cores
 from tasks.progress import Progress
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, derive_seed, encode, eval_set, load_spec
 from tasks.sparse_parity.model import WidthGrid, grid_param_count, init_mlp, n_params, workspace_bytes
+from tasks.step_graph import StepGraph
 
 LN2 = math.log(2.0)
 
@@ -186,12 +187,17 @@ class GridTrainer:
     AdamW step of every model; `evaluate(eval_data)` measures every model's per-subtask test loss."""
 
     def __init__(self, spec: SparseParitySpec, widths: list[int], groups: list[Group], *, depth: int = 1,
-                 batch_size: int, lr: float, weight_decay: float, device: str | torch.device = "cpu"):
+                 batch_size: int, lr: float, weight_decay: float, device: str | torch.device = "cpu",
+                 cuda_graph: bool = False):
         self.spec, self.widths, self.groups, self.lr = spec, list(widths), list(groups), lr
         self.device = torch.device(device)
         self.net = WidthGrid(spec.n_tasks, spec.n_bits, widths, depth, [g.seed for g in groups]).to(self.device)
-        # fused: one kernel over the one flat tensor (same update as the for-loop AdamW up to float rounding)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+        # fused: one kernel over the one flat tensor (same update as the for-loop AdamW up to float rounding);
+        # capturable: its step count stays on the device, so a CUDA graph can replay the update
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay, fused=True,
+                                     capturable=cuda_graph and self.device.type == "cuda")
+        # cuda_graph: the step (forward, gradient, AdamW) on static batch buffers, replayed as one CUDA graph
+        self.graph = StepGraph(self._train_step, self.device, keep=self.net.workspaces) if cuda_graph else None
         self.batches = _GroupBatches(spec, groups, batch_size, self.device)
         self.batch_size = batch_size
         self.rows = chunk_rows(batch_size, len(groups), sum(widths), self.device)
@@ -199,7 +205,14 @@ class GridTrainer:
         self.steps_done = 0
 
     def step(self) -> None:
-        task, bits, y, w = self.batches.next()
+        batch = self.batches.next()
+        if self.graph is None:
+            self._train_step(*batch)
+        else:
+            self.graph(batch)
+        self.steps_done += 1
+
+    def _train_step(self, task: torch.Tensor, bits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
         w = w / w.sum(1, keepdim=True)
         net, rows = self.net, self.rows
         st = net.start_step()
@@ -208,7 +221,6 @@ class GridTrainer:
                                                  w[:, i:i + rows], st)
         net.finish_grads(st)
         self.opt.step()
-        self.steps_done += 1
 
     def check_finite(self) -> None:
         """Raise TrainingDiverged if a model's training loss since the last check was NaN/inf."""
@@ -224,11 +236,12 @@ class GridTrainer:
 def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *, depth: int = 1, steps: int,
                batch_size: int, lr: float, weight_decay: float, log_at: np.ndarray, eval_data,
                device: str | torch.device = "cpu", keep_states: bool = False, progress=None,
-               check_every: int | None = None) -> GridResult:
+               check_every: int | None = None, cuda_graph: bool = False) -> GridResult:
     """Train every (group, width) model for `steps` AdamW steps; log test losses at the steps in `log_at`.
 
     eval_data: (task, bits, label) tensors (see sparse_parity.eval_set), on any device.
     progress: a tasks.progress.Progress (or anything with `update(n, **info)`), advanced once per step.
+    cuda_graph: replay each step as one CUDA graph (tasks.step_graph; on the CPU the same steps, eagerly).
     Raises TrainingDiverged (naming the models and lr) when a training or test loss is NaN/inf; the training
     loss is checked every `check_every` steps (default: every step on the CPU, every 50 on a GPU, where a check
     waits for the device), at every log step and at the end.
@@ -238,7 +251,7 @@ def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *
     check_every = check_every or (50 if device.type == "cuda" else 1)
     with tensor_cores(device):
         trainer = GridTrainer(spec, widths, groups, depth=depth, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, device=device)
+                              weight_decay=weight_decay, device=device, cuda_graph=cuda_graph)
         eval_data = tuple(a.to(device) for a in eval_data)
         log_at = np.asarray(log_at, dtype=np.int64)
         G, M, S, T = len(groups), len(widths), len(log_at), spec.n_tasks
@@ -388,12 +401,13 @@ def _short_list(xs: list[int]) -> str:
     return str(xs) if len(xs) <= 6 else f"[{xs[0]}, {xs[1]}, ..., {xs[-1]}] ({len(xs)})"
 
 
-@quanta_task(name="train-shard", task_run_name="train-shard-{groups}", cache_policy=CACHE_POLICY - "device")
+@quanta_task(name="train-shard", task_run_name="train-shard-{groups}",
+             cache_policy=CACHE_POLICY - "device" - "cuda_graph")
 def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_refs: list[ArtifactRef | None],
-                params: dict, store: str, device: str = "auto") -> ArtifactRef:
+                params: dict, store: str, device: str = "auto", cuda_graph: bool = False) -> ArtifactRef:
     """Train all widths for the given (data_size, seed) groups as one batched computation; write the curves.
-    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored. `device` (the
-    config's grid.device) is not part of the cache key; the curves' attrs and lineage record the device used."""
+    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored. How it runs
+    (the config's grid.device and grid.cuda_graph) is not part of the cache key; the lineage records both."""
     st = Store(store)
     spec = load_spec(st, spec_ref)
     device = resolve_device(device, "grid.device")
@@ -410,7 +424,7 @@ def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_
     with Progress(f"train-shard {groups}", total=params["steps"], unit="step") as progress:
         res = train_grid(spec, params["widths"], group_objs, depth=params["depth"], steps=params["steps"],
                          batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
-                         log_at=log_at, eval_data=ev, device=device, progress=progress)
+                         log_at=log_at, eval_data=ev, device=device, progress=progress, cuda_graph=cuda_graph)
     G, M = len(group_objs), len(params["widths"])
     arrays = {
         "steps": res.steps.astype(np.int64),
@@ -426,7 +440,7 @@ def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_
              "device": str(device.type)}
     inputs = [spec_ref] + [r for r in train_set_refs if r is not None]
     return st.write_zarr("sparse_parity.curves", arrays, attrs, inputs=inputs,
-                         params={**params, "groups": groups, "device": _device_name(device)})
+                         params={**params, "groups": groups, "device": _device_name(device), "cuda_graph": cuda_graph})
 
 
 def _device_name(device: torch.device) -> str:
