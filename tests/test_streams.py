@@ -13,7 +13,7 @@ import torch
 from schemas.sparse_parity import TaskConfig
 from tasks.sparse_parity.data import Sampler, derive_seed, eval_set, make_spec, train_set
 from tasks.sparse_parity.streams import Stream, integer_cdf, philox4x32
-from tasks.sparse_parity.train import Group, _GroupBatches, log_steps, train_grid
+from tasks.sparse_parity.train import GridTrainer, Group, _GroupBatches, log_steps, train_grid
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "sparse_parity_tiny.json"
 
@@ -153,6 +153,13 @@ def test_cuda_gives_the_cpu_numbers_bit_for_bit():
     for a, b in zip(eval_set(spec, 20, 0), eval_set(spec, 20, 0, device="cuda")):
         assert torch.equal(a, b.cpu())
     assert torch.equal(Stream(3).permutation(10_000), Stream(3, "cuda").permutation(10_000).cpu())
+    data = train_set(spec, 5000, seed=1)
+    on = {d: GridTrainer(spec, [8, 24], [Group(seed=0), Group(seed=1, data_size=5000, data=data)], batch_size=512,
+                         lr=1e-3, weight_decay=0.0, device=d) for d in ("cpu", "cuda")}
+    assert torch.equal(on["cpu"].net.flat.data, on["cuda"].net.flat.data.cpu())  # init: a CPU generator, moved
+    for _ in range(3):  # fresh batches and epoch slices of a finite set
+        for a, b in zip(on["cpu"].batches.next(), on["cuda"].batches.next()):
+            assert torch.equal(a, b.cpu())
 
 
 # ------------------------------------------------------------------------------------------------ the golden grid
