@@ -60,22 +60,31 @@ class GridResult:
     states: list[list[dict]] = field(default_factory=list)  # [G][M] final parameters (if asked)
 
 
+PREFETCH_BYTES = 256 << 20  # fresh batches held ahead per group, at most
+
+
+def prefetch_batches(batch_size: int, n_bits: int) -> int:
+    """Fresh batches drawn at once per group: up to 32, within PREFETCH_BYTES (a batch holds about
+    batch_size·(4·n_bits + 16) bytes). The paper shape: 30; the demo: 32."""
+    return max(1, min(32, PREFETCH_BYTES // (batch_size * (4 * n_bits + 16))))
+
+
 class _GroupBatches:
     """Per-group batch streams, each with its own counter-based stream (data.Sampler): a group's batches do not
     depend on other groups, nor on the device. Each batch is ordered by subtask (the same samples, reordered), so
     the lookup-table gradient's row scatter-add adds into one row at a time (3-4x faster than in random order).
-    Fresh samples are drawn `ahead` batches at a time (up to PREFETCH_BYTES), which saves a dozen small operations
-    per step. A finite set larger than a batch is read in epochs: a fresh random permutation per epoch, step j of
+    Fresh samples are drawn `ahead` batches at a time (`prefetch_batches`), which spreads the stream's ~260 small
+    operations per draw over up to 32 steps (on a GPU, where the step is launch-bound, they would otherwise be most
+    of its kernel launches). `ahead` depends on the shape only, never on the device, since it decides which stream
+    words each batch gets. A finite set larger than a batch is read in epochs: a fresh random permutation per epoch, step j of
     the epoch takes its j-th slice of B (each batch a uniformly random B-subset without replacement, no sample twice
     in an epoch; the last D mod B of an epoch's order are skipped, different ones each epoch)."""
-
-    PREFETCH_BYTES = 8 << 20
 
     def __init__(self, spec: SparseParitySpec, groups: list[Group], batch_size: int, device: torch.device):
         self.spec, self.batch_size, self.device = spec, batch_size, device
         self.samplers = [Sampler(spec, seed=derive_seed("batches", g.seed, g.data_size), device=device)
                          for g in groups]
-        self.ahead = max(1, min(32, self.PREFETCH_BYTES // (batch_size * (4 * spec.n_bits + 16))))
+        self.ahead = prefetch_batches(batch_size, spec.n_bits)
         self.queues: list[deque] = [deque() for _ in groups]
         self.ones = torch.ones(batch_size, device=device)
         self.sets = []
@@ -355,17 +364,20 @@ def shard_memory(n_tasks: int, n_bits: int, params: dict, groups: list[tuple[int
                  device: torch.device) -> dict[str, int]:
     """Bytes one training shard holds at its peak, by part: "model" (parameters, gradients, AdamW moments),
     "activations" (the training and evaluation chunks' workspaces), "data" (a batch, the eval set, finite
-    training sets). An estimate from the config alone (no allocation); PREFLIGHT compares it with the machine."""
+    training sets, fresh batches drawn ahead). An estimate from the config alone (no allocation); PREFLIGHT
+    compares it with the machine."""
     widths, depth, B, G = params["widths"], params["depth"], params["batch_size"], len(groups)
     H, M = sum(widths), len(widths)
     n_eval = n_tasks * params["eval_samples_per_task"]
     rows, eval_rows = chunk_rows(B, G, H, device), chunk_rows(n_eval, G, H, device)
     sets = sum(d for d, _ in groups if d > 0)
+    fresh = sum(d < 0 for d, _ in groups) * prefetch_batches(B, n_bits) * B * (4 * n_bits + 16)
     return {
         "model": 4 * 4 * G * grid_param_count(n_tasks, n_bits, widths, depth),
         "activations": workspace_bytes(n_bits, widths, depth, G, rows) + workspace_bytes(n_bits, widths, depth, G,
                                                                                           eval_rows),
-        "data": G * B * (5 * n_bits + 24) + n_eval * (n_bits + 16) + 8 * G * M * eval_rows + 2 * sets * (n_bits + 16),
+        "data": G * B * (5 * n_bits + 24) + n_eval * (n_bits + 16) + 8 * G * M * eval_rows + 2 * sets * (n_bits + 16)
+        + fresh,
     }
 
 
