@@ -16,6 +16,7 @@ reported beside it, is 6·N_dense - 2·n·H.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig, TaskConfig
 from storage.settings import PROJECT_ROOT
 from tasks.devices import resolve_device, tensor_cores
+from tasks.sparse_parity import train as train_mod
 from tasks.sparse_parity.data import eval_set, make_spec
 from tasks.sparse_parity.train import GridTrainer, Group, log_steps, train_grid, train_single
 
@@ -92,14 +94,28 @@ def against_peer(spec, widths: list[int], batch_size: int, depth: int, dev: torc
     kw = dict(depth=depth, steps=steps, batch_size=batch_size, lr=1e-3, weight_decay=0.01, log_at=np.array([steps]),
               eval_data=ev, device=dev)
     one = {**kw, "steps": 1, "log_at": np.array([1])}
-    train_grid(spec, widths, [Group(seed=0)], **one)  # warm-up
-    train_single(spec, widths[-1], Group(seed=0), **one)
-    grid, peer = [], []
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides
-        grid.append(_timed(lambda: train_grid(spec, widths, [Group(seed=0)], **kw), dev))
-        peer.append(_timed(lambda: [train_single(spec, w, Group(seed=0), **kw) for w in widths], dev))
+    with _draw_only(steps, batch_size, spec.n_bits):
+        train_grid(spec, widths, [Group(seed=0)], **one)  # warm-up
+        train_single(spec, widths[-1], Group(seed=0), **one)
+        grid, peer = [], []
+        for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides
+            grid.append(_timed(lambda: train_grid(spec, widths, [Group(seed=0)], **kw), dev))
+            peer.append(_timed(lambda: [train_single(spec, w, Group(seed=0), **kw) for w in widths], dev))
     return {"grid_steps_per_s": steps / min(grid), "peer_grid_steps_per_s": steps / min(peer),
             "ratio": min(peer) / min(grid)}
+
+
+@contextlib.contextmanager
+def _draw_only(steps: int, batch_size: int, n_bits: int):
+    """Runs shorter than a prefetch (1 step at the paper shape on a CPU) draw one batch at a time while timed: each
+    side then draws the batches it trains, not 30 per model (which would time the peer's 30 streams' prefetch)."""
+    saved = train_mod.PREFETCH_BYTES
+    if steps < train_mod.prefetch_batches(batch_size, n_bits):
+        train_mod.PREFETCH_BYTES = 0
+    try:
+        yield
+    finally:
+        train_mod.PREFETCH_BYTES = saved
 
 
 def eval_share(cfg: SparseParityConfig, spec, dev: torch.device, rounds: int = 5) -> dict:
