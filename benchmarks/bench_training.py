@@ -16,6 +16,7 @@ reported beside it, is 6·N_dense - 2·n·H.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -24,7 +25,8 @@ import torch
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig, TaskConfig
 from storage.settings import PROJECT_ROOT
-from tasks.devices import resolve_device
+from tasks.devices import resolve_device, tensor_cores
+from tasks.sparse_parity import train as train_mod
 from tasks.sparse_parity.data import eval_set, make_spec
 from tasks.sparse_parity.train import GridTrainer, Group, log_steps, train_grid, train_single
 
@@ -55,18 +57,19 @@ def _timed(fn, dev: torch.device) -> float:
 
 
 def efficiency(spec, widths: list[int], batch_size: int, depth: int, dev: torch.device, steps: int,
-               rounds: int) -> dict:
+               rounds: int, cuda_graph: bool = False) -> dict:
     """A grid step's useful FLOP/s over a bare [B, n] x [n, H] float32 matmul's, timed in alternation (best of
-    `rounds`, each `steps` steps or matmuls)."""
+    `rounds`, each `steps` steps or matmuls); cuda_graph: the step replayed as one CUDA graph (grid.cuda_graph)."""
     trainer = GridTrainer(spec, widths, [Group(seed=0)], depth=depth, batch_size=batch_size, lr=1e-3,
-                          weight_decay=0.01, device=dev)
+                          weight_decay=0.01, device=dev, cuda_graph=cuda_graph)
     a = torch.randn(batch_size, spec.n_bits, device=dev)
     b = torch.randn(spec.n_bits, sum(widths), device=dev)
     c = torch.empty(batch_size, sum(widths), device=dev)  # preallocated, as the step's buffers are
     rows = trainer.rows  # the same matmul in the step's chunks (their outputs stay in cache), for comparison
     chunked = lambda: [torch.mm(a[i:i + rows], b, out=c[i:i + rows]) for i in range(0, batch_size, rows)]  # noqa
-    trainer.step()
-    torch.mm(a, b, out=c)  # warm-up: workspaces, kernels
+    for _ in range(5 if cuda_graph else 1):  # warm-up: workspaces, kernels (and the graph's capture)
+        trainer.step()
+    torch.mm(a, b, out=c)
     step_s, mm_s, chunk_s = [], [], []
     for _ in range(rounds):
         step_s.append(_timed(lambda: [trainer.step() for _ in range(steps)], dev) / steps)
@@ -91,14 +94,28 @@ def against_peer(spec, widths: list[int], batch_size: int, depth: int, dev: torc
     kw = dict(depth=depth, steps=steps, batch_size=batch_size, lr=1e-3, weight_decay=0.01, log_at=np.array([steps]),
               eval_data=ev, device=dev)
     one = {**kw, "steps": 1, "log_at": np.array([1])}
-    train_grid(spec, widths, [Group(seed=0)], **one)  # warm-up
-    train_single(spec, widths[-1], Group(seed=0), **one)
-    grid, peer = [], []
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides
-        grid.append(_timed(lambda: train_grid(spec, widths, [Group(seed=0)], **kw), dev))
-        peer.append(_timed(lambda: [train_single(spec, w, Group(seed=0), **kw) for w in widths], dev))
+    with _draw_only(steps, batch_size, spec.n_bits):
+        train_grid(spec, widths, [Group(seed=0)], **one)  # warm-up
+        train_single(spec, widths[-1], Group(seed=0), **one)
+        grid, peer = [], []
+        for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides
+            grid.append(_timed(lambda: train_grid(spec, widths, [Group(seed=0)], **kw), dev))
+            peer.append(_timed(lambda: [train_single(spec, w, Group(seed=0), **kw) for w in widths], dev))
     return {"grid_steps_per_s": steps / min(grid), "peer_grid_steps_per_s": steps / min(peer),
             "ratio": min(peer) / min(grid)}
+
+
+@contextlib.contextmanager
+def _draw_only(steps: int, batch_size: int, n_bits: int):
+    """Runs shorter than a prefetch (1 step at the paper shape on a CPU) draw one batch at a time while timed: each
+    side then draws the batches it trains, not 30 per model (which would time the peer's 30 streams' prefetch)."""
+    saved = train_mod.PREFETCH_BYTES
+    if steps < train_mod.prefetch_batches(batch_size, n_bits):
+        train_mod.PREFETCH_BYTES = 0
+    try:
+        yield
+    finally:
+        train_mod.PREFETCH_BYTES = saved
 
 
 def eval_share(cfg: SparseParityConfig, spec, dev: torch.device, rounds: int = 5) -> dict:
@@ -126,8 +143,18 @@ def run(config: str = "configs/sparse_parity/demo.toml", device: str = "auto", q
     dev = resolve_device(device)
     demo = make_spec(cfg.task)
     paper = make_spec(TaskConfig(n_tasks=500, n_bits=100, k=3, alpha=0.4, seed=0))
-    g = cfg.grid
     paper_b = 20_000
+    with tensor_cores(dev):  # TF32 matmuls on a GPU, as training runs (both sides of every ratio); no-op on the CPU
+        out = _measure(cfg, demo, paper, paper_b, dev, quick)
+    for r in out.values():
+        r["device"] = str(dev)
+        r["threads"] = torch.get_num_threads()
+    out["efficiency_demo"]["flop_model"] = FLOP_MODEL
+    return out
+
+
+def _measure(cfg: SparseParityConfig, demo, paper, paper_b: int, dev: torch.device, quick: bool) -> dict:
+    g = cfg.grid
     e_demo = efficiency(demo, g.widths, g.batch_size, g.depth, dev, steps=10, rounds=3 if quick else 8)
     e_paper = efficiency(paper, PAPER_WIDTHS, paper_b, 1, dev, steps=1 if dev.type == "cpu" else 20,
                          rounds=2 if quick else 4)
@@ -149,10 +176,10 @@ def run(config: str = "configs/sparse_parity/demo.toml", device: str = "auto", q
         "eval_share": {"name": "evaluation share of a demo training run (per-subtask test losses at 24 log steps)",
                        "ratio": share.pop("share"), "goal": "<= 0.10", **share},
     }
-    for r in out.values():
-        r["device"] = str(dev)
-        r["threads"] = torch.get_num_threads()
-    out["efficiency_demo"]["flop_model"] = FLOP_MODEL
+    if dev.type == "cuda":  # the launch-bound step as one CUDA graph (on the CPU the switch changes nothing)
+        e_graph = efficiency(paper, PAPER_WIDTHS, paper_b, 1, dev, steps=20, rounds=2 if quick else 4, cuda_graph=True)
+        out["efficiency_paper_graph"] = {"name": f"grid step FLOP/s / bare matmul FLOP/s, {paper_shape}, CUDA graph",
+                                         "ratio": e_graph.pop("efficiency"), "goal": ">= 0.5", **e_graph}
     return out
 
 

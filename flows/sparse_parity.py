@@ -22,8 +22,9 @@ def sparse_parity_pipeline(config: SparseParityConfig, store: str, key_prefix: s
     spec = build_spec(config.task, store)
     plan = training_plan(config)
     train_sets = {g: build_train_set.submit(spec, g[0], g[1], store) for g in finite_data_groups(plan)}
-    shards = [train_shard.submit(spec, groups, [train_sets.get(g) for g in groups], params, store)
-              for params, groups in plan]
+    g = config.grid
+    shards = [train_shard.submit(spec, groups, [train_sets.get(d) for d in groups], params, store, g.device,
+                                 g.cuda_graph) for params, groups in plan]
     curves = [s.result() for s in shards]
     threshold = config.grid.learned_threshold_bits
     runs = build_runs_table(curves, threshold, store)

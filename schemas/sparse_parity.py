@@ -48,6 +48,8 @@ class GridConfig(StrictModel):
     eval_samples_per_task: int = Field(200, ge=1, description="fresh test samples per subtask")
     learned_threshold_bits: float = Field(0.1, gt=0, description="a subtask is learned below this loss (bits)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_graph: bool = Field(False, description="on CUDA, replay each training step as one CUDA graph (one launch "
+                             "instead of ~70); on the CPU the same steps run eagerly")
     groups_per_shard: int = Field(1, ge=1, description="(D, seed) groups per cached training task")
 
     @field_validator("widths")

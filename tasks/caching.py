@@ -25,12 +25,12 @@ import functools
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, Optional
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from prefect.serializers import Serializer
 from pydantic import Field
 
@@ -248,9 +248,15 @@ class VerifiedCache(CachePolicy):
     identical content back at the same address, which makes the original record sound again."""
 
     max_heals: int = 8
+    exclude: tuple[str, ...] = ()  # parameters that cannot change the result (e.g. the device a shard runs on)
 
     def __post_init__(self):
-        self.inner = INPUTS + TASK_SOURCE + ProjectCode()
+        self.inner = Inputs(exclude=list(self.exclude)) + TASK_SOURCE + ProjectCode()
+
+    def __sub__(self, other: str) -> "VerifiedCache":
+        """The same policy without parameter `other` in the key (Prefect's own `-` on a compound policy adds a
+        second Inputs part and keeps the first, so the parameter would still count)."""
+        return replace(self, exclude=self.exclude + (other,))
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> Optional[str]:
         key = self.inner.compute_key(task_ctx, inputs, flow_parameters, **kwargs)

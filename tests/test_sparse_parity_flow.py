@@ -105,6 +105,19 @@ def test_adding_a_seed_trains_only_the_new_shard(first_run):
     assert shards["train-shard-[(-1, 2)]"] == "Completed"
 
 
+def test_the_device_is_not_in_the_cache_key_and_the_lineage_names_it(first_run):
+    import torch
+
+    store, first = first_run  # tiny.toml: grid.device = "cpu"
+    out = run_study("sparse-parity", _cfg("grid.seeds=[0, 1]", "grid.device='auto'"), store)
+    assert set(out["task_states"]) == {"Cached"}  # the same streams on every device: the same shards
+    rec = Store(store).lineage(first["artifacts"]["curves_0"]["content_hash"])
+    assert rec["params"]["device"] == "cpu" and "widths" in rec["params"]
+    assert Store(store).read_zarr(_ref(first, "curves_0"))[1]["device"] == "cpu"
+    if torch.cuda.is_available():  # "auto" ran on the GPU, but found the CPU's shards
+        assert out["artifacts"] == first["artifacts"]
+
+
 def test_report_is_published_as_keyed_prefect_artifacts(first_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId

@@ -12,8 +12,9 @@ import torch
 from schemas import ConfigError
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig, TaskConfig
-from tasks.sparse_parity.data import Sampler, derive_seed, eval_set, make_spec, random_bits
+from tasks.sparse_parity.data import Sampler, derive_seed, eval_set, make_spec
 from tasks.sparse_parity.model import WidthGrid, grid_param_count
+from tasks.sparse_parity.streams import Stream
 from tasks.sparse_parity.train import (Group, TrainingDiverged, _GroupBatches, check_memory, log_steps, n_params,
                                        shard_memory, train_grid)
 
@@ -52,7 +53,7 @@ def test_batches_are_fresh_samples_ordered_by_subtask(spec):
     assert not torch.equal(drawn[-1][1], drawn[0][1])  # the next prefetch continues the stream
     assert torch.equal(drawn[0][2][0], torch.gather(drawn[0][1][0].long(), 1, torch.as_tensor(spec.subsets)[
         drawn[0][0][0]]).sum(1) % 2)  # labels stay the parities of their own rows
-    coins = random_bits(20000, 70, torch.Generator().manual_seed(0), torch.device("cpu")).double()
+    coins = Stream(0).bits(20000, 70).double()
     assert coins.shape == (20000, 70) and set(coins.unique().tolist()) == {0.0, 1.0}
     assert (coins.mean(0) - 0.5).abs().max() < 0.015  # 4.2 sigma at n = 20000
     assert coins.T.corrcoef().fill_diagonal_(0).abs().max() < 0.04  # bits unpacked from one word are independent

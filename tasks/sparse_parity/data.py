@@ -3,6 +3,8 @@
 Input layout: `n_tasks` one-hot control bits, then `n_bits` task bits. Subtask i's label is the parity of the
 task bits in its fixed random subset S_i (|S_i| = k). Subtask i is drawn with probability
 p_i = i^-(alpha+1) / sum_j j^-(alpha+1) (i = 1..n_tasks, the paper's alpha).
+Every random number (fresh batches, training sets, eval sets) comes from a counter-based stream (streams.Stream),
+so a config gives the same samples on the CPU and on a GPU.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from schemas.sparse_parity import TaskConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
+from tasks.sparse_parity.streams import Stream, integer_cdf
 
 
 @dataclass(frozen=True)
@@ -73,15 +76,6 @@ def labels(subsets: torch.Tensor, task: torch.Tensor, bits: torch.Tensor) -> tor
     return torch.gather(bits, 1, idx).sum(dim=1, dtype=torch.int64) % 2
 
 
-def random_bits(n: int, n_bits: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(n, n_bits) uint8 fair coin flips, 32 per random draw (unpacked from int32 words: 8-16x faster than one
-    draw per bit)."""
-    words = torch.randint(-2**31, 2**31, (n, (n_bits + 31) // 32), generator=gen, device=device,
-                          dtype=torch.int32)
-    shifts = torch.arange(32, dtype=torch.int32, device=device)
-    return ((words[:, :, None] >> shifts) & 1).view(n, -1)[:, :n_bits].to(torch.uint8)
-
-
 def encode(task: torch.Tensor, bits: torch.Tensor, n_tasks: int) -> torch.Tensor:
     """Network input (B, n_tasks + n_bits) float32: one-hot control bits, then the task bits."""
     x = torch.zeros(task.shape[0], n_tasks + bits.shape[1], dtype=torch.float32, device=bits.device)
@@ -91,40 +85,40 @@ def encode(task: torch.Tensor, bits: torch.Tensor, n_tasks: int) -> torch.Tensor
 
 
 class Sampler:
-    """Draws (task, bits, label) samples of one spec on one device with its own generator."""
+    """Draws (task, bits, label) samples of one spec on one device from its own counter-based stream
+    (streams.Stream, keyed by `seed`): the same samples on every device, bit for bit."""
 
     def __init__(self, spec: SparseParitySpec, seed: int, device: str | torch.device = "cpu"):
         self.spec = spec
         self.device = torch.device(device)
-        self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(int(seed))
-        self.probs = torch.as_tensor(spec.probs, dtype=torch.float64, device=self.device)
+        self.stream = Stream(int(seed), self.device)
+        self.thresholds = integer_cdf(spec.probs, self.device)
         self.subsets = torch.as_tensor(spec.subsets, device=self.device)
-        self.cdf = torch.cumsum(self.probs, 0)
 
     def sample(self, n: int, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """n samples: task (n,) int64 drawn with the Zipf frequencies (or fixed), bits (n, n_bits) uint8, label."""
+        """n samples: task (n,) int64 drawn with the Zipf frequencies (or fixed), bits (n, n_bits) uint8, label.
+        The subtasks come first from the stream (one 32-bit word each, inverse CDF in integers), then the bits."""
         if task is None:
-            # inverse-CDF sampling: much faster than torch.multinomial for large n
-            u = torch.rand(n, generator=self.gen, device=self.device, dtype=torch.float64)
-            t = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.spec.n_tasks - 1)
+            t = self.stream.categorical(n, self.thresholds)
         else:
             t = torch.full((n,), int(task), dtype=torch.long, device=self.device)
-        bits = random_bits(n, self.spec.n_bits, self.gen, self.device)
+        bits = self.stream.bits(n, self.spec.n_bits)
         return t, bits, labels(self.subsets, t, bits)
 
 
 def eval_set(spec: SparseParitySpec, samples_per_task: int, seed: int, device="cpu"):
     """Fresh test samples, `samples_per_task` for every subtask (so each subtask's loss is measured equally
-    well); the mean test loss is then the exact Zipf-weighted average of per-subtask losses."""
+    well); the mean test loss is then the exact Zipf-weighted average of per-subtask losses. The same on every
+    device."""
     s = Sampler(spec, seed=derive_seed("eval-set", seed), device=device)
     t = torch.arange(spec.n_tasks, device=s.device).repeat_interleave(samples_per_task)
-    bits = random_bits(t.shape[0], spec.n_bits, s.gen, s.device)
+    bits = s.stream.bits(t.shape[0], spec.n_bits)
     return t, bits, labels(s.subsets, t, bits)
 
 
 def train_set(spec: SparseParitySpec, data_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A finite training set of `data_size` samples drawn from the task distribution (CPU, reproducible)."""
+    """A finite training set of `data_size` samples drawn from the task distribution (reproducible; drawn on the
+    CPU, which gives the same set as any device)."""
     s = Sampler(spec, seed=derive_seed("train-set", seed, data_size), device="cpu")
     t, bits, y = s.sample(data_size)
     return t.numpy().astype(np.int64), bits.numpy().astype(np.uint8), y.numpy().astype(np.int64)

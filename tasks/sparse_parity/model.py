@@ -171,6 +171,10 @@ class WidthGrid(nn.Module):
             self._chunks[rows] = ch
         return ch
 
+    def workspaces(self) -> list[_Chunk]:
+        """The chunk workspaces held now (a captured CUDA graph keeps them referenced: `_chunk` may drop them)."""
+        return list(self._chunks.values())
+
     def _table_rows(self, task: torch.Tensor) -> torch.Tensor:
         """Row of the [G * T, H] lookup table of each sample: task [G, c] -> [G * c]."""
         return (task + (torch.arange(self.n_groups, device=task.device) * self.n_ctrl)[:, None]).reshape(-1)

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from schemas import ConfigError
 from schemas.sparse_parity import GridConfig, SparseParityConfig
 from storage import ArtifactRef, Store
-from tasks.caching import quanta_task
+from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device, tensor_cores
 from tasks.progress import Progress
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, derive_seed, encode, eval_set, load_spec
 from tasks.sparse_parity.model import WidthGrid, grid_param_count, init_mlp, n_params, workspace_bytes
+from tasks.step_graph import StepGraph
 
 LN2 = math.log(2.0)
 
@@ -59,22 +60,35 @@ class GridResult:
     states: list[list[dict]] = field(default_factory=list)  # [G][M] final parameters (if asked)
 
 
-class _GroupBatches:
-    """Per-group batch streams, each with its own generator: a group's batches do not depend on other groups.
-    Each batch is ordered by subtask (the same samples, reordered), so the lookup-table gradient's row scatter-add
-    adds into one row at a time (3-4x faster than in random order). Fresh samples are drawn `ahead` batches at a
-    time (up to PREFETCH_BYTES), which saves a dozen small operations per step."""
+PREFETCH_BYTES = 256 << 20  # fresh batches held ahead per group, at most
 
-    PREFETCH_BYTES = 8 << 20
+
+def prefetch_batches(batch_size: int, n_bits: int) -> int:
+    """Fresh batches drawn at once per group: up to 32, within PREFETCH_BYTES (a batch holds about
+    batch_size·(4·n_bits + 16) bytes). The paper shape: 30; the demo: 32."""
+    return max(1, min(32, PREFETCH_BYTES // (batch_size * (4 * n_bits + 16))))
+
+
+class _GroupBatches:
+    """Per-group batch streams, each with its own counter-based stream (data.Sampler): a group's batches do not
+    depend on other groups, nor on the device. Each batch is ordered by subtask (the same samples, reordered), so
+    the lookup-table gradient's row scatter-add adds into one row at a time (3-4x faster than in random order).
+    Fresh samples are drawn `ahead` batches at a time (`prefetch_batches`), which spreads the stream's ~260 small
+    operations per draw over up to 32 steps (on a GPU, where the step is launch-bound, they would otherwise be most
+    of its kernel launches). `ahead` depends on the shape only, never on the device, since it decides which stream
+    words each batch gets. A finite set larger than a batch is read in epochs: a fresh random permutation per epoch, step j of
+    the epoch takes its j-th slice of B (each batch a uniformly random B-subset without replacement, no sample twice
+    in an epoch; the last D mod B of an epoch's order are skipped, different ones each epoch)."""
 
     def __init__(self, spec: SparseParitySpec, groups: list[Group], batch_size: int, device: torch.device):
         self.spec, self.batch_size, self.device = spec, batch_size, device
         self.samplers = [Sampler(spec, seed=derive_seed("batches", g.seed, g.data_size), device=device)
                          for g in groups]
-        self.ahead = max(1, min(32, self.PREFETCH_BYTES // (batch_size * (4 * spec.n_bits + 16))))
+        self.ahead = prefetch_batches(batch_size, spec.n_bits)
         self.queues: list[deque] = [deque() for _ in groups]
         self.ones = torch.ones(batch_size, device=device)
         self.sets = []
+        self.epochs: list[tuple[torch.Tensor, int] | None] = [None] * len(groups)  # (permutation, next slice)
         for g in groups:
             if g.data is None:
                 self.sets.append(None)
@@ -93,12 +107,21 @@ class _GroupBatches:
             queue.extend(zip(t[order].view(k, B), bits[order].float().view(k, B, -1), y[order].view(k, B)))
         return queue.popleft()
 
+    def _epoch_slice(self, i: int, n: int) -> torch.Tensor:
+        """Indices (B,) of group i's next minibatch of its n-sample set, sorted (see the class docstring)."""
+        B, epoch = self.batch_size, self.epochs[i]
+        if epoch is None or epoch[1] + B > n:
+            epoch = (self.samplers[i].stream.permutation(n), 0)
+        perm, start = epoch
+        self.epochs[i] = (perm, start + B)
+        return perm[start:start + B].sort().values
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """task [G, B] int64, bits [G, B, n_bits] float32, y [G, B] int64, weight [G, B] float32 (0 pads small
         full-batch sets)."""
         ts, bs, ys, ws = [], [], [], []
         B = self.batch_size
-        for i, (sampler, data) in enumerate(zip(self.samplers, self.sets)):
+        for i, data in enumerate(self.sets):
             w = self.ones
             if data is None:
                 t, bits, y = self._fresh(i)
@@ -107,8 +130,8 @@ class _GroupBatches:
                 if n <= B:  # the whole set every step (full batch), padded to B with zero weight
                     idx = torch.arange(B, device=self.device) % n
                     w = (torch.arange(B, device=self.device) < n).float()
-                else:  # a minibatch without replacement, in the set's (subtask) order
-                    idx = torch.randperm(n, generator=sampler.gen, device=self.device)[:B].sort().values
+                else:  # the epoch's next slice, in the set's (subtask) order
+                    idx = self._epoch_slice(i, n)
                 t, bits, y = data[0][idx], data[1][idx].float(), data[2][idx]
             ts.append(t)
             bs.append(bits)
@@ -173,12 +196,17 @@ class GridTrainer:
     AdamW step of every model; `evaluate(eval_data)` measures every model's per-subtask test loss."""
 
     def __init__(self, spec: SparseParitySpec, widths: list[int], groups: list[Group], *, depth: int = 1,
-                 batch_size: int, lr: float, weight_decay: float, device: str | torch.device = "cpu"):
+                 batch_size: int, lr: float, weight_decay: float, device: str | torch.device = "cpu",
+                 cuda_graph: bool = False):
         self.spec, self.widths, self.groups, self.lr = spec, list(widths), list(groups), lr
         self.device = torch.device(device)
         self.net = WidthGrid(spec.n_tasks, spec.n_bits, widths, depth, [g.seed for g in groups]).to(self.device)
-        # fused: one kernel over the one flat tensor (same update as the for-loop AdamW up to float rounding)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+        # fused: one kernel over the one flat tensor (same update as the for-loop AdamW up to float rounding);
+        # capturable: its step count stays on the device, so a CUDA graph can replay the update
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay, fused=True,
+                                     capturable=cuda_graph and self.device.type == "cuda")
+        # cuda_graph: the step (forward, gradient, AdamW) on static batch buffers, replayed as one CUDA graph
+        self.graph = StepGraph(self._train_step, self.device, keep=self.net.workspaces) if cuda_graph else None
         self.batches = _GroupBatches(spec, groups, batch_size, self.device)
         self.batch_size = batch_size
         self.rows = chunk_rows(batch_size, len(groups), sum(widths), self.device)
@@ -186,7 +214,14 @@ class GridTrainer:
         self.steps_done = 0
 
     def step(self) -> None:
-        task, bits, y, w = self.batches.next()
+        batch = self.batches.next()
+        if self.graph is None:
+            self._train_step(*batch)
+        else:
+            self.graph(batch)
+        self.steps_done += 1
+
+    def _train_step(self, task: torch.Tensor, bits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
         w = w / w.sum(1, keepdim=True)
         net, rows = self.net, self.rows
         st = net.start_step()
@@ -195,7 +230,6 @@ class GridTrainer:
                                                  w[:, i:i + rows], st)
         net.finish_grads(st)
         self.opt.step()
-        self.steps_done += 1
 
     def check_finite(self) -> None:
         """Raise TrainingDiverged if a model's training loss since the last check was NaN/inf."""
@@ -211,11 +245,12 @@ class GridTrainer:
 def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *, depth: int = 1, steps: int,
                batch_size: int, lr: float, weight_decay: float, log_at: np.ndarray, eval_data,
                device: str | torch.device = "cpu", keep_states: bool = False, progress=None,
-               check_every: int | None = None) -> GridResult:
+               check_every: int | None = None, cuda_graph: bool = False) -> GridResult:
     """Train every (group, width) model for `steps` AdamW steps; log test losses at the steps in `log_at`.
 
     eval_data: (task, bits, label) tensors (see sparse_parity.eval_set), on any device.
     progress: a tasks.progress.Progress (or anything with `update(n, **info)`), advanced once per step.
+    cuda_graph: replay each step as one CUDA graph (tasks.step_graph; on the CPU the same steps, eagerly).
     Raises TrainingDiverged (naming the models and lr) when a training or test loss is NaN/inf; the training
     loss is checked every `check_every` steps (default: every step on the CPU, every 50 on a GPU, where a check
     waits for the device), at every log step and at the end.
@@ -225,7 +260,7 @@ def train_grid(spec: SparseParitySpec, widths: list[int], groups: list[Group], *
     check_every = check_every or (50 if device.type == "cuda" else 1)
     with tensor_cores(device):
         trainer = GridTrainer(spec, widths, groups, depth=depth, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, device=device)
+                              weight_decay=weight_decay, device=device, cuda_graph=cuda_graph)
         eval_data = tuple(a.to(device) for a in eval_data)
         log_at = np.asarray(log_at, dtype=np.int64)
         G, M, S, T = len(groups), len(widths), len(log_at), spec.n_tasks
@@ -284,12 +319,13 @@ def train_single(spec: SparseParitySpec, width: int, group: Group, *, depth: int
 
 
 # ------------------------------------------------------------------------------------------ Prefect task
-TRAIN_FIELDS = ("widths", "depth", "steps", "batch_size", "lr", "weight_decay", "log_points", "eval_samples_per_task",
-                "device")
+TRAIN_FIELDS = ("widths", "depth", "steps", "batch_size", "lr", "weight_decay", "log_points", "eval_samples_per_task")
 
 
 def train_params(grid: GridConfig) -> dict:
-    """The grid fields that affect training (not, e.g., the learned threshold): the shard's cache inputs."""
+    """The grid fields that affect training (not, e.g., the learned threshold): the shard's cache inputs. Not the
+    device: every random stream is the same on every device (streams.Stream), so a shard computed on a GPU is the
+    cached result of the same shard on the CPU (up to float rounding, and TF32 matmuls on a GPU)."""
     return {k: getattr(grid, k) for k in TRAIN_FIELDS}
 
 
@@ -328,17 +364,20 @@ def shard_memory(n_tasks: int, n_bits: int, params: dict, groups: list[tuple[int
                  device: torch.device) -> dict[str, int]:
     """Bytes one training shard holds at its peak, by part: "model" (parameters, gradients, AdamW moments),
     "activations" (the training and evaluation chunks' workspaces), "data" (a batch, the eval set, finite
-    training sets). An estimate from the config alone (no allocation); PREFLIGHT compares it with the machine."""
+    training sets, fresh batches drawn ahead). An estimate from the config alone (no allocation); PREFLIGHT
+    compares it with the machine."""
     widths, depth, B, G = params["widths"], params["depth"], params["batch_size"], len(groups)
     H, M = sum(widths), len(widths)
     n_eval = n_tasks * params["eval_samples_per_task"]
     rows, eval_rows = chunk_rows(B, G, H, device), chunk_rows(n_eval, G, H, device)
     sets = sum(d for d, _ in groups if d > 0)
+    fresh = sum(d < 0 for d, _ in groups) * prefetch_batches(B, n_bits) * B * (4 * n_bits + 16)
     return {
         "model": 4 * 4 * G * grid_param_count(n_tasks, n_bits, widths, depth),
         "activations": workspace_bytes(n_bits, widths, depth, G, rows) + workspace_bytes(n_bits, widths, depth, G,
                                                                                           eval_rows),
-        "data": G * B * (5 * n_bits + 24) + n_eval * (n_bits + 16) + 8 * G * M * eval_rows + 2 * sets * (n_bits + 16),
+        "data": G * B * (5 * n_bits + 24) + n_eval * (n_bits + 16) + 8 * G * M * eval_rows + 2 * sets * (n_bits + 16)
+        + fresh,
     }
 
 
@@ -374,14 +413,16 @@ def _short_list(xs: list[int]) -> str:
     return str(xs) if len(xs) <= 6 else f"[{xs[0]}, {xs[1]}, ..., {xs[-1]}] ({len(xs)})"
 
 
-@quanta_task(name="train-shard", task_run_name="train-shard-{groups}")
+@quanta_task(name="train-shard", task_run_name="train-shard-{groups}",
+             cache_policy=CACHE_POLICY - "device" - "cuda_graph")
 def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_refs: list[ArtifactRef | None],
-                params: dict, store: str) -> ArtifactRef:
+                params: dict, store: str, device: str = "auto", cuda_graph: bool = False) -> ArtifactRef:
     """Train all widths for the given (data_size, seed) groups as one batched computation; write the curves.
-    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored."""
+    A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored. How it runs
+    (the config's grid.device and grid.cuda_graph) is not part of the cache key; the lineage records both."""
     st = Store(store)
     spec = load_spec(st, spec_ref)
-    device = resolve_device(params["device"], "grid.device")
+    device = resolve_device(device, "grid.device")
     group_objs = []
     for (data_size, seed), ref in zip(groups, train_set_refs):
         data = None
@@ -395,7 +436,7 @@ def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_
     with Progress(f"train-shard {groups}", total=params["steps"], unit="step") as progress:
         res = train_grid(spec, params["widths"], group_objs, depth=params["depth"], steps=params["steps"],
                          batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
-                         log_at=log_at, eval_data=ev, device=device, progress=progress)
+                         log_at=log_at, eval_data=ev, device=device, progress=progress, cuda_graph=cuda_graph)
     G, M = len(group_objs), len(params["widths"])
     arrays = {
         "steps": res.steps.astype(np.int64),
@@ -410,4 +451,13 @@ def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_
     attrs = {"depth": params["depth"], "lr": params["lr"], "batch_size": params["batch_size"],
              "device": str(device.type)}
     inputs = [spec_ref] + [r for r in train_set_refs if r is not None]
-    return st.write_zarr("sparse_parity.curves", arrays, attrs, inputs=inputs, params={**params, "groups": groups})
+    return st.write_zarr("sparse_parity.curves", arrays, attrs, inputs=inputs,
+                         params={**params, "groups": groups, "device": _device_name(device), "cuda_graph": cuda_graph})
+
+
+def _device_name(device: torch.device) -> str:
+    """'cpu', or e.g. 'cuda:0 (NVIDIA H200)': which device computed an artifact, for its lineage."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
