@@ -75,6 +75,25 @@ def _non_blank(png: bytes) -> int:
     return len(set(img.resize((200, 200)).getdata()))
 
 
+OWN_PLOTS_JS = ("[...document.images].filter(i => i.src.startsWith('data:image/png') && i.complete "
+                "&& i.naturalWidth > 0).length")
+
+
+def _shown_plots(browser, want: int, path: Path, timeout: float = 90) -> tuple[list, bytes]:
+    """The report's plots as the page shows them, and a screenshot taken while all `want` of them are on it (the
+    screenshot is retaken if the page re-rendered to its placeholder meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        browser.wait_for(f"{OWN_PLOTS_JS} >= {want}", max(1.0, deadline - time.monotonic()))
+        images = browser.evaluate(IMAGES_JS)
+        shot = browser.screenshot(path)
+        if len(images) >= want and browser.evaluate(OWN_PLOTS_JS) >= want:
+            return images, shot
+        if time.monotonic() > deadline:
+            return images, shot
+        time.sleep(0.5)
+
+
 def test_each_study_report_renders_in_the_prefect_ui(tmp_path):
     assert chromium_binary(), "chromium is not installed (make e2e installs it)"
     SHOTS.mkdir(exist_ok=True)
@@ -94,14 +113,11 @@ def test_each_study_report_renders_in_the_prefect_ui(tmp_path):
                 title = report.description
                 browser.open(f"{ui}/artifacts/artifact/{report.id}")
                 browser.wait_for(f"document.body && document.body.innerText.includes({json.dumps(title)})", 120)
-                # the report's own plots (its data URIs), not any image: the UI's icons load before the markdown
+                # the report's own plots (its data URIs), not any image: the UI's icons load before the markdown,
+                # and the UI can swap the rendered markdown back to a loading placeholder while it refetches
                 want = report.data.count("](data:image/png;base64,")
                 assert want, f"{study}: the report artifact embeds no plot"
-                browser.wait_for("(() => { const own = [...document.images].filter(i => i.src.startsWith("
-                                 f"'data:image/png')); return own.length >= {want} && own.every(i => i.complete) }})()",
-                                 60)
-                images = browser.evaluate(IMAGES_JS)
-                shot = browser.screenshot(SHOTS / f"{study}-report.png")
+                images, shot = _shown_plots(browser, want, SHOTS / f"{study}-report.png")
                 assert len(images) >= want, f"{study}: {len(images)} of the report's {want} plots on the page"
                 for img in images:
                     assert img["decoded"], f"{study}: plot {img['alt']} does not decode"
