@@ -242,7 +242,7 @@ def agreement_table(labels: dict[str, list[pd.DataFrame]]) -> pd.DataFrame:
         {"k": "int64", "seed": "int64", "a": "str", "b": "str", "ari": "float64", "n_tokens": "int64"})
 
 
-@quanta_task(name="qdg-representation-ari")
+@quanta_task(name="qdg-representation-ari", task_run_name="qdg-representation-ari")
 def representation_agreement(labels: dict[str, list[ArtifactRef]], store: str) -> ArtifactRef:
     """`qdg.representation_ari` from each representation's `qdg.labels` (first seed, one per k)."""
     st = Store(store)
