@@ -3,8 +3,9 @@
 lm-losses pipeline (corpus ─► tokens ─► suite ─► token losses ─► alpha_N) ─► selection ─► for each representation
 (`representations`: gradient, abs_gradient, logit_gradient, activations, attribution, ablation): its blocks (one
 cached task per block; abs_gradient of unprojected gradients read from the gradient blocks; the unit representations
-read from one cached unit stage per block) ─► similarity C = G G^T (Dask ─► Zarr; or a sparse kNN affinity past dense_max_n) ─► labels
-per (k, seed) ─► stability (ARI between seeds; and, optionally, against JL-projected gradients' clusters)
+read from one cached unit stage per block) ─► similarity C = G G^T (Dask ─► Zarr; or a sparse kNN affinity past
+dense_max_n) ─► labels per (k, seed) ─► stability (ARI between seeds; and, optionally, against the JL-projected
+primary representation's clusters)
 ─► Zipf fits vs -(alpha_N + 1) ─► ARI between representations per k ─► report (headline: the primary representation)
 """
 from __future__ import annotations

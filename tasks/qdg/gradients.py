@@ -321,9 +321,9 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactR
     """The `qdg.gradient_block` of selection rows [start, stop) of one parameter-space `representation`
     (PARAMETER_OUTPUTS: "gradient" = the loss gradient; "abs_gradient" = its element-wise absolute value, taken
     before the projection; "logit_gradient" = the gradient of the target token's logit): per-token gradients of a
-    trained suite model (`model`, an lm.model ref) or a pretrained causal LM (`model_name` + `revision`; `fingerprint`, from
-    tasks.lm.losses.model_fingerprint, is only part of the cache key), with the context the losses were computed
-    with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
+    trained suite model (`model`, an lm.model ref) or a pretrained causal LM (`model_name` + `revision`;
+    `fingerprint`, from tasks.lm.losses.model_fingerprint, is only part of the cache key), with the context the
+    losses were computed with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
     cfg.projection_dims first, if set); "norm" is the L2 norm of the full, unprojected gradient; "loss" the loss
     (nats) of the gradient's own forward pass."""
     if representation not in PARAMETER_OUTPUTS:

@@ -129,6 +129,11 @@ CASES = [
          ["'params'", "not found"]),
     Case("fit-non-numeric", lambda p: ["fit", "--csv", p.bad_csv, "--y", "loss", "--x", "n"],
          ["non-numeric", "'loss'", "row 2"]),
+    # qdg representations: a name that is none, and ablation on a language model without asking for the estimate
+    Case("qdg-unknown-representation", lambda p: [*QDG, "--set", "representations=['gradient', 'gradients']"],
+         ["representations.1", "'abs_gradient'"]),
+    Case("qdg-lm-ablation-without-first-order", lambda p: [*QDG, "--set", "representations=['ablation']"],
+         ["representations: 'ablation' on a language model", "ablation_first_order = true"]),
 ]
 
 
