@@ -218,7 +218,8 @@ def test_logit_gradient_equals_a_finite_difference_of_the_target_logit():
 
         def logit(eps: float) -> float:
             moved = {n: params[n].detach() + eps * v[n] for n in names}
-            out = torch.func.functional_call(model, moved, (), {"input_ids": x}).logits[0, p - 1]
+            with torch.no_grad():
+                out = torch.func.functional_call(model, moved, (), {"input_ids": x}).logits[0, p - 1]
             return float(out[int(ids[t])])
 
         eps = 1e-5
