@@ -25,6 +25,7 @@ abs_gradient from an unprojected gradient block (task `qdg-abs-gradient`): |g / 
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import numpy as np
@@ -71,6 +72,7 @@ class UnitValues:
         self.context_length = int(context_length)
         self.chunk = max(1, int(positions_per_backward) // 2)  # 2 outputs per token, batched backward
         self.device = next(model.parameters()).device
+        self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.widths: list[int] = []
         self.dim = 0
 
@@ -85,12 +87,14 @@ class UnitValues:
                                                else out.detach().requires_grad_(True)))
         try:
             with torch.enable_grad():
-                logits = self.model(input_ids=x, use_cache=False).logits[0].float()
+                if self.keep_logits:  # only the k rows of logits that predict the selected tokens
+                    z_all = self.model(input_ids=x, use_cache=False, logits_to_keep=pos - 1).logits[0].float()
+                else:
+                    z_all = self.model(input_ids=x, use_cache=False).logits[0, pos - 1].float()
         finally:
             for h in hooks:
                 h.remove()
-        z_all = logits[pos - 1]  # (k, V): the logits predicting each selected token
-        z = z_all.gather(1, target[:, None])[:, 0]
+        z = z_all.gather(1, target[:, None])[:, 0]  # z_all (k, V): the logits predicting each selected token
         losses = torch.logsumexp(z_all, -1) - z
         if not self.widths:
             self.widths = [int(a.shape[-1]) for a in acts]
