@@ -1,9 +1,12 @@
 """The qdg study as a Prefect flow (paper Section 4, second half: quanta discovery with gradients).
 
-lm-losses pipeline (corpus ─► tokens ─► suite ─► token losses ─► alpha_N) ─► selection ─► gradient blocks (one
-cached task per block) ─► similarity C = G G^T (Dask ─► Zarr; or a sparse kNN affinity past dense_max_n) ─► labels
-per (k, seed) ─► stability (ARI between seeds; and, optionally, against JL-projected gradients' clusters)
-─► Zipf fits vs -(alpha_N + 1) ─► report
+lm-losses pipeline (corpus ─► tokens ─► suite ─► token losses ─► alpha_N) ─► selection ─► for each representation
+(`representations`: gradient, abs_gradient, logit_gradient, activations, attribution, ablation): its blocks (one
+cached task per block; abs_gradient of unprojected gradients read from the gradient blocks; the unit representations
+read from one cached unit stage per block) ─► similarity C = G G^T (Dask ─► Zarr; or a sparse kNN affinity past
+dense_max_n) ─► labels per (k, seed) ─► stability (ARI between seeds; and, optionally, against the JL-projected
+primary representation's clusters)
+─► Zipf fits vs -(alpha_N + 1) ─► ARI between representations per k ─► report (headline: the primary representation)
 """
 from __future__ import annotations
 
@@ -14,14 +17,17 @@ from flows.lm_losses import lm_losses_pipeline
 from flows.lm_losses import preflight as lm_preflight
 from schemas import ConfigError
 from schemas.qdg import QDGConfig
+from schemas.qdg_config import LM_UNIT_REPRESENTATIONS
 from storage import Store
 from tasks.devices import DeviceError, resolve_device
 from tasks.lm.losses import model_fingerprint
 from tasks.qdg.clustering import cluster_labels, clustering_stability, projection_agreement
 from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, lm_gradient_dim
-from tasks.qdg.gradients import gradient_block, gradient_block_plan
+from tasks.qdg.gradients import PARAMETER_OUTPUTS, gradient_block, gradient_block_plan
 from tasks.qdg.knn import knn_affinity
+from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, unit_representation,
+                                          units_block)
 from tasks.qdg.report import qdg_report, qdg_results
 from tasks.qdg.selection import select_tokens, selection_label
 from tasks.qdg.similarity import similarity_matrix
@@ -45,7 +51,8 @@ def selection_model(config: QDGConfig, lm: dict, store: str) -> dict:
 
 def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict:
     """The pipeline map: every call is a cached task over artifact refs. The lm-losses tasks run first with the
-    lm-losses study's own keys, so a qdg run after an lm-losses run with the same settings finds them `Cached`."""
+    lm-losses study's own keys, so a qdg run after an lm-losses run with the same settings finds them `Cached`.
+    Each representation has its own blocks, affinity, clusterings and Zipf fit; the primary one is the headline."""
     lm = lm_losses_pipeline(config.lm, store)
     suite = config.lm.suite
     which = selection_model(config, lm, store)
@@ -53,43 +60,97 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
                               which["revision"], config.selection, suite.context_length, store, dtype=suite.dtype,
                               device=config.gradients.device)
     cl = config.clustering
-    blocks = gradients(selection, lm["eval_tokens"], which, config.gradients, config, store)
-    affinity = affinity_of(blocks, config, store)
-    spectral = cl.spectral()
-    labels = {(k, seed): cluster_labels(affinity, k, seed, spectral, store) for k in cl.n_clusters for seed in cl.seeds}
-    stability = clustering_stability(list(labels.values()), store) if len(cl.seeds) > 1 else None
-    first = [labels[(k, cl.seeds[0])] for k in cl.n_clusters]
+    reps, primary = config.chosen_representations(), config.primary_representation()
+    blocks = representation_blocks(selection, lm["eval_tokens"], which, config, store, reps)
+    per = {r: cluster_representation(blocks[r], r, config, lm["fits"], store) for r in reps}
+    agreement = (representation_agreement({r: per[r]["first"] for r in reps}, store) if len(reps) > 1 else None)
     projection = None
-    if cl.compare_projection_dims is not None:  # the same tokens' JL-projected gradients, clustered alike
+    if cl.compare_projection_dims is not None:  # the same tokens' JL-projected representation, clustered alike
         d, seed = cl.compare_projection_dims, cl.seeds[0]
-        projected = gradients(selection, lm["eval_tokens"], which,
-                              config.gradients.model_copy(update={"projection_dims": d}), config, store, f"jl{d}-")
-        paffinity = affinity_of(projected, config, store)
-        plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-jl{d}-k{k}-s{seed}")(
-            paffinity, k, seed, spectral, store) for k in cl.n_clusters]
-        projection = projection_agreement(first, plabels, d, store)
-    zipf = zipf_analysis(first, lm["fits"], config.zipf, store)
-    report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], affinity, blocks[0], first,
-                        stability, zipf, config.report, store, key_prefix, projection)
-    return {"lm": lm, "selection": selection, "gradient_blocks": blocks, "affinity": affinity, "labels": labels,
-            "stability": stability, "projection": projection, "zipf": zipf, "report": report}
+        projected = parameter_blocks(selection, lm["eval_tokens"], which,
+                                     config.gradients.model_copy(update={"projection_dims": d}), config, store,
+                                     primary, f"jl{d}-")
+        paffinity = affinity_of(projected, config, store, f"{primary}-jl{d}")
+        plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
+            paffinity, k, seed, cl.spectral(), store) for k in cl.n_clusters]
+        projection = projection_agreement(per[primary]["first"], plabels, d, store)
+    shown = {r: {"affinity": per[r]["affinity"], "block": blocks[r][0], "labels": per[r]["first"],
+                 "stability": per[r]["stability"], "zipf": per[r]["zipf"]} for r in reps}
+    report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], shown, primary, agreement,
+                        config.report, store, key_prefix, projection)
+    head = per[primary]
+    return {"lm": lm, "selection": selection, "gradient_blocks": blocks[primary], "affinity": head["affinity"],
+            "labels": head["labels"], "stability": head["stability"], "projection": projection, "zipf": head["zipf"],
+            "report": report, "primary": primary, "blocks": blocks, "representations": per, "agreement": agreement}
 
 
-def gradients(selection, tokens, which: dict, cfg, config: QDGConfig, store: str, name: str = "") -> list:
+def tag(representation: str) -> str:
+    """The part of a task run name that says the representation ('' for the paper's gradient: its names as before)."""
+    return "" if representation == "gradient" else f"{representation}-"
+
+
+def representation_blocks(selection, tokens, which: dict, config: QDGConfig, store: str, reps: list[str]) -> dict:
+    """{representation: its `qdg.gradient_block`s}, each block one cached task. abs_gradient of unprojected
+    gradients is read from the gradient blocks; the unit representations are read from one unit stage."""
+    out: dict[str, list] = {}
+    cfg = config.gradients
+    for r in reps:
+        if r in PARAMETER_OUTPUTS and not (r == "abs_gradient" and cfg.projection_dims is None):
+            out[r] = parameter_blocks(selection, tokens, which, cfg, config, store, r)
+    if "abs_gradient" in reps and cfg.projection_dims is None:
+        grads = out.get("gradient") or parameter_blocks(selection, tokens, which, cfg, config, store, "gradient")
+        out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(g, store)
+                               for g, (a, b) in zip(grads, block_plan(config))]
+    units_wanted = [r for r in reps if r in LM_UNIT_REPRESENTATIONS]
+    if units_wanted:
+        suite = config.lm.suite
+        units = [units_block.with_options(task_run_name=f"qdg-units-{a}-{b}")(
+                     selection, tokens, which["model"], which["model_name"], which["revision"], which["fingerprint"],
+                     a, b, suite.context_length, suite.dtype, cfg.device, cfg.positions_per_backward, store)
+                 for a, b in block_plan(config)]
+        for r in units_wanted:
+            out[r] = [unit_representation.with_options(task_run_name=f"qdg-{r}-{a}-{b}")(u, r, store)
+                      for u, (a, b) in zip(units, block_plan(config))]
+    return {r: out[r] for r in reps}
+
+
+def block_plan(config: QDGConfig) -> list[tuple[int, int]]:
+    return gradient_block_plan(config.selection.n_tokens, config.gradients.block_rows)
+
+
+def parameter_blocks(selection, tokens, which: dict, cfg, config: QDGConfig, store: str, representation: str,
+                     name: str = "") -> list:
     """One cached gradient task per block of `gradients.block_rows` selected tokens."""
     suite = config.lm.suite
-    return [gradient_block.with_options(task_run_name=f"qdg-gradients-{name}{start}-{stop}")(
+    label = "gradients" if representation == "gradient" else representation
+    return [gradient_block.with_options(task_run_name=f"qdg-{label}-{name}{start}-{stop}")(
                 selection, tokens, which["model"], which["model_name"], which["revision"], which["fingerprint"],
-                start, stop, cfg, suite.context_length, suite.dtype, store)
-            for start, stop in gradient_block_plan(config.selection.n_tokens, config.gradients.block_rows)]
+                start, stop, cfg, suite.context_length, suite.dtype, store, representation)
+            for start, stop in block_plan(config)]
 
 
-def affinity_of(blocks: list, config: QDGConfig, store: str):
+def cluster_representation(blocks: list, representation: str, config: QDGConfig, fits, store: str) -> dict:
+    """A representation's affinity, its clusterings per (k, seed), their stability and the Zipf fit of the first
+    seed's (tasks named by `tag`)."""
+    cl, t = config.clustering, tag(representation)
+    affinity = affinity_of(blocks, config, store, representation)
+    labels = {(k, seed): cluster_labels.with_options(task_run_name=f"qdg-cluster-{t}k{k}-s{seed}")(
+                  affinity, k, seed, cl.spectral(), store) for k in cl.n_clusters for seed in cl.seeds}
+    stability = (clustering_stability.with_options(task_run_name=f"qdg-stability-{representation}")(
+                     list(labels.values()), store) if len(cl.seeds) > 1 else None)
+    first = [labels[(k, cl.seeds[0])] for k in cl.n_clusters]
+    zipf = zipf_analysis.with_options(task_run_name=f"qdg-zipf-{representation}")(first, fits, config.zipf, store)
+    return {"affinity": affinity, "labels": labels, "stability": stability, "first": first, "zipf": zipf}
+
+
+def affinity_of(blocks: list, config: QDGConfig, store: str, name: str = "gradient"):
     """The dense similarity up to `clustering.dense_max_n` tokens (method 'auto'), else the sparse kNN affinity."""
     cl = config.clustering
     if cl.method_for(config.selection.n_tokens) == "dense":
-        return similarity_matrix(blocks, config.similarity, store)
-    return knn_affinity(blocks, cl.knn_neighbors, config.similarity, store)
+        return similarity_matrix.with_options(task_run_name=f"qdg-similarity-{name}")(blocks, config.similarity,
+                                                                                       store)
+    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(blocks, cl.knn_neighbors,
+                                                                               config.similarity, store)
 
 
 @flow(name="qdg", log_prints=True)
@@ -102,8 +163,16 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
     artifacts = {f"lm_{k}": v for k, v in lm.items() if k in ("eval_tokens", "token_losses", "fits", "report")}
     artifacts.update({k: refs[k] for k in ("selection", "affinity", "zipf", "report")})
     artifacts.update({k: refs[k] for k in ("stability", "projection") if refs[k] is not None})
+    # the primary representation under the study's first names; every representation under its own
     artifacts.update({f"gradient_block_{i}": r for i, r in enumerate(refs["gradient_blocks"])})
     artifacts.update({f"labels_k{k}_s{s}": r for (k, s), r in refs["labels"].items()})
+    for rep, per in refs["representations"].items():
+        artifacts.update({f"{rep}_block_{i}": r for i, r in enumerate(refs["blocks"][rep])})
+        artifacts.update({f"labels_{rep}_k{k}_s{s}": r for (k, s), r in per["labels"].items()})
+        artifacts.update({f"{name}_{rep}": per[name] for name in ("affinity", "zipf", "stability")
+                          if per[name] is not None})
+    if refs["agreement"] is not None:
+        artifacts["representation_ari"] = refs["agreement"]
     return {"artifacts": artifacts, "results": qdg_results(Store(store), refs, config.zipf)}
 
 

@@ -312,6 +312,56 @@ class ParityBenchmarkTable(pa.DataFrameModel):
         both = df["ari_lo"].notna() & df["ari_hi"].notna()
         return bool((df.loc[both, "ari_lo"] <= df.loc[both, "ari_hi"]).all())
 
+
+# ------------------------------------------------------------------------- qdg: representations over MLP units
+def _unit_checks(arrays, attrs):
+    n, width = arrays["a"].shape
+    for name in ("dlogit", "dloss"):
+        if tuple(arrays[name].shape) != (n, width):
+            return name, f"must have the shape of a ({n} x {width})", tuple(arrays[name].shape)
+    for name in ("row", "loss"):
+        if tuple(arrays[name].shape) != (n,):
+            return name, f"must have one entry per row of a ({n})", tuple(arrays[name].shape)
+    if sum(int(w) for w in attrs["widths"]) != width:
+        return "a", f"must have sum(widths) = {sum(int(w) for w in attrs['widths'])} columns", width
+    rows = np.asarray(arrays["row"][...])
+    if rows.size > 1 and (np.diff(rows) <= 0).any():
+        return "row", "selection rows must be strictly increasing", rows.tolist()[:10]
+    return None
+
+
+UNIT_BLOCK = register(
+    "qdg.unit_block", "zarr", 1,
+    GroupSpec(
+        arrays={
+            "a": ArraySpec("float32", ("row", "unit"), (finite(),)),
+            "dlogit": ArraySpec("float32", ("row", "unit"), (finite(),)),
+            "dloss": ArraySpec("float32", ("row", "unit"), (finite(),)),
+            "row": ArraySpec("int64", ("row",), (in_range(0),)),
+            "loss": ArraySpec("float32", ("row",), (finite(), in_range(0.0))),
+        },
+        required_attrs=("model", "layers", "widths", "context_length"),
+        group_checks=(_unit_checks,),
+    ),
+    "per token of a block of selected rows, every MLP hidden unit of every layer (after the activation function, "
+    "at the position that predicts the token): its activation a, d(target logit)/da and d(loss)/da",
+)
+
+
+class RepresentationAgreementTable(pa.DataFrameModel):
+    """Adjusted Rand index between the clusterings of two representations of the same tokens, per k (first seed)."""
+
+    k: Series[int] = pa.Field(ge=2)
+    seed: Series[int] = pa.Field(ge=0)
+    a: Series[str] = pa.Field(isin=list(REPRESENTATIONS))
+    b: Series[str] = pa.Field(isin=list(REPRESENTATIONS))
+    ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
+    n_tokens: Series[int] = pa.Field(ge=2)
+
+    @pa.dataframe_check(error="a pair of two different representations, each pair and k once")
+    def _pairs(cls, df) -> bool:
+        return bool((df["a"] != df["b"]).all() and not df.duplicated(["k", "seed", "a", "b"]).any())
+
     class Config:
         strict = True
 
@@ -319,6 +369,10 @@ class ParityBenchmarkTable(pa.DataFrameModel):
 PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 1, ParityBenchmarkTable,
                             "representation x training regime -> ARI against the true subtasks, with intervals, "
                             "baselines and per-unit specialisation")
+
+
+REPRESENTATION_ARI = register("qdg.representation_ari", "parquet", 1, RepresentationAgreementTable,
+                              "ARI between the clusterings of two representations, per k")
 
 __all__ = ["QDGConfig", "QDGSparseParityConfig", "SelectionConfig", "GradientConfig", "SimilarityConfig",
            "ClusteringConfig", "SpectralOptions", "ZipfConfig", "ReportConfig", "ParityModelConfig"]

@@ -213,10 +213,27 @@ class ReportConfig(BaseReportConfig):
                               "subset of the tokens when there are more)")
 
 
+# qdg (language models): the representation its headline results (results' envelope slope, the report's first
+# section) use when `primary` is not set and it is listed; change it here. `gradient` stays "the paper's method".
+DEFAULT_PRIMARY_REPRESENTATION = "abs_gradient"
+# qdg's representations over MLP hidden units (one number per unit and layer: never JL-projected); the others are
+# over the parameters (gradient, abs_gradient, logit_gradient: `gradients.projection_dims` applies to those only)
+LM_UNIT_REPRESENTATIONS: tuple[str, ...] = ("activations", "attribution", "ablation")
+
+
 class QDGConfig(StrictModel):
     """QDG on the lm-losses study's suite: `lm` is that study's config (inline, or a TOML path in `lm_config`);
     its tasks run first, so after an lm-losses run with the same settings they come back `Cached`."""
 
+    representations: list[Representation] | None = Field(
+        None, description="what is clustered, each its own cached stage (see REPRESENTATIONS; None = every one that "
+        "applies: all but 'ablation', which on a language model needs ablation_first_order = true)")
+    primary: Representation | None = Field(
+        None, description="the representation of the headline results (None = DEFAULT_PRIMARY_REPRESENTATION when "
+        "listed, else the first of `representations`)")
+    ablation_first_order: bool = Field(
+        False, description="allow 'ablation' on a language model as the first-order estimate -a * dL/da of zeroing "
+        "each MLP unit (exact ablation would take one forward pass per unit and token)")
     lm: LMConfig
     selection: SelectionConfig = SelectionConfig()
     gradients: GradientConfig = GradientConfig()
@@ -231,8 +248,36 @@ class QDGConfig(StrictModel):
         context = info.context or {}
         return include_section(data, "lm", "lm_config", context.get("config_dir"), context.get("config_path"))
 
+    def chosen_representations(self) -> list[str]:
+        """`representations`, or every one that applies (in REPRESENTATIONS order)."""
+        if self.representations is not None:
+            return list(self.representations)
+        return [r for r in REPRESENTATIONS if r != "ablation" or self.ablation_first_order]
+
+    def primary_representation(self) -> str:
+        reps = self.chosen_representations()
+        if self.primary is not None:
+            return self.primary
+        return DEFAULT_PRIMARY_REPRESENTATION if DEFAULT_PRIMARY_REPRESENTATION in reps else reps[0]
+
+    def _check_representations(self) -> None:
+        reps = self.chosen_representations()
+        if not reps or len(set(reps)) != len(reps):
+            raise ValueError(f"representations must be distinct, at least one (got {reps})")
+        if "ablation" in reps and not self.ablation_first_order:
+            raise ValueError("representations: 'ablation' on a language model is only the first-order estimate "
+                             "-a * dL/da: set ablation_first_order = true to ask for it, or drop 'ablation'")
+        if self.primary is not None and self.primary not in reps:
+            raise ValueError(f"primary {self.primary!r} is not one of representations {reps}")
+        primary = self.primary_representation()
+        if self.clustering.compare_projection_dims is not None and primary in LM_UNIT_REPRESENTATIONS:
+            raise ValueError(f"clustering.compare_projection_dims compares the primary representation with its JL "
+                             f"projection, but {primary!r} is over MLP units and never projected: set primary to "
+                             "a parameter-space one (gradient, abs_gradient, logit_gradient) or drop it")
+
     @model_validator(mode="after")
     def _cross(self):
+        self._check_representations()
         if self.report.k_shown is not None and self.report.k_shown not in self.clustering.n_clusters:
             raise ValueError(f"report.k_shown {self.report.k_shown} is not one of clustering.n_clusters "
                              f"{self.clustering.n_clusters}")

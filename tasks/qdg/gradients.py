@@ -112,9 +112,17 @@ def backward_plan(starts: np.ndarray, positions: np.ndarray, positions_per_backw
 
 class TokenGradients:
     """Per-token loss gradients of one causal LM w.r.t. the parameters `names` (flattened in that order, dim =
-    their total size). Switches the model to eager attention (vmap batches its plain torch ops)."""
+    their total size). Switches the model to eager attention (vmap batches its plain torch ops).
 
-    def __init__(self, model: nn.Module, names: list[str], context_length: int, positions_per_backward: int = 32):
+    output "loss": the gradient of the token's loss (nats); "logit": of the target token's logit (the
+    logit_gradient representation: no softmax, hence no (1 - p) scaling and no sign set by the label). The losses
+    returned are the token losses either way."""
+
+    def __init__(self, model: nn.Module, names: list[str], context_length: int, positions_per_backward: int = 32,
+                 output: str = "loss"):
+        if output not in ("loss", "logit"):
+            raise ValueError(f"output must be 'loss' or 'logit' (got {output!r})")
+        self.output = output
         if hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation("eager")
         self.model = model.eval()
@@ -142,8 +150,9 @@ class TokenGradients:
             full = torch.func.functional_call(self.model, {**params, **self.frozen}, (), kwargs).logits[0]
             logits = torch.gather(full, 0, (pos - 1)[:, None].expand(-1, full.shape[-1]))
         logits = logits.float()
-        losses = torch.logsumexp(logits, -1) - torch.gather(logits, 1, target[:, None])[:, 0]
-        return losses, losses.detach()
+        z = torch.gather(logits, 1, target[:, None])[:, 0]
+        losses = torch.logsumexp(logits, -1) - z
+        return (losses if self.output == "loss" else z), losses.detach()
 
     def batch(self, x: torch.Tensor, pos: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows x (W, L), positions and targets (W, k) -> raw gradients (W * k, dim) float32 and losses (W * k,),
@@ -301,16 +310,25 @@ def load_gradient_model(model: ArtifactRef | None, model_name: str | None, revis
     return load_causal_lm(model_name, revision=revision, dtype=dtype, device=device), model_name
 
 
+# the parameter-space representations a gradient block computes: (TokenGradients output, |g| before projection)
+PARAMETER_OUTPUTS = {"gradient": ("loss", False), "abs_gradient": ("loss", True), "logit_gradient": ("logit", False)}
+
+
 @quanta_task(name="qdg-gradient-block", task_run_name="qdg-gradients-{start}-{stop}", cache_policy=BlockCache(**LOCKING))
 def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactRef | None, model_name: str | None,
                    revision: str | None, fingerprint: str | None, start: int, stop: int, cfg: GradientConfig,
-                   context_length: int, dtype: str, store: str) -> ArtifactRef:
-    """The `qdg.gradient_block` of selection rows [start, stop): per-token loss gradients of a trained suite model
-    (`model`, an lm.model ref) or a pretrained causal LM (`model_name` + `revision`; `fingerprint`, from
-    tasks.lm.losses.model_fingerprint, is only part of the cache key), with the context the losses were computed
-    with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
+                   context_length: int, dtype: str, store: str, representation: str = "gradient") -> ArtifactRef:
+    """The `qdg.gradient_block` of selection rows [start, stop) of one parameter-space `representation`
+    (PARAMETER_OUTPUTS: "gradient" = the loss gradient; "abs_gradient" = its element-wise absolute value, taken
+    before the projection; "logit_gradient" = the gradient of the target token's logit): per-token gradients of a
+    trained suite model (`model`, an lm.model ref) or a pretrained causal LM (`model_name` + `revision`;
+    `fingerprint`, from tasks.lm.losses.model_fingerprint, is only part of the cache key), with the context the
+    losses were computed with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
     cfg.projection_dims first, if set); "norm" is the L2 norm of the full, unprojected gradient; "loss" the loss
     (nats) of the gradient's own forward pass."""
+    if representation not in PARAMETER_OUTPUTS:
+        raise ValueError(f"gradient blocks compute {sorted(PARAMETER_OUTPUTS)}, not {representation!r}")
+    output, take_abs = PARAMETER_OUTPUTS[representation]
     st = Store(store)
     df = st.read_table(selection)
     if not 0 <= start < stop <= len(df):
@@ -321,7 +339,7 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactR
     names = gradient_parameter_names(lm, cfg)  # fails here, before any work, if nothing is left
     ctx = effective_context(lm, context_length)
     arrays, _ = st.read_zarr(tokens)
-    grads = TokenGradients(lm, names, ctx, cfg.positions_per_backward)
+    grads = TokenGradients(lm, names, ctx, cfg.positions_per_backward, output=output)
     projector = (Projector(grads.dim, cfg.projection_dims, cfg.projection_seed, device)
                  if cfg.projection_dims is not None else None)
     dim = cfg.projection_dims if projector is not None else grads.dim
@@ -329,17 +347,18 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactR
 
     def compute(emit):
         def on_batch(local, raw, losses):
-            unit, norms = normalise_rows(raw, projector)
+            unit, norms = normalise_rows(raw.abs_() if take_abs else raw, projector)
             emit(local, unit, norms, losses)
 
         with Progress(f"qdg-gradients-{start}-{stop}", len(rows), unit="token") as progress:
             grads.compute(arrays["ids"], arrays["offsets"], token_index, on_batch, progress)
 
-    attrs = {"model": label, "dim": int(dim), "gradient_dim": grads.dim,
+    attrs = {"model": label, "representation": representation, "dim": int(dim), "gradient_dim": grads.dim,
              "projection": projector.attrs if projector is not None else "none",
              "parameters": names, "context_length": ctx, "rows": [int(start), int(stop)], "dtype": dtype,
              "norm": "L2 norm of the full unprojected gradient", "loss_unit": "nats"}
     inputs = [selection, tokens] + ([model] if model is not None else [])
     return write_gradient_block(st, compute, rows["row"].to_numpy(), int(dim), attrs, inputs,
                                 params={"model_name": model_name, "revision": revision, "fingerprint": fingerprint,
-                                        "start": start, "stop": stop, **cfg.model_dump(), "device": str(device)})
+                                        "start": start, "stop": stop, **cfg.model_dump(), "device": str(device),
+                                        "representation": representation})

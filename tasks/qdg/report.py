@@ -165,72 +165,147 @@ def zipf_summary(zipf: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+# ---------------------------------------------------------------------------------------------- representations
+WHAT = {"gradient": "per-token loss gradients (the paper's method)",
+        "abs_gradient": "element-wise absolute values of the per-token loss gradients (sign-free)",
+        "logit_gradient": "per-token gradients of the target token's logit",
+        "activations": "MLP hidden activations of every layer at the predicting position",
+        "attribution": "per MLP unit, activation x d(target logit)/d(activation)",
+        "ablation": "per MLP unit, -activation x d(loss)/d(activation) (first-order ablation estimate)"}
+
+
+def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str, pd.DataFrame | None],
+                           dims: dict[str, int]) -> pd.DataFrame:
+    """One row per representation: dims, the envelope slope with its interval against -(alpha_N + 1), and the
+    mean seed-stability ARI."""
+    rows = []
+    for rep, z in zipfs.items():
+        e = z[z.scope == "envelope"].iloc[0]
+        st = stabilities.get(rep)
+        rows.append({"representation": rep, "dims": dims[rep], "slope": e.slope,
+                     "slope CI": _interval(e.slope_ci_lo, e.slope_ci_hi), "predicted": e.predicted_slope,
+                     "predicted CI": _interval(e.predicted_ci_lo, e.predicted_ci_hi), "consistent": e.consistent,
+                     "seed ARI": float(st.ari.mean()) if st is not None and len(st) else np.nan})
+    return pd.DataFrame(rows, columns=["representation", "dims", "slope", "slope CI", "predicted", "predicted CI",
+                                       "consistent", "seed ARI"])
+
+
+def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predicted: float):
+    fig, ax = subplots(figsize=(5.6, 4.0))
+    for rep, (by_k, n) in sizes.items():
+        env = size_envelope(by_k, n)
+        env = env[env > 0]
+        ax.plot(np.arange(1, len(env) + 1), env, lw=1.2, label=rep)
+    if np.isfinite(predicted):
+        r = np.arange(1, max(len(b[0]) for b in sizes.values()) + 1)
+        ax.plot(r, 0.2 * r ** predicted, ":", color="black", label=f"slope -(alpha_N + 1) = {predicted:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank of cluster")
+    ax.set_ylabel("fraction of tokens (envelope over k)")
+    ax.set_title("Cluster-size envelopes by representation")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _examples(rep: Report, name: str, ex: pd.DataFrame, rcfg: ReportConfig, title: str) -> None:
+    shown = ex.assign(context=ex.context.map(md_escape), token=ex.token.map(lambda s: md_escape(s, 40)),
+                      predicted=ex.predicted.map(lambda s: md_escape(s, 40)))
+    rep.table(name, shown, max_rows=rcfg.clusters_shown * rcfg.examples_per_cluster)
+    page = name.replace("cluster_examples", "clusters") + ".html"
+    rep.attach(page, examples_html(ex, title), link=f"The same examples as a page, token highlighted ({page}, beside "
+               "report.md in the store's report directory)")
+
+
 # ---------------------------------------------------------------------------------------------- the task
 @quanta_task(name="qdg-report")
 def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
-               affinity: ArtifactRef, gradient_block: ArtifactRef, labels: list[ArtifactRef],
-               stability: ArtifactRef | None, zipf: ArtifactRef, rcfg: ReportConfig, store: str,
-               key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
-    """The study's report. `labels`: one `qdg.labels` per cluster count (the first seed's); `gradient_block`: any
-    block (its attrs give the gradient's dimensions and projection)."""
+               representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
+               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
+    """The study's report. `representations`: {name: {"affinity", "block" (any block: its attrs give the dims and
+    projection), "labels" (one `qdg.labels` per cluster count, the first seed's), "stability" (or None), "zipf"}};
+    `primary` is the headline; `agreement` the `qdg.representation_ari` (None with one representation)."""
     st = Store(store)
     sel = st.read_table(selection)
-    tables = {int(t["k"].iloc[0]): t for t in (st.read_table(r) for r in labels)}
-    zdf = st.read_table(zipf)
-    sizes, n = sizes_from_labels(list(tables.values()))
-    k = shown_k(sorted(tables), rcfg)
-    lab = tables[k].sort_values("row")["label"].to_numpy()
-    battrs = st.open_zarr(gradient_block).attrs
-    proj = battrs["projection"]
+    tables = {r: {int(t["k"].iloc[0]): t for t in (st.read_table(x) for x in v["labels"])}
+              for r, v in representations.items()}
+    zipfs = {r: st.read_table(v["zipf"]) for r, v in representations.items()}
+    stabilities = {r: st.read_table(v["stability"]) if v["stability"] is not None else None
+                   for r, v in representations.items()}
+    battrs = {r: st.open_zarr(v["block"]).attrs for r, v in representations.items()}
+    sizes = {r: sizes_from_labels(list(t.values())) for r, t in tables.items()}
+    head = representations[primary]
+    zdf, (sizes_p, n) = zipfs[primary], sizes[primary]
+    k = shown_k(sorted(tables[primary]), rcfg)
+    labels_of = {r: t[k].sort_values("row")["label"].to_numpy() for r, t in tables.items()}
+    lab = labels_of[primary]
+    proj = battrs[primary]["projection"]
     selected_by = (st.lineage(selection.content_hash) or {}).get("params", {}).get("model_label", "?")
     rep = Report(rcfg.title, dpi=rcfg.dpi)
     env = zdf[zdf.scope == "envelope"].iloc[0]
     rep.text(
-        f"{n} tokens (selected by model `{selected_by}`), per-token gradients "
-        f"of {battrs['gradient_dim']:,} dimensions"
+        f"{n} tokens (selected by model `{selected_by}`); headline representation **{primary}**: {WHAT[primary]}, "
+        f"{battrs[primary]['gradient_dim']:,} dimensions"
         + (f" projected to {proj['dims']:,} (JL, seed {proj['seed']})" if isinstance(proj, dict) else "")
-        + f", spectral clustering into k = {', '.join(map(str, sorted(tables)))} clusters.\n\n"
+        + f"; spectral clustering into k = {', '.join(map(str, sorted(tables[primary])))} clusters.\n\n"
         f"**Envelope slope** {env.slope:.3g} [{env.slope_ci_lo:.3g}, {env.slope_ci_hi:.3g}] vs **predicted** "
         f"-(alpha_N + 1) = {env.predicted_slope:.3g} [{env.predicted_ci_lo:.3g}, {env.predicted_ci_hi:.3g}] "
         f"(paper: -1.24 vs -1.083): consistent = **{env.consistent}**. Rule: {CONSISTENT_RULE}.")
     if rcfg.plots:
-        rep.figure("rank_frequency", rank_frequency_figure(sizes, n, zdf))
+        rep.figure("rank_frequency", rank_frequency_figure(sizes_p, n, zdf))
     rep.table("zipf", zdf, show=False)  # every column: zipf.csv and the qdg-zipf table artifact
     rep.table("zipf_summary", zipf_summary(zdf))
-    if stability is not None:
-        rep.table("stability", st.read_table(stability))
+    if len(representations) > 1:
+        rep.text("## Representations\n\nEach representation clustered alike; the rank-frequency envelope's slope "
+                 "(OLS t-interval) against -(alpha_N + 1), and the mean ARI between clustering seeds:")
+        dims = {r: int(a["dim"]) for r, a in battrs.items()}
+        rep.table("representations", representation_summary(zipfs, stabilities, dims))
+        for r, z in zipfs.items():
+            if r != primary:
+                rep.table(f"zipf_{r}", z, show=False)
+        if rcfg.plots:
+            rep.figure("envelopes", envelopes_figure(sizes, float(env.predicted_slope)))
+    if agreement is not None:
+        rep.text("Agreement between representations' clusterings (adjusted Rand index, same k, first seed; 1 = the "
+                 "same partition, ~0 = chance):")
+        ari = st.read_table(agreement)
+        rep.table("representation_ari", ari[["k", "a", "b", "ari", "n_tokens"]].rename(columns={"n_tokens": "n"}),
+                  max_rows=200)
+    if stabilities[primary] is not None:
+        rep.table("stability", stabilities[primary])
     if projection is not None:
-        rep.text("Clusters of JL-projected gradients against the clusters above (adjusted Rand index, same k and "
-                 "seed):")
+        rep.text(f"Clusters of the JL-projected {primary} against the clusters above (adjusted Rand index, same k "
+                 "and seed):")
         rep.table("projection_ari", st.read_table(projection))
-    if rcfg.plots and affinity.kind == "qdg.similarity":
+    if rcfg.plots and head["affinity"].kind == "qdg.similarity":
         idx = heatmap_rows(lab, rcfg.heatmap_rows)
-        c = st.open_zarr(affinity)["c"].get_orthogonal_selection((idx, idx))
+        c = st.open_zarr(head["affinity"])["c"].get_orthogonal_selection((idx, idx))
         rep.figure("similarity_sorted", similarity_heatmap(np.asarray(c), lab[idx],
-                                                           f"gradient cosine similarity, sorted by cluster (k = {k})"))
+                                                           f"{primary} cosine similarity, sorted by cluster (k = {k})"))
     tarr, _ = st.read_zarr(tokens)
     ids, offsets = np.asarray(tarr["ids"]), np.asarray(tarr["offsets"])
     tok = load_tokenizer(st.local_dir(tokenizer))
-    ex = cluster_examples(sel, lab, tok, ids, offsets, rcfg)
-    if len(ex):
-        rep.text(f"## The {rcfg.clusters_shown} largest clusters (k = {k})")
-        shown = ex.assign(context=ex.context.map(md_escape), token=ex.token.map(lambda s: md_escape(s, 40)),
-                          predicted=ex.predicted.map(lambda s: md_escape(s, 40)))
-        rep.table("cluster_examples", shown, max_rows=rcfg.clusters_shown * rcfg.examples_per_cluster)
-        rep.attach("clusters.html", examples_html(ex, f"{rcfg.title}: the largest clusters (k = {k})"),
-                   link="The same examples as a page, token highlighted (clusters.html, beside report.md in the "
-                        "store's report directory)")
+    for r in [primary, *(x for x in representations if x != primary)]:
+        ex = cluster_examples(sel, labels_of[r], tok, ids, offsets, rcfg)
+        if len(ex):
+            rep.text(f"## The {rcfg.clusters_shown} largest clusters of {r} (k = {k})")
+            _examples(rep, "cluster_examples" if r == primary else f"cluster_examples_{r}", ex, rcfg,
+                      f"{rcfg.title}: the largest clusters of {r} (k = {k})")
     larr, lattrs = st.read_zarr(token_losses)
     cl = cluster_losses(sel, lab, np.asarray(larr["loss"]), list(lattrs["models"]),
                         np.asarray(larr["n_params_nonembed"]), rcfg.clusters_shown)
     if len(cl):
+        rep.text(f"Mean loss of the largest {primary} clusters' tokens under each model of the suite:")
         rep.table("cluster_losses", cl.pivot(index=["cluster", "size"], columns="model", values="mean_loss")
                   .reset_index()[["cluster", "size", *lattrs["models"]]])
         if rcfg.plots:
             rep.figure("cluster_losses", cluster_losses_figure(cl))
-    inputs = [selection, tokens, tokenizer, token_losses, affinity, gradient_block, *labels,
-              *(r for r in (stability, projection) if r is not None), zipf]
-    return publish(rep, st, key_prefix, inputs=inputs, params={"report": rcfg.model_dump(mode="json"), "k_shown": k})
+    inputs = [selection, tokens, tokenizer, token_losses,
+              *(x for v in representations.values() for x in (v["affinity"], v["block"], *v["labels"], v["zipf"],
+                                                               v["stability"]) if x is not None),
+              *(x for x in (agreement, projection) if x is not None)]
+    return publish(rep, st, key_prefix, inputs=inputs, params={"report": rcfg.model_dump(mode="json"), "k_shown": k,
+                                                               "primary": primary})
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -261,7 +336,22 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         projection = {"dims": int(pdf.projection_dims.iloc[0]),
                       "ari": {str(r.k): float(r.ari) for r in pdf.itertuples()}}
     alpha = _f(env.alpha_N)
+    reps = {}
+    for rep, per in refs.get("representations", {}).items():
+        z = st.read_table(per["zipf"])
+        e = z[z.scope == "envelope"].iloc[0]
+        battrs_r = st.open_zarr(refs["blocks"][rep][0], validate=False, verify_hash=False).attrs
+        sdf = st.read_table(per["stability"]) if per["stability"] is not None else None
+        reps[rep] = {"dim": int(battrs_r["dim"]), "envelope_slope": _f(e.slope),
+                     "envelope_slope_ci": [_f(e.slope_ci_lo), _f(e.slope_ci_hi)], "consistent": e.consistent,
+                     "slope_by_k": {str(r.k): _f(r.slope) for r in z[z.scope == "k"].itertuples()},
+                     "stability_ari": {} if sdf is None else {str(k): float(g.ari.mean()) for k, g in sdf.groupby("k")}}
+    agreement = []
+    if refs.get("agreement") is not None:
+        agreement = [{"k": int(r.k), "a": r.a, "b": r.b, "ari": float(r.ari)}
+                     for r in st.read_table(refs["agreement"]).itertuples()]
     res = {
+        "representation": refs.get("primary", "gradient"),
         "n_tokens": int(env.n_tokens),
         "gradient_dim": int(battrs["gradient_dim"]),
         "projection": "none" if proj == "none" else int(proj["dims"]),
@@ -279,6 +369,8 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         "consistent_rule": CONSISTENT_RULE,
         "stability_ari": stability,
         "projection_ari": projection,
+        "representations": reps,
+        "representation_ari": agreement,
         "level": zcfg.level,
         "report_dir": refs["report"].uri,
     }

@@ -194,3 +194,66 @@ def test_a_block_with_rows_that_are_not_unit_vectors_is_refused(store):
     with pytest.raises(ArtifactValidationError, match=r"'g'.*L2-normalised \(row 1 has norm 2"):
         store.write_zarr("qdg.gradient_block", arrays, {"model": "m", "dim": 5, "projection": "none"})
     assert not list((Path(store.root) / "_tmp").iterdir())  # nothing half-written is left
+
+
+# ------------------------------------------------------------------------- the other parameter-space representations
+def test_logit_gradient_equals_a_finite_difference_of_the_target_logit():
+    from tasks.qdg.selection import window_batch
+
+    model = random_neox(seed=3).double()
+    ids, offsets = synthetic_corpus()
+    tokens = _tokens(offsets, 6, seed=2)
+    names = gradient_parameter_names(model, GradientConfig())
+    tg = TokenGradients(model, names, CTX, positions_per_backward=4, output="logit")
+    got = np.zeros((len(tokens), tg.dim), np.float32)
+    tg.compute(ids, offsets, tokens, lambda rows, raw, _: got.__setitem__(rows, raw.numpy()))
+    loss_grad, _ = naive_token_gradients(model, names, ids, offsets, tokens, CTX)
+    assert np.abs(got - loss_grad).max() > 1e-3  # not the loss gradient
+    params = dict(model.named_parameters())
+    starts, pos = token_windows(tokens, offsets, CTX)
+    rng = np.random.default_rng(0)
+    for i, (s, p, t) in enumerate(zip(starts, pos, tokens)):
+        x = window_batch(ids, np.array([s]), np.array([p]))
+        v = {n: torch.as_tensor(rng.standard_normal(tuple(params[n].shape))) for n in names}
+
+        def logit(eps: float) -> float:
+            moved = {n: params[n].detach() + eps * v[n] for n in names}
+            with torch.no_grad():
+                out = torch.func.functional_call(model, moved, (), {"input_ids": x}).logits[0, p - 1]
+            return float(out[int(ids[t])])
+
+        eps = 1e-5
+        fd = (logit(eps) - logit(-eps)) / (2 * eps)
+        analytic = float(np.dot(got[i].astype(np.float64), np.concatenate([v[n].numpy().ravel() for n in names])))
+        assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-6)
+
+
+def test_abs_gradient_is_the_absolute_gradient_renormalised_computed_or_read(selected):
+    from tasks.qdg.lm_representations import abs_gradient_block
+    from tasks.qdg.projection import Projector
+
+    store, refs, sel = selected
+    df = store.read_table(sel)
+    model = tiny_suite()["d16"]
+    names = gradient_parameter_names(model, GradientConfig())
+    raw, _ = naive_token_gradients(model, names, refs["ids"], refs["offsets"], df["token_index"].to_numpy(), CTX)
+    expect = np.abs(raw) / np.linalg.norm(np.abs(raw), axis=1, keepdims=True)
+    cfg = GradientConfig(device="cpu", positions_per_backward=4)
+
+    def block(representation, c=cfg):
+        return gradient_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, 0, 10, c, CTX,
+                                 "float32", store.url, representation)
+
+    plain = block("gradient")
+    for ref in (block("abs_gradient"), abs_gradient_block.fn(plain, store.url)):
+        arrays, attrs = store.read_zarr(ref)
+        assert attrs["representation"] == "abs_gradient" and attrs["dim"] == raw.shape[1]
+        np.testing.assert_allclose(arrays["g"], expect, atol=1e-5)
+        np.testing.assert_allclose(arrays["norm"], np.linalg.norm(raw, axis=1), rtol=1e-5)
+        np.testing.assert_allclose(arrays["loss"], df["loss"], atol=1e-5)
+    # projected: |g| is taken before the projection, not after
+    arrays, _ = store.read_zarr(block("abs_gradient", cfg.model_copy(update={"projection_dims": 300})))
+    proj = Projector(raw.shape[1], 300, 0, torch.device("cpu"))(torch.from_numpy(np.abs(raw))).numpy()
+    np.testing.assert_allclose(arrays["g"], proj / np.linalg.norm(proj, axis=1, keepdims=True), atol=1e-5)
+    with pytest.raises(ValueError, match="unprojected gradient block"):
+        abs_gradient_block.fn(block("gradient", cfg.model_copy(update={"projection_dims": 300})), store.url)

@@ -176,6 +176,11 @@ CASES = [
     Case("qdg-sp-modular-not-k3", lambda p: [*QDG_SP, "--set", "regimes=['study', 'modular']", "--set",
                                              "sparse_parity.task.k=4"],
          ["regimes", "'modular'", "k = 3"], preflight_of="flows.qdg_sparse_parity"),
+    # qdg representations: a name that is none, and ablation on a language model without asking for the estimate
+    Case("qdg-unknown-representation", lambda p: [*QDG, "--set", "representations=['gradient', 'gradients']"],
+         ["representations.1", "'abs_gradient'"]),
+    Case("qdg-lm-ablation-without-first-order", lambda p: [*QDG, "--set", "representations=['ablation']"],
+         ["representations: 'ablation' on a language model", "ablation_first_order = true"]),
 ]
 
 
