@@ -17,6 +17,7 @@ from schemas.arrays import ArraySpec, GroupSpec, finite_or_nan, in_range, monoto
 from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import StrictModel
 from schemas.registry import register
+from schemas.tables import StrictTable
 
 # byte-level BPE starts from 256 byte symbols; the trained tokenizer adds these special tokens
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
@@ -176,7 +177,7 @@ class LMConfig(StrictModel):
 
 
 # -------------------------------------------------------------------------------------------- artifacts
-class DocumentsTable(pa.DataFrameModel):
+class DocumentsTable(StrictTable):
     """One row per kept document (after de-duplication), with its split."""
 
     doc_id: Series[int] = pa.Field(ge=0, unique=True)
@@ -186,19 +187,13 @@ class DocumentsTable(pa.DataFrameModel):
     sha256: Series[str] = pa.Field(str_length={"min_value": 64, "max_value": 64}, unique=True)
     split: Series[str] = pa.Field(isin=["train", "eval"])
 
-    class Config:
-        strict = True
-
 
 DOCUMENTS = register("lm.documents", "parquet", 1, DocumentsTable, "corpus documents: id, source, path, size, hash, split")
 
 
-class TextsTable(pa.DataFrameModel):
+class TextsTable(StrictTable):
     doc_id: Series[int] = pa.Field(ge=0, unique=True)
     text: Series[str] = pa.Field(nullable=False)
-
-    class Config:
-        strict = True
 
 
 TEXTS = register("lm.texts", "parquet", 1, TextsTable, "document texts, by doc_id")
@@ -275,7 +270,7 @@ TOKEN_LOSSES = register(
 )
 
 
-class ScalingTable(pa.DataFrameModel):
+class ScalingTable(StrictTable):
     """Mean per-token loss of each model over the tokens every model predicts."""
 
     model: Series[str]
@@ -285,14 +280,11 @@ class ScalingTable(pa.DataFrameModel):
     median_loss: Series[float] = pa.Field(ge=0)
     n_tokens: Series[int] = pa.Field(ge=1)
 
-    class Config:
-        strict = True
-
 
 SCALING = register("lm.scaling", "parquet", 1, ScalingTable, "mean loss per model vs parameters")
 
 
-class LMFitsTable(pa.DataFrameModel):
+class LMFitsTable(StrictTable):
     quantity: Series[str]
     value: Series[float] = pa.Field(nullable=True)
     ci_lo: Series[float] = pa.Field(nullable=True)
@@ -302,9 +294,6 @@ class LMFitsTable(pa.DataFrameModel):
     n_points: Series[int] = pa.Field(ge=0)
     method: Series[str]
     note: Series[str]
-
-    class Config:
-        strict = True
 
 
 LM_FITS = register("lm.fits", "parquet", 1, LMFitsTable, "alpha_N fit of mean loss vs non-embedding parameters")

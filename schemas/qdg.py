@@ -18,14 +18,15 @@ from pandera.typing import Series
 from schemas.arrays import ArraySpec, GroupSpec, finite, in_range
 from schemas.registry import register
 from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, PARAMETER_SPACE_REPRESENTATIONS,  # noqa: F401
-                                 REPRESENTATIONS, ClusteringConfig, GradientConfig, ParityModelConfig, Representation, QDGConfig, QDGSparseParityConfig, ReportConfig,
-                                 SelectionConfig, SimilarityConfig, SpectralOptions, ZipfConfig, parse_bytes)
-from schemas.qdg_config import (REGIMES, BenchmarkConfig, GroupLassoConfig, LongTrainingConfig,  # noqa: F401
-                                 Regime)
+                                 REGIMES, REPRESENTATIONS, BenchmarkConfig, ClusteringConfig, GradientConfig,
+                                 GroupLassoConfig, LongTrainingConfig, ParityModelConfig, QDGConfig,
+                                 QDGSparseParityConfig, Regime, ReportConfig, Representation, SelectionConfig,
+                                 SimilarityConfig, SpectralOptions, ZipfConfig, parse_bytes)
+from schemas.tables import StrictTable
 
 
 # -------------------------------------------------------------------------------------------- artifacts
-class SelectionTable(pa.DataFrameModel):
+class SelectionTable(StrictTable):
     """One row per selected token, in clustering order (`row` 0..n-1)."""
 
     row: Series[int] = pa.Field(ge=0, unique=True)
@@ -36,9 +37,6 @@ class SelectionTable(pa.DataFrameModel):
     target: Series[int] = pa.Field(ge=0, description="the token id being predicted")
     predicted: Series[int] = pa.Field(ge=0, description="the selection model's argmax prediction")
     loss: Series[float] = pa.Field(ge=0, description="loss (nats) under the selection model")
-
-    class Config:
-        strict = True
 
 
 SELECTION = register("qdg.selection", "parquet", 1, SelectionTable, "tokens selected for QDG, in clustering order")
@@ -143,7 +141,7 @@ KNN_AFFINITY = register(
 )
 
 
-class LabelsTable(pa.DataFrameModel):
+class LabelsTable(StrictTable):
     """Cluster labels of one clustering (k clusters, one seed); label 0 is the largest cluster, 1 the next, ..."""
 
     row: Series[int] = pa.Field(ge=0, unique=True)
@@ -155,14 +153,11 @@ class LabelsTable(pa.DataFrameModel):
     def _consistent(cls, df) -> bool:
         return bool((df["label"] < df["k"]).all() and df["k"].nunique() <= 1 and df["seed"].nunique() <= 1)
 
-    class Config:
-        strict = True
-
 
 LABELS = register("qdg.labels", "parquet", 1, LabelsTable, "cluster label of every selected row, for one (k, seed)")
 
 
-class StabilityTable(pa.DataFrameModel):
+class StabilityTable(StrictTable):
     """Adjusted Rand index between the clusterings of two seeds, for each k."""
 
     k: Series[int] = pa.Field(ge=2)
@@ -171,14 +166,11 @@ class StabilityTable(pa.DataFrameModel):
     ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
     n_tokens: Series[int] = pa.Field(ge=2)
 
-    class Config:
-        strict = True
-
 
 STABILITY = register("qdg.stability", "parquet", 1, StabilityTable, "ARI between clustering seeds, per k")
 
 
-class ProjectionAgreementTable(pa.DataFrameModel):
+class ProjectionAgreementTable(StrictTable):
     """Clusters of JL-projected gradients against those of the gradients as configured, per k (same seed)."""
 
     k: Series[int] = pa.Field(ge=2)
@@ -187,15 +179,12 @@ class ProjectionAgreementTable(pa.DataFrameModel):
     ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
     n_tokens: Series[int] = pa.Field(ge=2)
 
-    class Config:
-        strict = True
-
 
 PROJECTION_ARI = register("qdg.projection_ari", "parquet", 1, ProjectionAgreementTable,
                           "ARI between the clusters of projected and of full gradients, per k")
 
 
-class ZipfTable(pa.DataFrameModel):
+class ZipfTable(StrictTable):
     """Rank-frequency fits of cluster sizes: one row per k (scope 'k') and one for the envelope over k (scope
     'envelope', k = 0). NaN = not measurable (too few clusters, no alpha_N); see `note`."""
 
@@ -224,15 +213,12 @@ class ZipfTable(pa.DataFrameModel):
     level: Series[float] = pa.Field(gt=0, lt=1)
     note: Series[str]
 
-    class Config:
-        strict = True
-
 
 ZIPF = register("qdg.zipf", "parquet", 1, ZipfTable, "Zipf fits of cluster sizes per k and of their envelope, "
                 "against -(alpha_N + 1)")
 
 
-class GroundTruthTable(pa.DataFrameModel):
+class GroundTruthTable(StrictTable):
     """QDG against the known quanta of sparse parity: one row per clustering (variant, samples, k, seed)."""
 
     variant: Series[str] = pa.Field(isin=["plain", "aligned", "plain+control-weights", "aligned+control-weights"],
@@ -248,9 +234,6 @@ class GroundTruthTable(pa.DataFrameModel):
                                           "subtask of each sample")
     ari_label: Series[float] = pa.Field(ge=-1.0, le=1.0, description="adjusted Rand index against the sample's "
                                         "label (0/1)")
-
-    class Config:
-        strict = True
 
 
 GROUND_TRUTH = register("qdg.ground_truth", "parquet", 1, GroundTruthTable,
@@ -286,7 +269,7 @@ PARITY_SAMPLES = register(
     "samples of sparse-parity subtasks (the true quanta), in clustering order",
 )
 
-class ParityBenchmarkTable(pa.DataFrameModel):
+class ParityBenchmarkTable(StrictTable):
     """The known-quanta benchmark (qdg-sparse-parity): one row per (regime, representation or baseline); see
     tasks.qdg.benchmark for each column's definition."""
 
@@ -348,7 +331,7 @@ UNIT_BLOCK = register(
 )
 
 
-class RepresentationAgreementTable(pa.DataFrameModel):
+class RepresentationAgreementTable(StrictTable):
     """Adjusted Rand index between the clusterings of two representations of the same tokens, per k (first seed)."""
 
     k: Series[int] = pa.Field(ge=2)
@@ -361,9 +344,6 @@ class RepresentationAgreementTable(pa.DataFrameModel):
     @pa.dataframe_check(error="a pair of two different representations, each pair and k once")
     def _pairs(cls, df) -> bool:
         return bool((df["a"] != df["b"]).all() and not df.duplicated(["k", "seed", "a", "b"]).any())
-
-    class Config:
-        strict = True
 
 
 PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 1, ParityBenchmarkTable,

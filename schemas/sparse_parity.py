@@ -13,6 +13,7 @@ from schemas.arrays import ArraySpec, GroupSpec, finite, in_range, monotone_nond
 from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import StrictModel, positive_distinct
 from schemas.registry import register
+from schemas.tables import StrictTable
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -210,7 +211,7 @@ CURVES = register(
 )
 
 
-class RunsTable(pa.DataFrameModel):
+class RunsTable(StrictTable):
     """One row per model per logged step. `data_size` = -1 means fresh samples every step."""
 
     model_id: Series[str] = pa.Field(nullable=False)
@@ -223,15 +224,11 @@ class RunsTable(pa.DataFrameModel):
     mean_loss: Series[float] = pa.Field(ge=0, nullable=False, description="Zipf-weighted test loss, bits")
     subtasks_learned: Series[int] = pa.Field(ge=0)
 
-    class Config:
-        strict = True
-        coerce = False
-
 
 RUNS = register("sparse_parity.runs", "parquet", 1, RunsTable, "runs table: model x logged step")
 
 
-class FitsTable(pa.DataFrameModel):
+class FitsTable(StrictTable):
     """One row per fitted exponent, beside its theory value."""
 
     quantity: Series[str] = pa.Field(isin=["alpha_N", "alpha_S", "alpha_D"])
@@ -245,14 +242,11 @@ class FitsTable(pa.DataFrameModel):
     method: Series[str]
     note: Series[str]
 
-    class Config:
-        strict = True
-
 
 FITS = register("sparse_parity.fits", "parquet", 1, FitsTable, "fitted exponents with CIs and theory values")
 
 
-class EmergenceTable(pa.DataFrameModel):
+class EmergenceTable(StrictTable):
     """One row per (model, subtask): the first logged step at which the subtask's loss fell below threshold."""
 
     model_id: Series[str]
@@ -263,9 +257,6 @@ class EmergenceTable(pa.DataFrameModel):
     task_rank: Series[int] = pa.Field(ge=1, description="1 = most frequent subtask")
     frequency: Series[float] = pa.Field(gt=0, le=1)
     learned_step: Series[float] = pa.Field(nullable=True, description="NaN = never learned")
-
-    class Config:
-        strict = True
 
 
 EMERGENCE = register("sparse_parity.emergence", "parquet", 1, EmergenceTable, "steps-to-learn per subtask")
