@@ -10,7 +10,7 @@ from prefect import flow
 from schemas import ConfigError
 from schemas.lm import LMConfig
 from storage import Store
-from tasks.devices import DeviceError, resolve_device
+from tasks.devices import resolve_device
 from tasks.lm.corpus import CorpusError, build_corpus, corpus_fingerprint, corpus_files
 from tasks.lm.decomposition import decompose
 from tasks.lm.losses import assemble_token_losses, model_fingerprint, token_loss_column
@@ -65,10 +65,7 @@ def lm_losses_flow(config: LMConfig = LMConfig(), store: str | None = None) -> d
 def preflight(config: LMConfig) -> None:
     """Before any work (quanta run calls it): the suite's device exists on this machine, and a file corpus's path
     exists and holds files. Raises ConfigError with one line naming the field and the value."""
-    try:
-        resolve_device(config.suite.device, "suite.device")
-    except DeviceError as e:
-        raise ConfigError(str(e)) from None
+    resolve_device(config.suite.device, "suite.device")  # a DeviceError: one line, exit 2
     if config.corpus.kind != "hf":  # a dataset may be a hub name: only loading it can tell
         try:
             corpus_files(config.corpus)

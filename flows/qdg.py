@@ -19,7 +19,7 @@ from schemas import ConfigError
 from schemas.qdg import QDGConfig
 from schemas.qdg_config import LM_UNIT_REPRESENTATIONS
 from storage import Store
-from tasks.devices import DeviceError, resolve_device
+from tasks.devices import resolve_device
 from tasks.lm.losses import model_fingerprint
 from tasks.qdg.clustering import cluster_labels, clustering_stability, projection_agreement
 from tasks.qdg.dask_cluster import check_local_cluster
@@ -180,10 +180,7 @@ def qdg_preflight(config: QDGConfig) -> None:
     """Before any work: the lm-losses checks (device, corpus files), the gradients' device, a Dask LocalCluster that
     fits this machine, and room for the dense similarity path (`clustering.method` / `dense_max_n`) in its memory."""
     lm_preflight(config.lm)
-    try:
-        resolve_device(config.gradients.device, "gradients.device")
-    except DeviceError as e:
-        raise ConfigError(str(e)) from None
+    resolve_device(config.gradients.device, "gradients.device")  # a DeviceError: one line, exit 2
     check_local_cluster(config.similarity)
     check_qdg_projections(config)
     n = config.selection.n_tokens

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from schemas import ConfigError
 from schemas.sparse_parity import SparseParityConfig
 from storage import Store
-from tasks.devices import DeviceError, resolve_device
+from tasks.devices import resolve_device
 from tasks.sparse_parity.analysis import build_emergence_table, build_fits, build_runs_table, study_results
 from tasks.sparse_parity.data import build_spec, build_train_set
 from tasks.sparse_parity.report import build_sparse_parity_report
@@ -46,12 +45,9 @@ def sparse_parity_flow(config: SparseParityConfig = SparseParityConfig(), store:
 
 def sparse_parity_preflight(config: SparseParityConfig) -> None:
     """Before any work (the CLI and run_study call it): grid.device exists here, and every training shard fits in
-    its memory (estimated from the config: parameters, gradients, AdamW moments, activations, data). Raises
-    ConfigError with one line naming the fields to change. The alpha sweep's configs pass the same checks."""
-    try:
-        device = resolve_device(config.grid.device, "grid.device")
-    except DeviceError as e:
-        raise ConfigError(str(e)) from None
+    its memory (estimated from the config: parameters, gradients, AdamW moments, activations, data). Raises a
+    UserInputError (DeviceError, ConfigError) with one line naming the fields to change. The alpha sweep's configs pass the same checks."""
+    device = resolve_device(config.grid.device, "grid.device")  # a DeviceError: one line, exit 2
     check_memory(config, device)
 
 

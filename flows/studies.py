@@ -2,7 +2,8 @@
 
 A flow module defines `CONFIG` (its pydantic config model) and `FLOW` (its Prefect flow), and may define
 `PREFLIGHT(config)`: checks that need the machine or the file system (a device, memory, input files) and must fail
-before any work runs, raising `schemas.ConfigError` with one line that names the field, file or value.
+before any work runs, raising a `schemas.UserInputError` (a `ConfigError`, or e.g. `tasks.devices.DeviceError`) with
+one line that names the field, file or value.
 
 Errors a user's input causes that only a task can find (a corpus whose every file is rejected) are raised as
 subclasses of `schemas.UserInputError` inside the flow; `quanta run` prints them as one line and exits 2 as well."""
