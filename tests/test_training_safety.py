@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from schemas import ConfigError
+from tasks.devices import DeviceError
 from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig, TaskConfig
 from tasks.sparse_parity.data import Sampler, derive_seed, eval_set, make_spec
@@ -125,7 +126,7 @@ def test_preflight_refuses_a_grid_that_does_not_fit_with_the_estimate():
     assert f"about {need / 2**30:.1f} GiB" in msg and "8.0 GiB available" in msg and "grid.widths" in msg and "grid.depth" in msg
     assert "\n" not in msg
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="grid.device = 'cuda' but no CUDA device"):
+        with pytest.raises(DeviceError, match="grid.device = 'cuda' but no CUDA device"):  # a UserInputError
             PREFLIGHT(load_config(SparseParityConfig, TINY, ["grid.device='cuda'"]))
 
 
