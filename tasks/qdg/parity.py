@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -175,6 +176,19 @@ def parity_parameter_names(cfg: GradientConfig) -> list[str]:
     return names
 
 
+def flatten_gradients(g: dict[str, torch.Tensor], names: list[str], n_tasks: int,
+                      include_control_weights: bool) -> torch.Tensor:
+    """Per-sample gradients {parameter: (n, *shape)} as (n, dim) rows in `names` order; without
+    `include_control_weights` the first layer's control-bit columns are left out."""
+    parts = []
+    for n in names:
+        gn = g[n]
+        if n == "0.weight" and not include_control_weights:
+            gn = gn[:, :, n_tasks:]
+        parts.append(gn.reshape(gn.shape[0], -1))
+    return torch.cat(parts, dim=1)
+
+
 def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor, bits: torch.Tensor,
                      label: torch.Tensor, names: list[str], include_control_weights: bool,
                      align_label_sign: bool = False, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,18 +210,40 @@ def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor,
     for i in range(0, task.shape[0], chunk):
         x = encode(task[i:i + chunk], bits[i:i + chunk], n_tasks)
         g, loss = per_sample(trained, x, label[i:i + chunk])
-        parts = []
-        for n in names:
-            gn = g[n]
-            if n == "0.weight" and not include_control_weights:
-                gn = gn[:, :, n_tasks:]
-            parts.append(gn.reshape(gn.shape[0], -1))
-        flat = torch.cat(parts, dim=1).float()
+        flat = flatten_gradients(g, names, n_tasks, include_control_weights).float()
         if align_label_sign:
             flat = flat * (2 * label[i:i + chunk] - 1).to(flat.dtype)[:, None]
         rows.append(flat)
         losses.append(loss)
     return torch.cat(rows), torch.cat(losses)
+
+
+@dataclass
+class BlockInputs:
+    """What a block task over sample rows [start, stop) works on: the model on its device and the rows' tensors."""
+    mlp: torch.nn.Module
+    model_attrs: dict
+    names: list[str]
+    device: torch.device
+    n_tasks: int
+    task: torch.Tensor
+    bits: torch.Tensor
+    label: torch.Tensor
+
+
+def load_block_inputs(st: Store, samples: ArtifactRef, model: ArtifactRef, start: int, stop: int,
+                      cfg: GradientConfig, what: str) -> BlockInputs:
+    """The samples' rows [start, stop) (refused when outside the samples) and the model, on `cfg.device`."""
+    arrays, attrs = st.read_zarr(samples)
+    n = len(arrays["task"])
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"{what} [{start}, {stop}) is outside the samples' {n} rows")
+    mlp, _, model_attrs = load_parity_model(st, model)
+    device = resolve_device(cfg.device, "gradients.device")
+    sl = slice(start, stop)
+    task, bits, label = (torch.as_tensor(arrays[k][sl], device=device) for k in ("task", "bits", "label"))
+    return BlockInputs(mlp.to(device), model_attrs, parity_parameter_names(cfg), device, int(attrs["n_tasks"]),
+                       task, bits, label)
 
 
 @quanta_task(name="qdg-parity-gradient-block", task_run_name="qdg-parity-gradients-{start}-{stop}")
@@ -216,20 +252,10 @@ def parity_gradient_block(samples: ArtifactRef, model: ArtifactRef, start: int, 
     """The `qdg.gradient_block` of sample rows [start, stop): unit per-sample gradients of the MLP's loss (JL-projected
     first if cfg.projection_dims), "norm" the raw gradient's L2 norm, "loss" the loss (nats)."""
     st = Store(store)
-    arrays, attrs = st.read_zarr(samples)
-    n = len(arrays["task"])
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"gradient block [{start}, {stop}) is outside the samples' {n} rows")
-    mlp, _, model_attrs = load_parity_model(st, model)
-    names = parity_parameter_names(cfg)
-    device = resolve_device(cfg.device, "gradients.device")
-    mlp = mlp.to(device)
-    n_tasks = int(attrs["n_tasks"])
-    sl = slice(start, stop)
-    task = torch.as_tensor(arrays["task"][sl], device=device)
-    bits = torch.as_tensor(arrays["bits"][sl], device=device)
-    label = torch.as_tensor(arrays["label"][sl], device=device)
-    raw, losses = parity_gradients(mlp, n_tasks, task, bits, label, names, include_control_weights, align_label_sign)
+    b = load_block_inputs(st, samples, model, start, stop, cfg, "gradient block")
+    names, device, model_attrs = b.names, b.device, b.model_attrs
+    raw, losses = parity_gradients(b.mlp, b.n_tasks, b.task, b.bits, b.label, names, include_control_weights,
+                                   align_label_sign)
     projector = (Projector(raw.shape[1], cfg.projection_dims, cfg.projection_seed, device)
                  if cfg.projection_dims is not None else None)
     unit, norms = normalise_rows(raw, projector)

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from schemas.qdg import GradientConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
-from tasks.devices import resolve_device
 from tasks.qdg.gradients import normalise_rows, write_gradient_block
-from tasks.qdg.parity import load_parity_model, parity_gradients, parity_parameter_names
+from tasks.qdg.parity import flatten_gradients, load_block_inputs, parity_gradients
 from tasks.qdg.projection import Projector
 from tasks.sparse_parity.data import encode
 
@@ -80,14 +79,7 @@ def logit_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor, 
     rows = []
     for i in range(0, task.shape[0], chunk):
         x = encode(task[i:i + chunk], bits[i:i + chunk], n_tasks).to(mlp[0].weight.dtype)
-        g = per_sample(trained, x)
-        parts = []
-        for n in names:
-            gn = g[n]
-            if n == "0.weight" and not include_control_weights:
-                gn = gn[:, :, n_tasks:]
-            parts.append(gn.reshape(gn.shape[0], -1))
-        rows.append(torch.cat(parts, dim=1))
+        rows.append(flatten_gradients(per_sample(trained, x), names, n_tasks, include_control_weights))
     return torch.cat(rows)
 
 
@@ -124,17 +116,9 @@ def parity_representation_block(samples: ArtifactRef, model: ArtifactRef, start:
     """The `qdg.gradient_block` of one representation for sample rows [start, stop): unit rows (parameter-space ones
     JL-projected first if cfg.projection_dims), "norm" the raw row's L2 norm, "loss" the sample's loss (nats)."""
     st = Store(store)
-    arrays, attrs = st.read_zarr(samples)
-    n = len(arrays["task"])
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"representation block [{start}, {stop}) is outside the samples' {n} rows")
-    mlp, _, model_attrs = load_parity_model(st, model)
-    names = parity_parameter_names(cfg)
-    device = resolve_device(cfg.device, "gradients.device")
-    mlp = mlp.to(device)
-    sl = slice(start, stop)
-    task, bits, label = (torch.as_tensor(arrays[k][sl], device=device) for k in ("task", "bits", "label"))
-    raw, losses = parity_representation(mlp, int(attrs["n_tasks"]), task, bits, label, representation, names,
+    b = load_block_inputs(st, samples, model, start, stop, cfg, "representation block")
+    names, device, model_attrs = b.names, b.device, b.model_attrs
+    raw, losses = parity_representation(b.mlp, b.n_tasks, b.task, b.bits, b.label, representation, names,
                                         include_control_weights, align_label_sign)
     projector = (Projector(raw.shape[1], cfg.projection_dims, cfg.projection_seed, device)
                  if cfg.projection_dims is not None and representation in PARAMETER_ROWS else None)
