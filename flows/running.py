@@ -22,8 +22,9 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SETTLE_TIMEOUT_S = 30.0
 
 
-def _read_task_states(client, flow_run_id) -> list[tuple[str, str]]:
-    """(state type, state name) of each task run of the flow run and of its subflows (transitively)."""
+def _read_task_states(client, flow_run_id) -> list[tuple[str, str, str]]:
+    """(task run name, state type, state name) of each task run of the flow run and of its subflows (transitively);
+    a task run the server has not yet given a state is shown as PENDING."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
     run_ids = [flow_run_id]
@@ -37,7 +38,8 @@ def _read_task_states(client, flow_run_id) -> list[tuple[str, str]]:
     while True:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
                                      limit=200, offset=offset)
-        out += [(tr.state.type.name, tr.state.name) for tr in runs if tr.state is not None]
+        out += [(tr.name, tr.state.type.name, tr.state.name) if tr.state is not None else (tr.name, "PENDING", "Pending")
+                for tr in runs]
         if len(runs) < 200:
             return sorted(out)
         offset += 200
@@ -53,11 +55,12 @@ def _settle_seconds() -> float:
     return 0.3 if recorder.batch_size <= 1 else float(recorder.flush_interval) + 0.5
 
 
-def task_state_counts(flow_run_id) -> dict[str, int]:
-    """State name -> count over the flow run's task runs (and those of its subflows), from the Prefect API, once
-    they are final: task run states reach the server as events, recorded asynchronously, so the events still queued
-    here are sent first, then the states are read until every one is final and they stay unchanged for a moment
-    (at most SETTLE_TIMEOUT_S)."""
+def final_task_states(flow_run_id) -> list[tuple[str, str]]:
+    """(task run name, state name) of every task run of the flow run (and of its subflows), from the Prefect API,
+    once they are final. Task runs and their states reach the server as events, recorded asynchronously, so a read
+    right after the flow returns can miss the last task runs or show them still running: the events still queued
+    in this process are sent first, then the states are read until every one is final and they stay unchanged for
+    a moment (at most SETTLE_TIMEOUT_S)."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -72,10 +75,15 @@ def task_state_counts(flow_run_id) -> dict[str, int]:
         while time.monotonic() < deadline:
             time.sleep(settle)
             again = _read_task_states(client, flow_run_id)
-            if again == states and all(kind in FINAL_STATES for kind, _ in states):
+            if again == states and all(kind in FINAL_STATES for _, kind, _ in states):
                 break
             states = again
-    return dict(Counter(name for _, name in states))
+    return [(name, state) for name, _, state in states]
+
+
+def task_state_counts(flow_run_id) -> dict[str, int]:
+    """State name -> count over the flow run's final task run states (see final_task_states)."""
+    return dict(Counter(state for _, state in final_task_states(flow_run_id)))
 
 
 def study_output(study: str, flow_run_id, store: str, result: dict) -> dict:

@@ -6,14 +6,10 @@ from pathlib import Path
 
 
 def task_states(flow_run_id: str) -> dict[str, str]:
-    """Task run name -> state name of one flow run, from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    """Task run name -> final state name of one flow run (and its subflows), from the Prefect API."""
+    from flows.running import final_task_states
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    return {r.name: r.state.name for r in runs if r.state is not None}
+    return dict(final_task_states(flow_run_id))
 
 
 def states_of(states: dict[str, str], prefix: str) -> list[str]:
