@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tasks.stats as fitting
 import tasks.stats.huber as huber
 from flows.cli.fit import add_fit_parser, run_fit
 

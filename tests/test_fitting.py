@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-import tasks.stats as fitting
 import tasks.stats.huber as huber
 from tasks.stats import (
     FitError,
