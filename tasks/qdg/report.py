@@ -217,15 +217,15 @@ def _examples(rep: Report, name: str, ex: pd.DataFrame, rcfg: ReportConfig, titl
                "report.md in the store's report directory)")
 
 
-# ---------------------------------------------------------------------------------------------- the task
-@quanta_task(name="qdg-report")
-def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
-               representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
-               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
-    """The study's report. `representations`: {name: {"affinity", "block" (any block: its attrs give the dims and
-    projection), "labels" (one `qdg.labels` per cluster count, the first seed's), "stability" (or None), "zipf"}};
-    `primary` is the headline; `agreement` the `qdg.representation_ari` (None with one representation)."""
-    st = Store(store)
+# ---------------------------------------------------------------------------------------------- the builder
+def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef,
+                     token_losses: ArtifactRef, *, representations: dict[str, dict], primary: str,
+                     agreement: ArtifactRef | None, rcfg: ReportConfig,
+                     projection: ArtifactRef | None = None) -> tuple[Report, int]:
+    """The study's report (not yet published) and the cluster count it shows. `representations`: {name:
+    {"affinity", "block" (any block: its attrs give the dims and projection), "labels" (one `qdg.labels` per cluster
+    count, the first seed's), "stability" (or None), "zipf"}}; `primary` is the headline; `agreement` the
+    `qdg.representation_ari` (None with one representation)."""
     sel = st.read_table(selection)
     tables = {r: {int(t["k"].iloc[0]): t for t in (st.read_table(x) for x in v["labels"])}
               for r, v in representations.items()}
@@ -300,6 +300,18 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
                   .reset_index()[["cluster", "size", *lattrs["models"]]])
         if rcfg.plots:
             rep.figure("cluster_losses", cluster_losses_figure(cl))
+    return rep, k
+
+
+# ---------------------------------------------------------------------------------------------- the task
+@quanta_task(name="qdg-report")
+def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
+               representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
+               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
+    """The study's report (build_qdg_report), published with its inputs as lineage."""
+    st = Store(store)
+    rep, k = build_qdg_report(st, selection, tokens, tokenizer, token_losses, representations=representations,
+                              primary=primary, agreement=agreement, rcfg=rcfg, projection=projection)
     inputs = [selection, tokens, tokenizer, token_losses,
               *(x for v in representations.values() for x in (v["affinity"], v["block"], *v["labels"], v["zipf"],
                                                                v["stability"]) if x is not None),
