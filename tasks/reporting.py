@@ -23,6 +23,13 @@ def subplots(*args, figsize=(5, 3.6), **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
+def md_escape(s: str, limit: int = 160) -> str:
+    """`s` as one markdown table cell: pipes and backslashes escaped, newlines and tabs shown as symbols, backticks
+    made quotes; cut to its last `limit` characters."""
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("\t", "⇥").replace("`", "'")
+    return s if len(s) <= limit else "…" + s[-limit:]
+
+
 def artifact_key(text: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")

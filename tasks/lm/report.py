@@ -10,8 +10,8 @@ from schemas.jsonable import jsonable
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.lm.decomposition import MONOGENIC, POLYGENIC, class_fractions, valid_rows
-from tasks.lm.tokenizer import decode, load_tokenizer
-from tasks.reporting import Report, publish, subplots
+from tasks.lm.tokenizer import load_tokenizer, token_context
+from tasks.reporting import Report, md_escape, publish, subplots
 
 
 def pick_examples(cls: np.ndarray, which: int, k: int, seed: int) -> np.ndarray:
@@ -19,18 +19,6 @@ def pick_examples(cls: np.ndarray, which: int, k: int, seed: int) -> np.ndarray:
     if len(idx) <= k:
         return idx
     return np.sort(np.random.default_rng(seed).choice(idx, size=k, replace=False))
-
-
-def token_context(tokenizer, ids: np.ndarray, offsets: np.ndarray, pos: int, n_context: int) -> tuple[str, str]:
-    """(decoded context before token `pos` within its document, decoded token)."""
-    d = int(np.searchsorted(offsets, pos, side="right") - 1)
-    start = max(int(offsets[d]), pos - n_context)
-    return decode(tokenizer, ids[start:pos]), decode(tokenizer, ids[pos:pos + 1])
-
-
-def md_escape(s: str, limit: int = 160) -> str:
-    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("\t", "⇥").replace("`", "'")
-    return s if len(s) <= limit else "…" + s[-limit:]
 
 
 def examples_table(which: int, idx: np.ndarray, loss: np.ndarray, classes: dict, tokenizer, ids, offsets,

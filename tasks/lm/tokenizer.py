@@ -53,6 +53,13 @@ def decode(tokenizer, ids) -> str:
     return tokenizer.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
+def token_context(tokenizer, ids: np.ndarray, offsets: np.ndarray, pos: int, n_context: int) -> tuple[str, str]:
+    """(decoded context before token `pos` within its document, decoded token)."""
+    d = int(np.searchsorted(offsets, pos, side="right") - 1)
+    start = max(int(offsets[d]), pos - n_context)
+    return decode(tokenizer, ids[start:pos]), decode(tokenizer, ids[pos:pos + 1])
+
+
 def tokens_arrays(token_lists: list[list[int]], doc_ids, max_tokens: int | None = None) -> dict[str, np.ndarray]:
     """Flat ids + offsets (+ doc ids). With `max_tokens`, documents are kept in order until the cap, the last
     one cut (never to fewer than 2 tokens; shorter remainders are dropped)."""

@@ -12,10 +12,9 @@ from schemas.jsonable import jsonable
 from schemas.qdg import ReportConfig, ZipfConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
-from tasks.lm.report import md_escape, token_context
-from tasks.lm.tokenizer import decode, load_tokenizer
+from tasks.lm.tokenizer import decode, load_tokenizer, token_context
 from tasks.qdg.zipf import size_envelope, sizes_from_labels
-from tasks.reporting import Report, publish, subplots
+from tasks.reporting import Report, md_escape, publish, subplots
 
 CONSISTENT_RULE = ("consistent iff the rank-frequency slope's confidence interval (OLS t-interval) overlaps the "
                    "interval of -(alpha_N + 1) from the lm-losses fit (or contains -(alpha_N + 1) when alpha_N has "
