@@ -17,7 +17,7 @@ from flows.lm_losses import lm_losses_pipeline
 from flows.lm_losses import preflight as lm_preflight
 from schemas import ConfigError
 from schemas.qdg import QDGConfig
-from schemas.qdg_config import LM_UNIT_REPRESENTATIONS
+from schemas.qdg_config import DENSE_BYTES_PER_ENTRY, LM_UNIT_REPRESENTATIONS
 from storage import Store
 from tasks.devices import resolve_device
 from tasks.lm.losses import model_fingerprint
@@ -32,8 +32,6 @@ from tasks.qdg.report import qdg_report, qdg_results
 from tasks.qdg.selection import select_tokens, selection_label
 from tasks.qdg.similarity import similarity_matrix
 from tasks.qdg.zipf import zipf_analysis
-
-DENSE_BYTES_PER_ENTRY = 28  # ClusteringConfig.dense_max_n: C, the affinity and scikit-learn's working copies
 
 
 def selection_model(config: QDGConfig, lm: dict, store: str) -> dict:

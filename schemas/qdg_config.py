@@ -133,6 +133,10 @@ class SpectralOptions(StrictModel):
     n_init: int = Field(10, ge=1)
 
 
+# bytes per entry of a dense clustering of n rows (n^2 entries): C, the affinity and scikit-learn's working copies
+DENSE_BYTES_PER_ENTRY = 28
+
+
 class ClusteringConfig(StrictModel):
     """Spectral clustering on the affinity A = 1 - arccos(C)/pi, for each k, seeded."""
 
@@ -142,7 +146,7 @@ class ClusteringConfig(StrictModel):
     method: Literal["auto", "dense", "knn"] = Field("auto", description="dense precomputed affinity up to "
                                                     "dense_max_n rows, a sparse kNN affinity beyond (auto)")
     dense_max_n: int = Field(12000, ge=2, description="largest n clustered densely by method='auto' (dense needs "
-                             "~28 n^2 bytes: 4 GB at 12,000)")
+                             f"~{DENSE_BYTES_PER_ENTRY} n^2 bytes: 4 GB at 12,000)")
     knn_neighbors: int = Field(30, ge=2, description="neighbours per row of the sparse affinity, itself included "
                                "(knn method)")
     eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
