@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from flow_states import task_states
+from fault_helpers import task_states
 from planted_gradients import local_scheduler, planted_gradients, write_gradient_blocks
 from schemas.qdg import ClusteringConfig, SimilarityConfig, SpectralOptions
 from tasks.qdg.clustering import (affinity_from_cosine, canonical_labels, cluster_labels_to_store, labels_ari,

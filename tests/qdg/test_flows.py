@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flow_states import task_states
+from fault_helpers import task_states
 from schemas import ConfigError, UserInputError
 from schemas.config import load_config
 from schemas.lm import LMConfig

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from flow_states import task_states
+from fault_helpers import task_states
 from schemas import ConfigError
 from schemas.config import load_config
 from schemas.qdg import GroupLassoConfig, QDGSparseParityConfig, SpectralOptions

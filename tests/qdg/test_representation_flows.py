@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flow_states import task_states
+from fault_helpers import task_states
 from schemas.config import load_config
 from schemas.qdg import QDGConfig
 
