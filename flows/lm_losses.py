@@ -13,7 +13,8 @@ from storage import Store
 from tasks.devices import resolve_device
 from tasks.lm.corpus import CorpusError, build_corpus, corpus_fingerprint, corpus_files
 from tasks.lm.decomposition import decompose
-from tasks.lm.losses import assemble_token_losses, model_fingerprint, token_loss_column
+from tasks.lm.losses import assemble_token_losses, token_loss_column
+from tasks.lm.model_source import ModelSource
 from tasks.lm.report import lm_report, study_results
 from tasks.lm.suite import train_model, train_params
 from tasks.lm.tokenizer import pretrained_tokenizer, tokenize_split, train_tokenizer
@@ -27,8 +28,7 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
     if suite.kind == "trained":
         tokenizer = train_tokenizer(docs, texts, config.tokenizer, store)
     else:
-        tokenizer = pretrained_tokenizer(suite.models[0], suite.revision, model_fingerprint(suite.models[0],
-                                         suite.revision), store)
+        tokenizer = pretrained_tokenizer(model=ModelSource.pretrained(suite.models[0], suite.revision), store=store)
     eval_tokens = tokenize_split(docs, texts, tokenizer, "eval", config.max_eval_tokens, store)
     scoring = dict(context_length=suite.context_length, batch_size=suite.eval_batch_size, device=suite.device,
                    dtype=suite.dtype, store=store)
@@ -38,11 +38,12 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
         for size in suite.sizes:  # one after another: each size uses every core
             model = train_model(train_tokens, tokenizer, size, train_params(suite), store)
             models.append(model)
-            columns.append(token_loss_column(eval_tokens, size.label, model, None, None, None, **scoring))
+            columns.append(token_loss_column(eval_tokens, label=size.label, model=ModelSource.trained(model),
+                                             **scoring))
     else:
         for name in suite.models:
-            columns.append(token_loss_column(eval_tokens, name, None, name, suite.revision,
-                                             model_fingerprint(name, suite.revision), **scoring))
+            columns.append(token_loss_column(eval_tokens, label=name,
+                                             model=ModelSource.pretrained(name, suite.revision), **scoring))
     losses = assemble_token_losses(columns, store)
     parts = decompose(losses, config.analysis, store)
     report = lm_report(parts, losses, eval_tokens, tokenizer, config.analysis, config.report, store, key_prefix)

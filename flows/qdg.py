@@ -20,7 +20,7 @@ from schemas.qdg import QDGConfig
 from schemas.qdg_config import DENSE_BYTES_PER_ENTRY, LM_UNIT_REPRESENTATIONS
 from storage import Store
 from tasks.devices import resolve_device
-from tasks.lm.losses import model_fingerprint
+from tasks.lm.model_source import ModelSource
 from tasks.qdg.clustering import cluster_labels, clustering_stability, projection_agreement
 from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, lm_gradient_dim
@@ -34,17 +34,15 @@ from tasks.qdg.similarity import similarity_matrix
 from tasks.qdg.zipf import zipf_analysis
 
 
-def selection_model(config: QDGConfig, lm: dict, store: str) -> dict:
-    """The suite model that selects tokens and gives the gradients: a trained suite's `lm.model` ref, or a
-    pretrained name with its revision and content fingerprint."""
+def selection_model(config: QDGConfig, lm: dict, store: str) -> ModelSource:
+    """The suite model that selects tokens and gives the gradients: a trained suite's `lm.model`, or a pretrained
+    name at the suite's revision."""
     suite = config.lm.suite
     attrs = Store(store).open_zarr(lm["token_losses"], validate=False, verify_hash=False).attrs
     label = selection_label(list(attrs["models"]), config.selection)
     if suite.kind == "trained":
-        return {"model": lm["models"][[s.label for s in suite.sizes].index(label)], "model_name": None,
-                "revision": None, "fingerprint": None}
-    return {"model": None, "model_name": label, "revision": suite.revision,
-            "fingerprint": model_fingerprint(label, suite.revision)}
+        return ModelSource.trained(lm["models"][[s.label for s in suite.sizes].index(label)])
+    return ModelSource.pretrained(label, suite.revision)
 
 
 def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict:
@@ -53,19 +51,19 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
     Each representation has its own blocks, affinity, clusterings and Zipf fit; the primary one is the headline."""
     lm = lm_losses_pipeline(config.lm, store)
     suite = config.lm.suite
-    which = selection_model(config, lm, store)
-    selection = select_tokens(lm["eval_tokens"], lm["token_losses"], which["model"], which["model_name"],
-                              which["revision"], config.selection, suite.context_length, store, dtype=suite.dtype,
-                              device=config.gradients.device)
+    model = selection_model(config, lm, store)
+    selection = select_tokens(lm["eval_tokens"], lm["token_losses"], model=model, cfg=config.selection,
+                              context_length=suite.context_length, dtype=suite.dtype,
+                              device=config.gradients.device, store=store)
     cl = config.clustering
     reps, primary = config.chosen_representations(), config.primary_representation()
-    blocks = representation_blocks(selection, lm["eval_tokens"], which, config, store, reps)
+    blocks = representation_blocks(selection, lm["eval_tokens"], model, config, store, reps)
     per = {r: cluster_representation(blocks[r], r, config, lm["fits"], store) for r in reps}
     agreement = (representation_agreement({r: per[r]["first"] for r in reps}, store) if len(reps) > 1 else None)
     projection = None
     if cl.compare_projection_dims is not None:  # the same tokens' JL-projected representation, clustered alike
         d, seed = cl.compare_projection_dims, cl.seeds[0]
-        projected = parameter_blocks(selection, lm["eval_tokens"], which,
+        projected = parameter_blocks(selection, lm["eval_tokens"], model,
                                      config.gradients.model_copy(update={"projection_dims": d}), config, store,
                                      primary, f"jl{d}-")
         paffinity = affinity_of(projected, config, store, f"{primary}-jl{d}")
@@ -87,24 +85,25 @@ def tag(representation: str) -> str:
     return "" if representation == "gradient" else f"{representation}-"
 
 
-def representation_blocks(selection, tokens, which: dict, config: QDGConfig, store: str, reps: list[str]) -> dict:
+def representation_blocks(selection, tokens, model: ModelSource, config: QDGConfig, store: str, reps: list[str]) -> dict:
     """{representation: its `qdg.gradient_block`s}, each block one cached task. abs_gradient of unprojected
     gradients is read from the gradient blocks; the unit representations are read from one unit stage."""
     out: dict[str, list] = {}
     cfg = config.gradients
     for r in reps:
         if r in PARAMETER_OUTPUTS and not (r == "abs_gradient" and cfg.projection_dims is None):
-            out[r] = parameter_blocks(selection, tokens, which, cfg, config, store, r)
+            out[r] = parameter_blocks(selection, tokens, model, cfg, config, store, r)
     if "abs_gradient" in reps and cfg.projection_dims is None:
-        grads = out.get("gradient") or parameter_blocks(selection, tokens, which, cfg, config, store, "gradient")
+        grads = out.get("gradient") or parameter_blocks(selection, tokens, model, cfg, config, store, "gradient")
         out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(g, store)
                                for g, (a, b) in zip(grads, block_plan(config))]
     units_wanted = [r for r in reps if r in LM_UNIT_REPRESENTATIONS]
     if units_wanted:
         suite = config.lm.suite
         units = [units_block.with_options(task_run_name=f"qdg-units-{a}-{b}")(
-                     selection, tokens, which["model"], which["model_name"], which["revision"], which["fingerprint"],
-                     a, b, suite.context_length, suite.dtype, cfg.device, cfg.positions_per_backward, store)
+                     selection, tokens, model=model, start=a, stop=b, context_length=suite.context_length,
+                     dtype=suite.dtype, device=cfg.device, positions_per_backward=cfg.positions_per_backward,
+                     store=store)
                  for a, b in block_plan(config)]
         for r in units_wanted:
             out[r] = [unit_representation.with_options(task_run_name=f"qdg-{r}-{a}-{b}")(u, r, store)
@@ -116,14 +115,14 @@ def block_plan(config: QDGConfig) -> list[tuple[int, int]]:
     return gradient_block_plan(config.selection.n_tokens, config.gradients.block_rows)
 
 
-def parameter_blocks(selection, tokens, which: dict, cfg, config: QDGConfig, store: str, representation: str,
+def parameter_blocks(selection, tokens, model: ModelSource, cfg, config: QDGConfig, store: str, representation: str,
                      name: str = "") -> list:
     """One cached gradient task per block of `gradients.block_rows` selected tokens."""
     suite = config.lm.suite
     label = "gradients" if representation == "gradient" else representation
     return [gradient_block.with_options(task_run_name=f"qdg-{label}-{name}{start}-{stop}")(
-                selection, tokens, which["model"], which["model_name"], which["revision"], which["fingerprint"],
-                start, stop, cfg, suite.context_length, suite.dtype, store, representation)
+                selection, tokens, model=model, start=start, stop=stop, cfg=cfg,
+                context_length=suite.context_length, dtype=suite.dtype, representation=representation, store=store)
             for start, stop in block_plan(config)]
 
 

@@ -133,7 +133,7 @@ def test_a_local_pretrained_tokenizer_is_keyed_by_its_content(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from tasks.lm.losses import model_fingerprint
+    from tasks.lm.model_source import model_fingerprint
 
     vocab = {"[UNK]": 0, "a": 1, "b": 2, "c": 3}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

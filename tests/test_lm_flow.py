@@ -70,7 +70,7 @@ def test_tiny_flow_end_to_end_and_adding_a_model_computes_only_its_column(projec
     cols2 = {out2["artifacts"][f"loss_column_{i}"].content_hash for i in range(4)}
     assert cols1 < cols2
     # a trained model from the store loads through the same from_pretrained path
-    from tasks.lm.suite import load_causal_lm, model_meta
+    from tasks.lm.model_source import load_causal_lm, model_meta
 
     mdir = store.local_dir(arts["model_3"])
     model = load_causal_lm(mdir)

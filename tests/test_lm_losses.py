@@ -1,7 +1,6 @@
 """Model loading (the from_pretrained path), training, and per-token losses against a direct computation."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ import torch.nn.functional as F
 
 from schemas import ArtifactValidationError
 from schemas.lm import ModelSize
-from tasks.lm.suite import (batch_starts, load_causal_lm, neox_config, param_counts, train_lm, training_stream)
-from tasks.lm.losses import document_windows, model_fingerprint, per_token_losses, stack_columns
+from tasks.lm.suite import batch_starts, neox_config, param_counts, train_lm, training_stream
+from tasks.lm.losses import document_windows, per_token_losses, stack_columns
+from tasks.lm.model_source import load_causal_lm, model_fingerprint
 
 VOCAB = 97
 
@@ -124,3 +124,24 @@ def test_token_losses_schema(store):
     with pytest.raises(ArtifactValidationError) as err:
         store.write_zarr("lm.token_losses", good, {"models": ["a"], "tokens": "h"})
     assert err.value.field == "attrs.models"
+
+
+def test_a_model_source_is_one_trained_or_one_pretrained_model(tmp_path):
+    from pydantic import ValidationError
+    from prefect.utilities.hashing import hash_objects
+
+    from storage import ArtifactRef
+    from tasks.lm.model_source import ModelSource
+
+    ref = ArtifactRef(kind="lm.model", uri="x", content_hash="ab" * 32, schema_version=1)
+    trained = ModelSource.trained(ref)
+    assert trained.inputs == [ref] and trained.identity == ref.content_hash and trained.params()["model_name"] is None
+    hub = ModelSource.pretrained("EleutherAI/pythia-70m", "step143000")
+    assert hub.inputs == [] and hub.identity == "hub:EleutherAI/pythia-70m@step143000"
+    for bad in ({}, {"ref": ref, "name": "m", "fingerprint": "f"}, {"ref": ref, "revision": "r"},
+                {"name": "m"}):  # neither, both, a trained model with a revision, a name without its fingerprint
+        with pytest.raises(ValidationError, match="ModelSource"):
+            ModelSource(**bad)
+    # a task input: the cache key hashes it, and a different revision is a different key
+    assert hash_objects(hub) == hash_objects(ModelSource.pretrained("EleutherAI/pythia-70m", "step143000"))
+    assert hash_objects(hub) != hash_objects(ModelSource.pretrained("EleutherAI/pythia-70m", "step1000"))

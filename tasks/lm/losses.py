@@ -9,18 +9,16 @@ the columns into the tokens x models array (`lm.token_losses`) ordered by non-em
 """
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from storage import ArtifactRef, Store
-from storage.fingerprint import dir_fingerprint
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device
-from tasks.lm.suite import load_causal_lm, param_counts
+from tasks.lm.model_source import ModelSource
+from tasks.lm.suite import param_counts
 from tasks.progress import Progress
 
 
@@ -103,32 +101,19 @@ def per_token_losses(model, ids: np.ndarray, offsets: np.ndarray, context_length
     return out
 
 
-def model_fingerprint(name_or_path: str, revision: str | None) -> str:
-    """What identifies a pretrained model (or its tokenizer) for caching: for a local directory, the content
-    fingerprint of its files (storage.fingerprint: sizes, mtimes, hashes of the small ones); for a hub model,
-    name@revision (a hub revision such as step143000 names immutable files)."""
-    p = Path(os.path.expanduser(name_or_path))
-    if p.is_dir():
-        return f"dir:{dir_fingerprint(p)}"
-    return f"hub:{name_or_path}@{revision or 'main'}"
-
-
 @quanta_task(name="lm-token-losses", task_run_name="lm-token-losses-{label}")
-def token_loss_column(tokens: ArtifactRef, label: str, model_ref: ArtifactRef | None, model_name: str | None,
-                      revision: str | None, fingerprint: str | None, context_length: int, batch_size: int,
+def token_loss_column(tokens: ArtifactRef, *, label: str, model: ModelSource, context_length: int, batch_size: int,
                       device: str, dtype: str, store: str) -> ArtifactRef:
-    """One model's per-token losses on a tokens artifact, as `lm.loss_column`. The model is either a trained
-    `lm.model` ref or a pretrained `model_name` (hub name or directory, with `revision`; `fingerprint`
-    is only part of the cache key)."""
+    """One model's per-token losses on a tokens artifact, as `lm.loss_column`, under the column name `label`. The
+    model (tasks.lm.model_source.ModelSource) is a trained `lm.model` or a pretrained hub name or directory."""
     st = Store(store)
     dev = resolve_device(device, "suite.device")
-    path = st.local_dir(model_ref) if model_ref is not None else model_name
-    model = load_causal_lm(path, revision=None if model_ref is not None else revision, dtype=dtype, device=dev)
-    n_all, n_ne = param_counts(model)
-    ctx = int(min(context_length, getattr(model.config, "max_position_embeddings", context_length) or context_length))
+    lm, _ = model.load(st, dtype, dev)
+    n_all, n_ne = param_counts(lm)
+    ctx = int(min(context_length, getattr(lm.config, "max_position_embeddings", context_length) or context_length))
     arrays, attrs = st.read_zarr(tokens)
-    if int(attrs["vocab_size"]) > int(model.config.vocab_size):
-        raise ValueError(f"model {label} has vocab_size {model.config.vocab_size} < the tokenizer's "
+    if int(attrs["vocab_size"]) > int(lm.config.vocab_size):
+        raise ValueError(f"model {label} has vocab_size {lm.config.vocab_size} < the tokenizer's "
                          f"{attrs['vocab_size']}: it was not trained with this tokenizer")
     t0 = time.time()
     progress = Progress(f"lm-token-losses-{label}", total=None, unit="batch")
@@ -137,7 +122,7 @@ def token_loss_column(tokens: ArtifactRef, label: str, model_ref: ArtifactRef | 
         progress.total = total
         progress.update(done - progress.n)
 
-    loss = per_token_losses(model, arrays["ids"], arrays["offsets"], ctx, batch_size, dev, progress=report)
+    loss = per_token_losses(lm, arrays["ids"], arrays["offsets"], ctx, batch_size, dev, progress=report)
     progress.close()
     secs = time.time() - t0
     check_finite(loss, arrays["offsets"], label)
@@ -145,11 +130,9 @@ def token_loss_column(tokens: ArtifactRef, label: str, model_ref: ArtifactRef | 
     print(f"losses {label}: mean {np.nanmean(loss):.4f} nats over {n_pred} tokens, {n_pred / max(secs, 1e-9):.0f} "
           f"tokens/s on {dev}")
     col_attrs = {"model": label, "n_params": n_all, "n_params_nonembed": n_ne, "context_length": ctx,
-                 "tokens": tokens.content_hash, "source": model_ref.content_hash if model_ref else fingerprint,
-                 "dtype": dtype}
-    return st.write_zarr("lm.loss_column", {"loss": loss}, col_attrs,
-                         inputs=[tokens] + ([model_ref] if model_ref is not None else []),
-                         params={"model": label, "model_name": model_name, "revision": revision,
+                 "tokens": tokens.content_hash, "source": model.identity, "dtype": dtype}
+    return st.write_zarr("lm.loss_column", {"loss": loss}, col_attrs, inputs=[tokens] + model.inputs,
+                         params={"model": label, "model_name": model.name, "revision": model.revision,
                                  "context_length": ctx, "batch_size": batch_size, "device": str(dev),
                                  "seconds": round(secs, 2)})
 

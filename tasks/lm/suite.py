@@ -1,6 +1,7 @@
 """The model suite: GPT-NeoX models trained from scratch (a Pythia-like mini suite), or pretrained ones loaded
-by name / directory. Both are loaded by the same `load_causal_lm` (transformers `from_pretrained`, safetensors
-only, no remote code), so a trained model in the store is used exactly like a Pythia checkpoint.
+by name / directory. Both are loaded by the same `tasks.lm.model_source.load_causal_lm` (transformers
+`from_pretrained`, safetensors only, no remote code), so a trained model in the store is used exactly like a Pythia
+checkpoint.
 
 Every size of a trained suite sees the same batches in the same order (one data-order seed for the suite),
 and is its own cached Prefect task: adding a size trains only that size.
@@ -20,6 +21,7 @@ from schemas.lm import ModelSize
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device
+from tasks.lm.model_source import quiet_transformers
 from tasks.lm.tokenizer import load_tokenizer
 from tasks.progress import Progress
 
@@ -27,16 +29,6 @@ from tasks.progress import Progress
 class TrainingDivergedError(FloatingPointError):
     """A training run's loss became NaN or infinite: the task fails (nothing is stored) naming the model and the
     learning rate."""
-
-
-def _quiet_transformers() -> None:
-    """No progress bars from transformers' weight loading/saving in task logs."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def neox_config(size: ModelSize, vocab_size: int, context_length: int, eos_token_id: int = 0):
@@ -64,19 +56,6 @@ def param_counts(model: torch.nn.Module) -> tuple[int, int]:
             seen.add(id(mod.weight))
             emb += mod.weight.numel()
     return int(total), int(total - emb)
-
-
-def load_causal_lm(name_or_path: str | Path, revision: str | None = None, dtype: str = "float32",
-                   device: str | torch.device = "cpu"):
-    """A causal LM by hub name (e.g. EleutherAI/pythia-70m, revision step143000) or local directory, in eval
-    mode on `device`. Safetensors weights only and `trust_remote_code=False`: loading never runs foreign code."""
-    from transformers import AutoModelForCausalLM
-
-    _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), revision=revision, use_safetensors=True, trust_remote_code=False,
-        dtype=_DTYPES[dtype])
-    return model.to(device).eval()
 
 
 def training_stream(ids: np.ndarray, offsets: np.ndarray, eos_token_id: int) -> np.ndarray:
@@ -121,7 +100,7 @@ def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_le
     that some loss so far was NaN or infinite (checked on the device every step, read back only when logging)."""
     from transformers import GPTNeoXForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     device = torch.device(device)
     with _INIT_LOCK:  # transformers initialises from the global RNG: one model at a time per process
         torch.manual_seed(seed)
@@ -199,8 +178,3 @@ def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, size: ModelSi
 
     return st.write_dir("lm.model", build, inputs=[train_tokens, tokenizer],
                         params={"size": size.model_dump(mode="json"), **params, "seconds": round(seconds, 2)})
-
-
-def model_meta(path: Path) -> dict:
-    f = Path(path) / "quanta_model.json"
-    return json.loads(f.read_text()) if f.exists() else {}

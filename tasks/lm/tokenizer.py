@@ -14,6 +14,7 @@ from schemas.lm import SPECIAL_TOKENS, TokenizerConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.lm.corpus import load_texts
+from tasks.lm.model_source import ModelSource
 
 EOS, PAD = SPECIAL_TOKENS
 
@@ -100,13 +101,15 @@ def train_tokenizer(documents: ArtifactRef, texts: ArtifactRef, cfg: TokenizerCo
 
 
 @quanta_task(name="lm-pretrained-tokenizer")
-def pretrained_tokenizer(model: str, revision: str | None, fingerprint: str, store: str) -> ArtifactRef:
-    """A pretrained model's own tokenizer (hub name or local dir), copied into the store as `lm.tokenizer`.
-    `fingerprint` (tasks.lm.losses.model_fingerprint) keys the cache by the files' content, not the name."""
-    tok = load_tokenizer(model, revision)
+def pretrained_tokenizer(*, model: ModelSource, store: str) -> ArtifactRef:
+    """A pretrained model's own tokenizer (hub name or local dir), copied into the store as `lm.tokenizer`. The
+    model's fingerprint (part of the ModelSource) keys the cache by the files' content, not the name."""
+    if model.name is None:
+        raise ValueError("pretrained_tokenizer reads a pretrained model's tokenizer; a trained model carries its own")
+    tok = load_tokenizer(model.name, model.revision)
     st = Store(store)
     return st.write_dir("lm.tokenizer", lambda p: tok.save_pretrained(str(p)),
-                        params={"model": model, "revision": revision, "fingerprint": fingerprint,
+                        params={"model": model.name, "revision": model.revision, "fingerprint": model.fingerprint,
                                 "type": "pretrained"})
 
 

@@ -12,7 +12,7 @@ import math
 
 from schemas.errors import UserInputError
 from schemas.lm import LMConfig
-from schemas.qdg import GradientConfig, ParityModelConfig
+from schemas.qdg import GradientConfig
 from schemas.sparse_parity import SparseParityConfig
 
 PROJECTION_BYTES_PER_NONZERO = 40

@@ -35,7 +35,7 @@ from schemas.qdg import GradientConfig
 from storage import ArtifactRef, Store
 from tasks.caching import LOCKING, ProjectCode, VerifiedCache, quanta_task
 from tasks.devices import resolve_device
-from tasks.lm.suite import load_causal_lm, model_meta
+from tasks.lm.model_source import ModelSource
 from tasks.progress import Progress
 from tasks.qdg.projection import Projector
 from tasks.qdg.selection import effective_context, token_windows, window_batch
@@ -299,31 +299,19 @@ class BlockCache(VerifiedCache):
         self.inner = (INPUTS - "selection") + TASK_SOURCE + ProjectCode() + SelectionRows()
 
 
-def load_gradient_model(model: ArtifactRef | None, model_name: str | None, revision: str | None, st: Store,
-                        dtype: str, device: torch.device) -> tuple[nn.Module, str]:
-    """(model, label): a trained suite's `lm.model` ref, or a pretrained hub name / directory at `revision`."""
-    if (model is None) == (model_name is None):
-        raise ValueError("give exactly one of model (an lm.model ref) and model_name")
-    if model is not None:
-        path = st.local_dir(model)
-        return load_causal_lm(path, dtype=dtype, device=device), model_meta(path).get("name", model.short)
-    return load_causal_lm(model_name, revision=revision, dtype=dtype, device=device), model_name
-
-
 # the parameter-space representations a gradient block computes: (TokenGradients output, |g| before projection)
 PARAMETER_OUTPUTS = {"gradient": ("loss", False), "abs_gradient": ("loss", True), "logit_gradient": ("logit", False)}
 
 
 @quanta_task(name="qdg-gradient-block", task_run_name="qdg-gradients-{start}-{stop}", cache_policy=BlockCache(**LOCKING))
-def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactRef | None, model_name: str | None,
-                   revision: str | None, fingerprint: str | None, start: int, stop: int, cfg: GradientConfig,
-                   context_length: int, dtype: str, store: str, representation: str = "gradient") -> ArtifactRef:
+def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, *, model: ModelSource, start: int, stop: int,
+                   cfg: GradientConfig, context_length: int, dtype: str, representation: str = "gradient",
+                   store: str) -> ArtifactRef:
     """The `qdg.gradient_block` of selection rows [start, stop) of one parameter-space `representation`
     (PARAMETER_OUTPUTS: "gradient" = the loss gradient; "abs_gradient" = its element-wise absolute value, taken
     before the projection; "logit_gradient" = the gradient of the target token's logit): per-token gradients of a
-    trained suite model (`model`, an lm.model ref) or a pretrained causal LM (`model_name` + `revision`;
-    `fingerprint`, from tasks.lm.losses.model_fingerprint, is only part of the cache key), with the context the
-    losses were computed with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
+    trained suite model or a pretrained causal LM (`model`, a tasks.lm.model_source.ModelSource), with the context
+    the losses were computed with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
     cfg.projection_dims first, if set); "norm" is the L2 norm of the full, unprojected gradient; "loss" the loss
     (nats) of the gradient's own forward pass."""
     if representation not in PARAMETER_OUTPUTS:
@@ -335,7 +323,7 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactR
         raise ValueError(f"gradient block [{start}, {stop}) is outside the selection's {len(df)} rows")
     rows = df.iloc[start:stop]
     device = resolve_device(cfg.device, "gradients.device")
-    lm, label = load_gradient_model(model, model_name, revision, st, dtype, device)
+    lm, label = model.load(st, dtype, device)
     names = gradient_parameter_names(lm, cfg)  # fails here, before any work, if nothing is left
     ctx = effective_context(lm, context_length)
     arrays, _ = st.read_zarr(tokens)
@@ -357,8 +345,7 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactR
              "projection": projector.attrs if projector is not None else "none",
              "parameters": names, "context_length": ctx, "rows": [int(start), int(stop)], "dtype": dtype,
              "norm": "L2 norm of the full unprojected gradient", "loss_unit": "nats"}
-    inputs = [selection, tokens] + ([model] if model is not None else [])
-    return write_gradient_block(st, compute, rows["row"].to_numpy(), int(dim), attrs, inputs,
-                                params={"model_name": model_name, "revision": revision, "fingerprint": fingerprint,
-                                        "start": start, "stop": stop, **cfg.model_dump(), "device": str(device),
+    return write_gradient_block(st, compute, rows["row"].to_numpy(), int(dim), attrs,
+                                [selection, tokens] + model.inputs,
+                                params={**model.params(), "start": start, "stop": stop, **cfg.model_dump(), "device": str(device),
                                         "representation": representation})

@@ -37,9 +37,10 @@ from schemas.errors import UserInputError
 from storage import ArtifactRef, Store
 from tasks.caching import LOCKING, quanta_task
 from tasks.devices import resolve_device
+from tasks.lm.model_source import ModelSource
 from tasks.progress import Progress
 from tasks.qdg.clustering import labels_ari
-from tasks.qdg.gradients import BlockCache, load_gradient_model, normalise_rows, write_gradient_block
+from tasks.qdg.gradients import BlockCache, normalise_rows, write_gradient_block
 from tasks.qdg.selection import effective_context, token_windows, window_batch
 
 UNIT_REPRESENTATIONS = ("activations", "attribution", "ablation")
@@ -149,9 +150,8 @@ def unit_rows(arrays: dict, representation: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------- tasks
 @quanta_task(name="qdg-units", task_run_name="qdg-units-{start}-{stop}", cache_policy=BlockCache(**LOCKING))
-def units_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactRef | None, model_name: str | None,
-                revision: str | None, fingerprint: str | None, start: int, stop: int, context_length: int, dtype: str,
-                device: str, positions_per_backward: int, store: str) -> ArtifactRef:
+def units_block(selection: ArtifactRef, tokens: ArtifactRef, *, model: ModelSource, start: int, stop: int,
+                context_length: int, dtype: str, device: str, positions_per_backward: int, store: str) -> ArtifactRef:
     """The `qdg.unit_block` of selection rows [start, stop) (the model as in `gradient_block`)."""
     st = Store(store)
     df = st.read_table(selection)
@@ -159,7 +159,7 @@ def units_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactRef 
         raise ValueError(f"unit block [{start}, {stop}) is outside the selection's {len(df)} rows")
     rows = df.iloc[start:stop]
     dev = resolve_device(device, "gradients.device")
-    lm, label = load_gradient_model(model, model_name, revision, st, dtype, dev)
+    lm, label = model.load(st, dtype, dev)
     ctx = effective_context(lm, context_length)
     values = UnitValues(lm, ctx, positions_per_backward)
     arrays, _ = st.read_zarr(tokens)
@@ -180,10 +180,8 @@ def units_block(selection: ArtifactRef, tokens: ArtifactRef, model: ArtifactRef 
     attrs = {"model": label, "layers": [name for name, _ in values.modules], "widths": values.widths,
              "context_length": ctx, "rows": [int(start), int(stop)], "dtype": dtype,
              "position": "the position whose output predicts the token (its loss's logits)", "loss_unit": "nats"}
-    inputs = [selection, tokens] + ([model] if model is not None else [])
-    return st.write_zarr("qdg.unit_block", out, attrs, inputs=inputs,
-                         params={"model_name": model_name, "revision": revision, "fingerprint": fingerprint,
-                                 "start": start, "stop": stop, "device": str(dev)})
+    return st.write_zarr("qdg.unit_block", out, attrs, inputs=[selection, tokens] + model.inputs,
+                         params={**model.params(), "start": start, "stop": stop, "device": str(dev)})
 
 
 @quanta_task(name="qdg-unit-representation")

@@ -25,7 +25,7 @@ from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device
 from tasks.lm.losses import batch_plan
-from tasks.lm.suite import load_causal_lm, model_meta
+from tasks.lm.model_source import ModelSource
 from tasks.progress import Progress
 
 
@@ -189,20 +189,12 @@ def check_losses(recomputed: np.ndarray, stored: np.ndarray, token_index: np.nda
             "and context_length the losses were computed with?")
 
 
-def load_selection_model(model: ArtifactRef | None, model_name: str | None, revision: str | None, label: str,
-                         st: Store, dtype: str, device: torch.device):
-    """The selection model (a trained suite's `lm.model` ref, or a pretrained name/dir), checked against `label`."""
-    if (model is None) == (model_name is None):
-        raise ValueError("give exactly one of model (an lm.model ref) and model_name")
-    if model is not None:
-        path = st.local_dir(model)
-        name = model_meta(path).get("name")
-        if name is not None and name != label:
-            raise SelectionError(f"selection: the model given is {name!r}, not the selection model {label!r}")
-        return load_causal_lm(path, dtype=dtype, device=device)
-    if model_name != label:
-        raise SelectionError(f"selection: the model given is {model_name!r}, not the selection model {label!r}")
-    return load_causal_lm(model_name, revision=revision, dtype=dtype, device=device)
+def load_selection_model(model: ModelSource, label: str, st: Store, dtype: str, device: torch.device):
+    """The selection model, checked to be the model `label` whose losses select the tokens."""
+    lm, name = model.load(st, dtype, device)
+    if name != label:
+        raise SelectionError(f"selection: the model given is {name!r}, not the selection model {label!r}")
+    return lm
 
 
 def selection_label(models: list[str], cfg: SelectionConfig) -> str:
@@ -210,13 +202,12 @@ def selection_label(models: list[str], cfg: SelectionConfig) -> str:
 
 
 @quanta_task(name="qdg-select-tokens")
-def select_tokens(tokens: ArtifactRef, token_losses: ArtifactRef, model: ArtifactRef | None, model_name: str | None,
-                  revision: str | None, cfg: SelectionConfig, context_length: int, store: str,
-                  dtype: str = "float32", device: str = "auto") -> ArtifactRef:
+def select_tokens(tokens: ArtifactRef, token_losses: ArtifactRef, *, model: ModelSource, cfg: SelectionConfig,
+                  context_length: int, dtype: str = "float32", device: str = "auto", store: str) -> ArtifactRef:
     """The selection table (`qdg.selection`) of `cfg` on an `lm.tokens` artifact and its `lm.token_losses`.
 
-    model / model_name: the selection model (an `lm.model` ref of a trained suite, or a pretrained hub name or
-    directory with `revision`), used to compute the predicted (argmax) token of each selected token with the
+    model: the selection model (tasks.lm.model_source.ModelSource: a trained suite's `lm.model`, or a pretrained
+    hub name or directory at a revision), used to compute the predicted (argmax) token of each selected token with the
     context its loss was computed with (and to check that it reproduces the stored losses)."""
     st = Store(store)
     loss_arrays, loss_attrs = st.read_zarr(token_losses)
@@ -233,7 +224,7 @@ def select_tokens(tokens: ArtifactRef, token_losses: ArtifactRef, model: Artifac
     token_index = subsample(candidates, cfg.n_tokens, cfg.seed)
 
     dev = resolve_device(device, "gradients.device")
-    lm = load_selection_model(model, model_name, revision, label, st, dtype, dev)
+    lm = load_selection_model(model, label, st, dtype, dev)
     ctx = effective_context(lm, context_length)
     stored_ctx = loss_attrs.get("context_length")
     if isinstance(stored_ctx, list) and int(stored_ctx[col]) != ctx:
@@ -256,6 +247,6 @@ def select_tokens(tokens: ArtifactRef, token_losses: ArtifactRef, model: Artifac
     print(f"selection: {counts['below_threshold']} of {counts['predicted']} tokens below {cfg.max_loss_nats} nats "
           f"under {label}, {counts['induction_dropped']} induction tokens dropped, {len(df)} of "
           f"{counts['candidates']} candidates kept; argmax = target for {np.mean(predicted == df.target):.1%}")
-    return st.write_table("qdg.selection", df, inputs=[tokens, token_losses] + ([model] if model else []),
-                          params={**cfg.model_dump(), "model_label": label, "model_name": model_name,
-                                  "revision": revision, "context_length": ctx, **counts})
+    return st.write_table("qdg.selection", df, inputs=[tokens, token_losses] + model.inputs,
+                          params={**cfg.model_dump(), "model_label": label, "model_name": model.name,
+                                  "revision": model.revision, "context_length": ctx, **counts})

@@ -10,6 +10,7 @@ import torch
 
 from schemas.qdg import GradientConfig, SelectionConfig
 from tasks.lm.losses import per_token_losses
+from tasks.lm.model_source import ModelSource
 from tasks.qdg import gradients as grad_mod
 from tasks.qdg.gradients import (GradientConfigError, TokenGradients, backward_plan, gradient_block,
                                  gradient_block_plan, gradient_parameter_names, naive_token_gradients)
@@ -37,7 +38,7 @@ def _batched(model, names, ids, offsets, tokens, ppb):
 
 @pytest.mark.parametrize("which", ["trained-suite", "neox", "gpt2"])
 def test_batched_gradients_equal_naive_and_reproduce_the_token_losses(which, tmp_path):
-    from tasks.lm.suite import load_causal_lm
+    from tasks.lm.model_source import load_causal_lm
 
     built = {"trained-suite": lambda: tiny_suite()["d16"], "neox": random_neox, "gpt2": random_gpt2}[which]()
     model = load_causal_lm(save_model(built, tmp_path / which))  # the from_pretrained path, as the task loads it
@@ -105,8 +106,8 @@ def selected(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("qdg-grad") / "store")
     refs = suite_store(store, tiny_suite())
     cfg = SelectionConfig(max_loss_nats=1.5, n_tokens=10, seed=1)
-    sel = select_tokens.fn(refs["tokens"], refs["token_losses"], refs["models"]["d16"], None, None, cfg, CTX,
-                           store.url)
+    sel = select_tokens.fn(refs["tokens"], refs["token_losses"], model=ModelSource.trained(refs["models"]["d16"]),
+                           cfg=cfg, context_length=CTX, store=store.url)
     return store, refs, sel
 
 
@@ -116,8 +117,9 @@ def test_gradient_blocks_validate_round_trip_and_equal_the_reference(selected, i
     if not in_memory:  # the large-block path: written row by row, one row per Zarr chunk
         monkeypatch.setattr(grad_mod, "IN_MEMORY_BLOCK_BYTES", 0)
     cfg = GradientConfig(device="cpu", positions_per_backward=4)
-    blocks = [gradient_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, a, b, cfg, CTX,
-                                "float32", store.url) for a, b in gradient_block_plan(10, block_rows)]
+    d16 = ModelSource.trained(refs["models"]["d16"])
+    blocks = [gradient_block.fn(sel, refs["tokens"], model=d16, start=a, stop=b, cfg=cfg, context_length=CTX,
+                                dtype="float32", store=store.url) for a, b in gradient_block_plan(10, block_rows)]
     df = store.read_table(sel)
     model = tiny_suite()["d16"]
     names = gradient_parameter_names(model, GradientConfig())
@@ -137,8 +139,9 @@ def test_gradient_blocks_validate_round_trip_and_equal_the_reference(selected, i
     np.testing.assert_allclose(np.concatenate([p["norm"] for p in parts]), np.linalg.norm(raw, axis=1), rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([p["loss"] for p in parts]), df["loss"], atol=1e-5)
     # projected: the same rows through one seeded sparse matrix, then normalised
-    proj = gradient_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, 0, 10,
-                             cfg.model_copy(update={"projection_dims": 300}), CTX, "float32", store.url)
+    proj = gradient_block.fn(sel, refs["tokens"], model=d16, start=0, stop=10,
+                             cfg=cfg.model_copy(update={"projection_dims": 300}), context_length=CTX, dtype="float32",
+                             store=store.url)
     arrays, attrs = store.read_zarr(proj)
     assert arrays["g"].shape == (10, 300) and attrs["projection"]["dims"] == 300
     assert attrs["projection"]["seed"] == 0 and 0 < attrs["projection"]["density"] < 1
@@ -149,18 +152,20 @@ def test_gradient_blocks_validate_round_trip_and_equal_the_reference(selected, i
 def test_gradient_block_fails_before_work_on_patterns_that_exclude_everything(selected):
     store, refs, sel = selected
     with pytest.raises(GradientConfigError, match=r"exclude = \['\.'\]"):
-        gradient_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, 0, 4,
-                          GradientConfig(exclude=["."], device="cpu"), CTX, "float32", store.url)
+        gradient_block.fn(sel, refs["tokens"], model=ModelSource.trained(refs["models"]["d16"]), start=0, stop=4,
+                          cfg=GradientConfig(exclude=["."], device="cpu"), context_length=CTX, dtype="float32",
+                          store=store.url)
 
 
 def test_pretrained_model_by_directory(selected, tmp_path):
     store, refs, sel = selected
     path = save_model(tiny_suite()["d16"], tmp_path / "pretrained")
     cfg = GradientConfig(device="cpu")
-    by_dir = store.read_zarr(gradient_block.fn(sel, refs["tokens"], None, str(path), None, "dir:x", 0, 5, cfg, CTX,
-                                               "float32", store.url))[0]
-    by_ref = store.read_zarr(gradient_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, 0, 5,
-                                               cfg, CTX, "float32", store.url))[0]
+    common = dict(start=0, stop=5, cfg=cfg, context_length=CTX, dtype="float32", store=store.url)
+    by_dir = store.read_zarr(gradient_block.fn(sel, refs["tokens"], model=ModelSource.pretrained(str(path)),
+                                               **common))[0]
+    by_ref = store.read_zarr(gradient_block.fn(sel, refs["tokens"], model=ModelSource.trained(refs["models"]["d16"]),
+                                               **common))[0]
     np.testing.assert_allclose(by_dir["g"], by_ref["g"], atol=1e-6)
 
 
@@ -172,10 +177,12 @@ def test_blocks_keep_their_cache_keys_when_the_selection_grows(prefect_server, s
 
     @flow
     def grads(n_tokens: int):
-        sel = select_tokens(refs["tokens"], refs["token_losses"], refs["models"]["d16"], None, None,
-                            SelectionConfig(max_loss_nats=1.5, n_tokens=n_tokens, seed=5), CTX, store.url)
-        return [gradient_block(sel, refs["tokens"], refs["models"]["d16"], None, None, None, a, b, cfg, CTX,
-                               "float32", store.url, return_state=True)
+        model = ModelSource.trained(refs["models"]["d16"])
+        sel = select_tokens(refs["tokens"], refs["token_losses"], model=model,
+                            cfg=SelectionConfig(max_loss_nats=1.5, n_tokens=n_tokens, seed=5), context_length=CTX,
+                            store=store.url)
+        return [gradient_block(sel, refs["tokens"], model=model, start=a, stop=b, cfg=cfg, context_length=CTX,
+                               dtype="float32", store=store.url, return_state=True)
                 for a, b in gradient_block_plan(n_tokens, cfg.block_rows)]
 
     first = grads(6)
@@ -241,8 +248,9 @@ def test_abs_gradient_is_the_absolute_gradient_renormalised_computed_or_read(sel
     cfg = GradientConfig(device="cpu", positions_per_backward=4)
 
     def block(representation, c=cfg):
-        return gradient_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, 0, 10, c, CTX,
-                                 "float32", store.url, representation)
+        return gradient_block.fn(sel, refs["tokens"], model=ModelSource.trained(refs["models"]["d16"]), start=0,
+                                 stop=10, cfg=c, context_length=CTX, dtype="float32", representation=representation,
+                                 store=store.url)
 
     plain = block("gradient")
     for ref in (block("abs_gradient"), abs_gradient_block.fn(plain, store.url)):

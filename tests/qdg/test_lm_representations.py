@@ -10,6 +10,7 @@ import torch
 
 from schemas.qdg import SelectionConfig
 from tasks.lm.losses import per_token_losses
+from tasks.lm.model_source import ModelSource
 from tasks.qdg.lm_representations import (UnitRepresentationError, UnitValues, agreement_table,
                                           mlp_activation_modules, unit_representation, units_block)
 from tasks.qdg.selection import select_tokens, token_windows
@@ -81,16 +82,18 @@ def selected(tmp_path_factory):
 
     store = Store(tmp_path_factory.mktemp("qdg-units") / "store")
     refs = suite_store(store, tiny_suite())
-    sel = select_tokens.fn(refs["tokens"], refs["token_losses"], refs["models"]["d16"], None, None,
-                           SelectionConfig(max_loss_nats=1.5, n_tokens=10, seed=1), CTX, store.url)
+    sel = select_tokens.fn(refs["tokens"], refs["token_losses"], model=ModelSource.trained(refs["models"]["d16"]),
+                           cfg=SelectionConfig(max_loss_nats=1.5, n_tokens=10, seed=1), context_length=CTX,
+                           store=store.url)
     return store, refs, sel
 
 
 def test_unit_blocks_and_their_representations(selected):
     store, refs, sel = selected
     df = store.read_table(sel)
-    units = units_block.fn(sel, refs["tokens"], refs["models"]["d16"], None, None, None, 2, 9, CTX, "float32", "cpu",
-                           4, store.url)
+    units = units_block.fn(sel, refs["tokens"], model=ModelSource.trained(refs["models"]["d16"]), start=2, stop=9,
+                           context_length=CTX, dtype="float32", device="cpu", positions_per_backward=4,
+                           store=store.url)
     arrays, attrs = store.read_zarr(units)
     model = tiny_suite()["d16"]
     tokens = df["token_index"].to_numpy()[2:9]

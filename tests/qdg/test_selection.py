@@ -8,6 +8,7 @@ import torch
 
 from schemas.qdg import SelectionConfig
 from tasks.lm.losses import document_windows
+from tasks.lm.model_source import ModelSource
 from tasks.qdg.selection import (SelectionError, induction_mask, model_column, select_tokens, selection_candidates,
                                  subsample, token_windows)
 from tiny_lm import CTX, suite_store, tiny_suite
@@ -86,8 +87,8 @@ def suite(tmp_path_factory):
 def test_select_tokens_table(suite):
     store, refs, models = suite
     cfg = SelectionConfig(model="smallest", max_loss_nats=1.5, n_tokens=12, seed=3)
-    ref = select_tokens.fn(refs["tokens"], refs["token_losses"], refs["models"]["d16"], None, None, cfg, CTX,
-                           store.url)
+    ref = select_tokens.fn(refs["tokens"], refs["token_losses"], model=ModelSource.trained(refs["models"]["d16"]),
+                           cfg=cfg, context_length=CTX, store=store.url)
     df = store.read_table(ref)  # validated against qdg.selection on read
     assert df["row"].tolist() == list(range(12))
     ids, offsets, loss = refs["ids"], refs["offsets"], refs["loss"]["d16"]
@@ -105,20 +106,21 @@ def test_select_tokens_table(suite):
             logits = models["d16"](input_ids=torch.as_tensor(ids[s:end], dtype=torch.long)[None]).logits[0]
             assert int(logits[p - 1].argmax()) == pred
     # the same config selects the same rows; a larger n_tokens extends them
-    ref2 = select_tokens.fn(refs["tokens"], refs["token_losses"], refs["models"]["d16"], None, None,
-                            cfg.model_copy(update={"n_tokens": 16}), CTX, store.url)
+    ref2 = select_tokens.fn(refs["tokens"], refs["token_losses"], model=ModelSource.trained(refs["models"]["d16"]),
+                            cfg=cfg.model_copy(update={"n_tokens": 16}), context_length=CTX, store=store.url)
     assert store.read_table(ref2)["token_index"].tolist()[:12] == idx.tolist()
 
 
 def test_select_tokens_errors_name_what_to_change(suite):
     store, refs, _ = suite
     args = (refs["tokens"], refs["token_losses"])
+    d16, d24 = ModelSource.trained(refs["models"]["d16"]), ModelSource.trained(refs["models"]["d24"])
     with pytest.raises(SelectionError, match="not the selection model 'd16'"):
-        select_tokens.fn(*args, refs["models"]["d24"], None, None, SelectionConfig(n_tokens=2, max_loss_nats=1.5),
-                         CTX, store.url)
+        select_tokens.fn(*args, model=d24, cfg=SelectionConfig(n_tokens=2, max_loss_nats=1.5), context_length=CTX,
+                         store=store.url)
     with pytest.raises(SelectionError, match="context_length 8 differs from the 16"):
-        select_tokens.fn(*args, refs["models"]["d16"], None, None, SelectionConfig(n_tokens=2, max_loss_nats=1.5),
-                         8, store.url)
+        select_tokens.fn(*args, model=d16, cfg=SelectionConfig(n_tokens=2, max_loss_nats=1.5), context_length=8,
+                         store=store.url)
     with pytest.raises(SelectionError, match="only .* tokens qualify"):
-        select_tokens.fn(*args, refs["models"]["d24"], None, None,
-                         SelectionConfig(model="d24", n_tokens=100000, max_loss_nats=4.5), CTX, store.url)
+        select_tokens.fn(*args, model=d24, cfg=SelectionConfig(model="d24", n_tokens=100000, max_loss_nats=4.5),
+                         context_length=CTX, store=store.url)
