@@ -19,8 +19,8 @@ def alpha_sweep_flow(config: AlphaSweepConfig, store: str | None = None) -> dict
     store = Store(store).url
     per_alpha = {a: sparse_parity_pipeline(config_for_alpha(config, a), store, key_prefix=f"alpha-sweep-{a:g}")
                  for a in config.sweep.alphas}
-    fits = combine_fits([refs["fits"] for refs in per_alpha.values()], store)
-    report = build_sweep_report(fits, config.report, config.fit, store)
+    fits = combine_fits([refs["fits"] for refs in per_alpha.values()], store=store)
+    report = build_sweep_report(fits, report_cfg=config.report, fit_cfg=config.fit, store=store)
     artifacts = {"fits": fits, "report": report}
     for a, refs in per_alpha.items():
         artifacts[f"fits_alpha{a:g}"] = refs["fits"]

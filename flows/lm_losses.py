@@ -23,20 +23,20 @@ from tasks.lm.tokenizer import pretrained_tokenizer, tokenize_split, train_token
 def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losses") -> dict:
     """The pipeline map (also the first half of the QDG study): every call is a cached task over artifact refs."""
     suite = config.suite
-    corpus = build_corpus(config.corpus, corpus_fingerprint(config.corpus), store)
+    corpus = build_corpus(cfg=config.corpus, fingerprint=corpus_fingerprint(config.corpus), store=store)
     docs, texts = corpus["documents"], corpus["texts"]
     if suite.kind == "trained":
-        tokenizer = train_tokenizer(docs, texts, config.tokenizer, store)
+        tokenizer = train_tokenizer(docs, texts, cfg=config.tokenizer, store=store)
     else:
         tokenizer = pretrained_tokenizer(model=ModelSource.pretrained(suite.models[0], suite.revision), store=store)
-    eval_tokens = tokenize_split(docs, texts, tokenizer, "eval", config.max_eval_tokens, store)
+    eval_tokens = tokenize_split(docs, texts, tokenizer, split="eval", max_tokens=config.max_eval_tokens, store=store)
     scoring = dict(context_length=suite.context_length, batch_size=suite.eval_batch_size, device=suite.device,
                    dtype=suite.dtype, store=store)
     models, columns, train_tokens = [], [], None
     if suite.kind == "trained":
-        train_tokens = tokenize_split(docs, texts, tokenizer, "train", None, store)
+        train_tokens = tokenize_split(docs, texts, tokenizer, split="train", max_tokens=None, store=store)
         for size in suite.sizes:  # one after another: each size uses every core
-            model = train_model(train_tokens, tokenizer, size, train_params(suite), store)
+            model = train_model(train_tokens, tokenizer, size=size, params=train_params(suite), store=store)
             models.append(model)
             columns.append(token_loss_column(eval_tokens, label=size.label, model=ModelSource.trained(model),
                                              **scoring))
@@ -44,9 +44,10 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
         for name in suite.models:
             columns.append(token_loss_column(eval_tokens, label=name,
                                              model=ModelSource.pretrained(name, suite.revision), **scoring))
-    losses = assemble_token_losses(columns, store)
-    parts = decompose(losses, config.analysis, store)
-    report = lm_report(parts, losses, eval_tokens, tokenizer, config.analysis, config.report, store, key_prefix)
+    losses = assemble_token_losses(columns, store=store)
+    parts = decompose(losses, cfg=config.analysis, store=store)
+    report = lm_report(parts, losses, eval_tokens, tokenizer, cfg=config.analysis, rcfg=config.report, store=store,
+                       key_prefix=key_prefix)
     return {"documents": docs, "texts": texts, "tokenizer": tokenizer, "eval_tokens": eval_tokens,
             "train_tokens": train_tokens, "models": models, "loss_columns": columns, "token_losses": losses,
             "scaling": parts["scaling"], "fits": parts["fits"], "token_classes": parts["classes"], "report": report}

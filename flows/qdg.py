@@ -59,7 +59,8 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
     reps, primary = config.chosen_representations(), config.primary_representation()
     blocks = representation_blocks(selection, lm["eval_tokens"], model, config, store, reps)
     per = {r: cluster_representation(blocks[r], r, config, lm["fits"], store) for r in reps}
-    agreement = (representation_agreement({r: per[r]["first"] for r in reps}, store) if len(reps) > 1 else None)
+    agreement = (representation_agreement({r: per[r]["first"] for r in reps}, store=store) if len(reps) > 1
+                 else None)
     projection = None
     if cl.compare_projection_dims is not None:  # the same tokens' JL-projected representation, clustered alike
         d, seed = cl.compare_projection_dims, cl.seeds[0]
@@ -68,12 +69,13 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
                                      primary, f"jl{d}-")
         paffinity = affinity_of(projected, config, store, f"{primary}-jl{d}")
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
-            paffinity, k, seed, cl.spectral(), store) for k in cl.n_clusters]
-        projection = projection_agreement(per[primary]["first"], plabels, d, store)
+            paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
+        projection = projection_agreement(per[primary]["first"], plabels, projection_dims=d, store=store)
     shown = {r: {"affinity": per[r]["affinity"], "block": blocks[r][0], "labels": per[r]["first"],
                  "stability": per[r]["stability"], "zipf": per[r]["zipf"]} for r in reps}
-    report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], shown, primary, agreement,
-                        config.report, store, key_prefix, projection)
+    report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], representations=shown,
+                        primary=primary, agreement=agreement, rcfg=config.report, projection=projection,
+                        key_prefix=key_prefix, store=store)
     head = per[primary]
     return {"lm": lm, "selection": selection, "gradient_blocks": blocks[primary], "affinity": head["affinity"],
             "labels": head["labels"], "stability": head["stability"], "projection": projection, "zipf": head["zipf"],
@@ -85,7 +87,8 @@ def tag(representation: str) -> str:
     return "" if representation == "gradient" else f"{representation}-"
 
 
-def representation_blocks(selection, tokens, model: ModelSource, config: QDGConfig, store: str, reps: list[str]) -> dict:
+def representation_blocks(selection, tokens, model: ModelSource, config: QDGConfig, store: str,
+                          reps: list[str]) -> dict:
     """{representation: its `qdg.gradient_block`s}, each block one cached task. abs_gradient of unprojected
     gradients is read from the gradient blocks; the unit representations are read from one unit stage."""
     out: dict[str, list] = {}
@@ -95,7 +98,8 @@ def representation_blocks(selection, tokens, model: ModelSource, config: QDGConf
             out[r] = parameter_blocks(selection, tokens, model, cfg, config, store, r)
     if "abs_gradient" in reps and cfg.projection_dims is None:
         grads = out.get("gradient") or parameter_blocks(selection, tokens, model, cfg, config, store, "gradient")
-        out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(g, store)
+        out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(
+                                   g, store=store)
                                for g, (a, b) in zip(grads, block_plan(config))]
     units_wanted = [r for r in reps if r in LM_UNIT_REPRESENTATIONS]
     if units_wanted:
@@ -106,7 +110,8 @@ def representation_blocks(selection, tokens, model: ModelSource, config: QDGConf
                      store=store)
                  for a, b in block_plan(config)]
         for r in units_wanted:
-            out[r] = [unit_representation.with_options(task_run_name=f"qdg-{r}-{a}-{b}")(u, r, store)
+            out[r] = [unit_representation.with_options(task_run_name=f"qdg-{r}-{a}-{b}")(
+                          u, representation=r, store=store)
                       for u, (a, b) in zip(units, block_plan(config))]
     return {r: out[r] for r in reps}
 
@@ -132,11 +137,13 @@ def cluster_representation(blocks: list, representation: str, config: QDGConfig,
     cl, t = config.clustering, tag(representation)
     affinity = affinity_of(blocks, config, store, representation)
     labels = {(k, seed): cluster_labels.with_options(task_run_name=f"qdg-cluster-{t}k{k}-s{seed}")(
-                  affinity, k, seed, cl.spectral(), store) for k in cl.n_clusters for seed in cl.seeds}
+                  affinity, k=k, seed=seed, spectral=cl.spectral(), store=store)
+              for k in cl.n_clusters for seed in cl.seeds}
     stability = (clustering_stability.with_options(task_run_name=f"qdg-stability-{representation}")(
-                     list(labels.values()), store) if len(cl.seeds) > 1 else None)
+                     list(labels.values()), store=store) if len(cl.seeds) > 1 else None)
     first = [labels[(k, cl.seeds[0])] for k in cl.n_clusters]
-    zipf = zipf_analysis.with_options(task_run_name=f"qdg-zipf-{representation}")(first, fits, config.zipf, store)
+    zipf = zipf_analysis.with_options(task_run_name=f"qdg-zipf-{representation}")(
+        first, fits, cfg=config.zipf, store=store)
     return {"affinity": affinity, "labels": labels, "stability": stability, "first": first, "zipf": zipf}
 
 
@@ -144,10 +151,10 @@ def affinity_of(blocks: list, config: QDGConfig, store: str, name: str = "gradie
     """The dense similarity up to `clustering.dense_max_n` tokens (method 'auto'), else the sparse kNN affinity."""
     cl = config.clustering
     if cl.method_for(config.selection.n_tokens) == "dense":
-        return similarity_matrix.with_options(task_run_name=f"qdg-similarity-{name}")(blocks, config.similarity,
-                                                                                       store)
-    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(blocks, cl.knn_neighbors,
-                                                                               config.similarity, store)
+        return similarity_matrix.with_options(task_run_name=f"qdg-similarity-{name}")(blocks, cfg=config.similarity,
+                                                                                       store=store)
+    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(blocks, neighbors=cl.knn_neighbors,
+                                                                               cfg=config.similarity, store=store)
 
 
 @flow(name="qdg", log_prints=True)

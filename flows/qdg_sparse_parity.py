@@ -47,18 +47,21 @@ def cluster_samples(samples, model, align: bool, control_weights: bool, config: 
     n, k_true = int(group["task"].shape[0]), len(group.attrs["subtasks"])
     plan = gradient_block_plan(n, config.gradients.block_rows)
     if representation == "gradient":
-        blocks = [parity_gradient_block(samples, model, start, stop, config.gradients, control_weights, align, store)
+        blocks = [parity_gradient_block(samples, model, start=start, stop=stop, cfg=config.gradients,
+                                        include_control_weights=control_weights, align_label_sign=align, store=store)
                   for start, stop in plan]
     else:
         # the per-unit representations do not read the control-bit columns: keep their blocks' keys free of it
         weights = control_weights and representation in PARAMETER_ROWS
-        blocks = [parity_representation_block(samples, model, start, stop, representation, config.gradients,
-                                              weights, False, store) for start, stop in plan]
-    sim = similarity_matrix(blocks, config.similarity, store)
+        blocks = [parity_representation_block(samples, model, start=start, stop=stop, representation=representation,
+                                              cfg=config.gradients, include_control_weights=weights,
+                                              align_label_sign=False, store=store)
+                  for start, stop in plan]
+    sim = similarity_matrix(blocks, cfg=config.similarity, store=store)
     ks = sorted({k_true, *(k for k in config.clustering.n_clusters if k < n)})
     spectral = config.clustering.spectral()
     pairs = [(k, seed) for k in ks for seed in config.clustering.seeds]
-    labels = [cluster_labels(sim, k, seed, spectral, store) for k, seed in pairs]
+    labels = [cluster_labels(sim, k=k, seed=seed, spectral=spectral, store=store) for k, seed in pairs]
     truth = [lab for lab, (k, _) in zip(labels, pairs) if k == k_true]
     return {"blocks": blocks, "similarity": sim, "labels": labels, "truth": truth}
 
@@ -77,11 +80,12 @@ def regime_models(spec, plan: dict, config: QDGSparseParityConfig, store: str) -
         if regime in ("study", "long"):
             models[regime] = model_of(regime)
         elif regime == "group_lasso":
-            models[regime] = group_lasso_model(model_of(config.group_lasso.start), spec, config.group_lasso,
-                                               plan["params"], store)
+            models[regime] = group_lasso_model(model_of(config.group_lasso.start), spec, cfg=config.group_lasso,
+                                               params=plan["params"], store=store)
         else:
-            models[regime] = modular_model(model_of("study"), spec, config.model.learned_threshold_bits,
-                                           plan["params"]["eval_samples_per_task"], store)
+            models[regime] = modular_model(model_of("study"), spec,
+                                           learned_threshold_bits=config.model.learned_threshold_bits,
+                                           eval_samples_per_task=plan["params"]["eval_samples_per_task"], store=store)
     return models
 
 
@@ -92,10 +96,12 @@ def benchmark_runs(models: dict, spec, config: QDGSparseParityConfig, store: str
     out = {}
     for regime, model in models.items():
         headline = regime == config.regimes[0]
-        learned = first["learned"] if headline else parity_samples(model, spec, config.model, False, store)
+        learned = first["learned"] if headline else parity_samples(model, spec, cfg=config.model, control=False,
+                                                                   store=store)
         control = None
         if config.model.unlearned_control and regime != "modular":  # the modular model has no unit for them
-            control = first["control"] if headline else parity_samples(model, spec, config.model, True, store)
+            control = first["control"] if headline else parity_samples(model, spec, cfg=config.model, control=True,
+                                                                       store=store)
         for rep in config.representations:
             if headline and rep == "gradient":
                 run, crun = first["run"], first["control_run"]
@@ -121,33 +127,36 @@ def variants(config: QDGSparseParityConfig) -> list[tuple[bool, bool]]:
 def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
                                key_prefix: str = "qdg-sparse-parity") -> dict:
     sp = config.sparse_parity
-    spec = build_spec(sp.task, store)
+    spec = build_spec(task_cfg=sp.task, store=store)
     plan = parity_model_plan(sp, config.model)
     models = regime_models(spec, plan, config, store)
     model = models[config.regimes[0]]
     main = variants(config)
-    learned = parity_samples(model, spec, config.model, False, store)
+    learned = parity_samples(model, spec, cfg=config.model, control=False, store=store)
     runs = {(variant_name(*v), "learned"): (learned, cluster_samples(learned, model, *v, config, store))
             for v in main}
     control = None
     if config.model.unlearned_control:
-        control = parity_samples(model, spec, config.model, True, store)
+        control = parity_samples(model, spec, cfg=config.model, control=True, store=store)
         runs[(variant_name(*main[0]), "control")] = (control, cluster_samples(control, model, *main[0], config,
                                                                               store))
     keys = list(runs)
-    table = ground_truth([v for v, _ in keys], [s for _, s in keys], [runs[k][0] for k in keys],
-                         [runs[k][1]["labels"] for k in keys], store)
+    table = ground_truth(variants=[v for v, _ in keys], samples_kind=[s for _, s in keys],
+                         samples=[runs[k][0] for k in keys],
+                         labels=[runs[k][1]["labels"] for k in keys], store=store)
     first = {"learned": learned, "control": control, "run": runs[(variant_name(*main[0]), "learned")][1],
              "control_run": runs[(variant_name(*main[0]), "control")][1] if control is not None else None}
     bench_runs = benchmark_runs(models, spec, config, store, first)
     entries = list(bench_runs.items())
     bench = parity_benchmark(
-        [r for (r, _), _ in entries], [p for (_, p), _ in entries], [e["samples"] for _, e in entries],
-        [e["run"]["truth"] for _, e in entries], [e["control_samples"] for _, e in entries],
-        [e["control_run"]["truth"] if e["control_run"] else [] for _, e in entries], models,
-        list(config.clustering.seeds), config.clustering.spectral(), config.benchmark, store)
+        regimes=[r for (r, _), _ in entries], representations=[p for (_, p), _ in entries],
+        samples=[e["samples"] for _, e in entries], labels=[e["run"]["truth"] for _, e in entries],
+        control_samples=[e["control_samples"] for _, e in entries],
+        control_labels=[e["control_run"]["truth"] if e["control_run"] else [] for _, e in entries], models=models,
+        seeds=list(config.clustering.seeds), spectral=config.clustering.spectral(), cfg=config.benchmark, store=store)
     sims = {variant_name(*v): runs[(variant_name(*v), "learned")][1]["similarity"] for v in main}
-    report = ground_truth_report(table, model, sims, learned, config.report, store, key_prefix, bench)
+    report = ground_truth_report(table, model, sims, learned, rcfg=config.report, store=store, key_prefix=key_prefix,
+                                 benchmark=bench)
     return {"spec": spec, "model": model, "models": models, "runs": runs, "bench_runs": bench_runs,
             "ground_truth": table, "benchmark": bench, "report": report}
 

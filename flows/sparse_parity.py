@@ -18,18 +18,21 @@ from tasks.sparse_parity.train import check_memory, finite_data_groups, train_sh
 
 def sparse_parity_pipeline(config: SparseParityConfig, store: str, key_prefix: str = "sparse-parity") -> dict:
     """The pipeline map (also the alpha sweep's, once per alpha): every call is a cached task over artifact refs."""
-    spec = build_spec(config.task, store)
+    spec = build_spec(task_cfg=config.task, store=store)
     plan = training_plan(config)
-    train_sets = {g: build_train_set.submit(spec, g[0], g[1], store) for g in finite_data_groups(plan)}
+    train_sets = {g: build_train_set.submit(spec, data_size=g[0], seed=g[1], store=store)
+                  for g in finite_data_groups(plan)}
     g = config.grid
-    shards = [train_shard.submit(spec, groups, [train_sets.get(d) for d in groups], params, store, g.device,
-                                 g.cuda_graph) for params, groups in plan]
+    shards = [train_shard.submit(spec, groups=groups, train_set_refs=[train_sets.get(d) for d in groups],
+                                 params=params, device=g.device, cuda_graph=g.cuda_graph, store=store)
+              for params, groups in plan]
     curves = [s.result() for s in shards]
     threshold = config.grid.learned_threshold_bits
-    runs = build_runs_table(curves, threshold, store)
-    emergence = build_emergence_table(curves, spec, threshold, store)
-    fits = build_fits(runs, config.fit, store)
-    report = build_sparse_parity_report(runs, fits, emergence, curves, config.fit, config.report, store, key_prefix)
+    runs = build_runs_table(curves, threshold_bits=threshold, store=store)
+    emergence = build_emergence_table(curves, spec, threshold_bits=threshold, store=store)
+    fits = build_fits(runs, fit_cfg=config.fit, store=store)
+    report = build_sparse_parity_report(runs, fits, emergence, curves, fit_cfg=config.fit, report_cfg=config.report,
+                                        store=store, key_prefix=key_prefix)
     return {"spec": spec, "curves": curves, "runs": runs, "emergence": emergence, "fits": fits, "report": report}
 
 

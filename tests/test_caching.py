@@ -172,7 +172,7 @@ def _spec_flow():
 
     @flow(name="spec-only")
     def spec_flow(task_cfg, store: str):
-        return build_spec(task_cfg, store, return_state=True)
+        return build_spec(task_cfg=task_cfg, store=store, return_state=True)
 
     return spec_flow
 

@@ -252,7 +252,7 @@ def corpus_fingerprint(cfg: CorpusConfig) -> str:
 
 
 @quanta_task(name="lm-corpus")
-def build_corpus(cfg: CorpusConfig, fingerprint: str, store: str) -> dict[str, ArtifactRef]:
+def build_corpus(*, cfg: CorpusConfig, fingerprint: str, store: str) -> dict[str, ArtifactRef]:
     """Read the corpus and store {"documents": lm.documents table, "texts": lm.texts table}. `fingerprint`
     (`corpus_fingerprint(cfg)`) makes the cache key follow the files' content, not their names."""
     docs, stats = read_corpus(cfg)

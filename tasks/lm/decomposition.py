@@ -122,7 +122,7 @@ def fit_alpha_n(n: np.ndarray, mean_loss: np.ndarray, cfg: AnalysisConfig) -> di
 
 
 @quanta_task(name="lm-decompose")
-def decompose(token_losses: ArtifactRef, cfg: AnalysisConfig, store: str) -> dict[str, ArtifactRef]:
+def decompose(token_losses: ArtifactRef, *, cfg: AnalysisConfig, store: str) -> dict[str, ArtifactRef]:
     """Scaling table, alpha_N fit and per-token classes from the tokens x models losses."""
     st = Store(store)
     arrays, attrs = st.read_zarr(token_losses)

@@ -158,7 +158,7 @@ def stack_columns(columns: list[tuple[dict, np.ndarray]]) -> tuple[dict[str, np.
 
 
 @quanta_task(name="lm-assemble-losses")
-def assemble_token_losses(columns: list[ArtifactRef], store: str) -> ArtifactRef:
+def assemble_token_losses(columns: list[ArtifactRef], *, store: str) -> ArtifactRef:
     """Stack the per-model columns into `lm.token_losses` (tokens x models, by non-embedding N)."""
     st = Store(store)
     cols = []

@@ -101,7 +101,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
 
 @quanta_task(name="lm-report")
 def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, tokens: ArtifactRef,
-              tokenizer: ArtifactRef, cfg: AnalysisConfig, rcfg: ReportConfig, store: str,
+              tokenizer: ArtifactRef, *, cfg: AnalysisConfig, rcfg: ReportConfig, store: str,
               key_prefix: str = "lm-losses") -> ArtifactRef:
     """The study's report (markdown with plots, tables) in the store and as keyed Prefect artifacts."""
     st = Store(store)

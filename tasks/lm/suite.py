@@ -143,7 +143,7 @@ def train_params(suite) -> dict:
 
 
 @quanta_task(name="lm-train-model", task_run_name="lm-train-{size.label}")
-def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, size: ModelSize, params: dict,
+def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, *, size: ModelSize, params: dict,
                 store: str) -> ArtifactRef:
     """Train one size on the train split; store it as an `lm.model` dir (save_pretrained: config.json +
     model.safetensors, plus the tokenizer and quanta_model.json with parameter counts and the loss curve)."""

@@ -90,7 +90,7 @@ def vocab_size_of(tokenizer) -> int:
 
 
 @quanta_task(name="lm-train-tokenizer")
-def train_tokenizer(documents: ArtifactRef, texts: ArtifactRef, cfg: TokenizerConfig, store: str) -> ArtifactRef:
+def train_tokenizer(documents: ArtifactRef, texts: ArtifactRef, *, cfg: TokenizerConfig, store: str) -> ArtifactRef:
     """Byte-level BPE trained on the train split, stored as an `lm.tokenizer` dir (save_pretrained)."""
     st = Store(store)
     df = load_texts(st, documents, texts, "train")
@@ -114,7 +114,7 @@ def pretrained_tokenizer(*, model: ModelSource, store: str) -> ArtifactRef:
 
 
 @quanta_task(name="lm-tokenize", task_run_name="lm-tokenize-{split}")
-def tokenize_split(documents: ArtifactRef, texts: ArtifactRef, tokenizer: ArtifactRef, split: str,
+def tokenize_split(documents: ArtifactRef, texts: ArtifactRef, tokenizer: ArtifactRef, *, split: str,
                    max_tokens: int | None, store: str) -> ArtifactRef:
     """Tokens of one split as `lm.tokens`: ids (int32), offsets (int64, n_docs+1), doc_id; attrs vocab_size."""
     st = Store(store)

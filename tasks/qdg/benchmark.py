@@ -154,7 +154,7 @@ def benchmark_rows(regime: str, representation: str, kind: str, truth: np.ndarra
 
 
 @quanta_task(name="qdg-parity-benchmark")
-def parity_benchmark(regimes: list[str], representations: list[str], samples: list[ArtifactRef],
+def parity_benchmark(*, regimes: list[str], representations: list[str], samples: list[ArtifactRef],
                      labels: list[list[ArtifactRef]], control_samples: list[ArtifactRef | None],
                      control_labels: list[list[ArtifactRef]], models: dict[str, ArtifactRef], seeds: list[int],
                      spectral: SpectralOptions, cfg: BenchmarkConfig, store: str) -> ArtifactRef:

@@ -166,7 +166,7 @@ def cluster_labels_to_store(store: Store, affinity: ArtifactRef, k: int, seed: i
 
 
 @quanta_task(name="qdg-cluster", task_run_name="qdg-cluster-k{k}-s{seed}")
-def cluster_labels(affinity: ArtifactRef, k: int, seed: int, spectral: SpectralOptions, store: str) -> ArtifactRef:
+def cluster_labels(affinity: ArtifactRef, *, k: int, seed: int, spectral: SpectralOptions, store: str) -> ArtifactRef:
     """Spectral clustering into k clusters with one seed -> `qdg.labels`. `affinity`: the dense `qdg.similarity` or
     the sparse `qdg.knn_affinity` (see `ClusteringConfig.method_for`); `spectral`: `ClusteringConfig.spectral()`."""
     return cluster_labels_to_store(Store(store), affinity, k, seed, spectral)
@@ -207,7 +207,7 @@ def stability_table(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 @quanta_task(name="qdg-stability")
-def clustering_stability(labels: list[ArtifactRef], store: str) -> ArtifactRef:
+def clustering_stability(labels: list[ArtifactRef], *, store: str) -> ArtifactRef:
     """`qdg.stability` (ARI between seeds, per k) from the `qdg.labels` of every (k, seed)."""
     st = Store(store)
     return st.write_table("qdg.stability", stability_table([st.read_table(ref) for ref in labels]),
@@ -215,7 +215,7 @@ def clustering_stability(labels: list[ArtifactRef], store: str) -> ArtifactRef:
 
 
 @quanta_task(name="qdg-projection-ari")
-def projection_agreement(full: list[ArtifactRef], projected: list[ArtifactRef], projection_dims: int,
+def projection_agreement(full: list[ArtifactRef], projected: list[ArtifactRef], *, projection_dims: int,
                          store: str) -> ArtifactRef:
     """`qdg.projection_ari`: for each k, the ARI between the clustering of the gradients as configured (`full`) and
     of the same tokens' JL-projected gradients (`projected`), same k and seed (lists in the same k order)."""

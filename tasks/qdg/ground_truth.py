@@ -29,7 +29,7 @@ def ground_truth_rows(task: np.ndarray, label: np.ndarray, tables: list[pd.DataF
 
 
 @quanta_task(name="qdg-ground-truth")
-def ground_truth(variants: list[str], samples_kind: list[str], samples: list[ArtifactRef],
+def ground_truth(*, variants: list[str], samples_kind: list[str], samples: list[ArtifactRef],
                  labels: list[list[ArtifactRef]], store: str) -> ArtifactRef:
     """`qdg.ground_truth`: for each entry i (variant, learned/control samples, its `qdg.parity_samples` and the
     `qdg.labels` of its clusterings), the ARI of every clustering against the true subtasks and the labels."""
@@ -52,7 +52,7 @@ def headline(df: pd.DataFrame, variant: str, kind: str) -> pd.DataFrame:
 
 @quanta_task(name="qdg-sparse-parity-report")
 def ground_truth_report(table: ArtifactRef, model: ArtifactRef, similarities: dict[str, ArtifactRef],
-                        samples: ArtifactRef, rcfg: ReportConfig, store: str,
+                        samples: ArtifactRef, *, rcfg: ReportConfig, store: str,
                         key_prefix: str = "qdg-sparse-parity", benchmark: ArtifactRef | None = None) -> ArtifactRef:
     """The report: the benchmark table (representation x regime), the ARI table of the gradient variants, and the
     similarity of each variant sorted by true subtask."""

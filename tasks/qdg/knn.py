@@ -66,7 +66,7 @@ def knn_affinity_to_store(store: Store, blocks: Sequence[ArtifactRef], neighbors
 
 
 @quanta_task(name="qdg-knn-affinity")
-def knn_affinity(gradient_blocks: list[ArtifactRef], neighbors: int, cfg: SimilarityConfig,
+def knn_affinity(gradient_blocks: list[ArtifactRef], *, neighbors: int, cfg: SimilarityConfig,
                  store: str) -> ArtifactRef:
     """Sparse kNN affinity of the gradient blocks (concatenated in list order) -> `qdg.knn_affinity` (CSR Zarr).
     Takes `neighbors` alone, not the clustering config, so changing the cluster counts keeps it `Cached`."""

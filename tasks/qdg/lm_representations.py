@@ -185,7 +185,7 @@ def units_block(selection: ArtifactRef, tokens: ArtifactRef, *, model: ModelSour
 
 
 @quanta_task(name="qdg-unit-representation")
-def unit_representation(units: ArtifactRef, representation: str, store: str) -> ArtifactRef:
+def unit_representation(units: ArtifactRef, *, representation: str, store: str) -> ArtifactRef:
     """The `qdg.gradient_block` of a unit representation (activations, attribution, ablation) from a
     `qdg.unit_block`: rows L2-normalised, "norm" the raw row's norm, "loss" the token's loss."""
     st = Store(store)
@@ -206,7 +206,7 @@ def unit_representation(units: ArtifactRef, representation: str, store: str) -> 
 
 
 @quanta_task(name="qdg-abs-gradient")
-def abs_gradient_block(gradient_block: ArtifactRef, store: str) -> ArtifactRef:
+def abs_gradient_block(gradient_block: ArtifactRef, *, store: str) -> ArtifactRef:
     """abs_gradient from an unprojected `qdg.gradient_block` of gradients: |g| of each unit row (still a unit
     vector), the same norms and losses."""
     st = Store(store)
@@ -245,7 +245,7 @@ def agreement_table(labels: dict[str, list[pd.DataFrame]]) -> pd.DataFrame:
 
 
 @quanta_task(name="qdg-representation-ari", task_run_name="qdg-representation-ari")
-def representation_agreement(labels: dict[str, list[ArtifactRef]], store: str) -> ArtifactRef:
+def representation_agreement(labels: dict[str, list[ArtifactRef]], *, store: str) -> ArtifactRef:
     """`qdg.representation_ari` from each representation's `qdg.labels` (first seed, one per k)."""
     st = Store(store)
     table = agreement_table({r: [st.read_table(ref) for ref in refs] for r, refs in labels.items()})

@@ -79,7 +79,7 @@ def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: i
 
 
 @quanta_task(name="qdg-parity-model", task_run_name="qdg-parity-model-w{width}-s{seed}")
-def parity_model(spec: ArtifactRef, width: int, seed: int, data_size: int, params: dict, store: str) -> ArtifactRef:
+def parity_model(spec: ArtifactRef, *, width: int, seed: int, data_size: int, params: dict, store: str) -> ArtifactRef:
     """One model of a sparse-parity grid (see `parity_model_plan`), as `qdg.parity_model`."""
     st = Store(store)
     sp = load_spec(st, spec)
@@ -144,7 +144,7 @@ def sample_subtasks(spec: SparseParitySpec, subtasks: np.ndarray, per_subtask: i
 
 
 @quanta_task(name="qdg-parity-samples", task_run_name="qdg-parity-samples-control-{control}")
-def parity_samples(model: ArtifactRef, spec: ArtifactRef, cfg: ParityModelConfig, control: bool,
+def parity_samples(model: ArtifactRef, spec: ArtifactRef, *, cfg: ParityModelConfig, control: bool,
                    store: str) -> ArtifactRef:
     """Samples of the subtasks the model has learned (control = False) or of as many unlearned ones (control =
     True), `cfg.samples_per_subtask` each, as `qdg.parity_samples` (rows grouped by subtask)."""
@@ -247,7 +247,7 @@ def load_block_inputs(st: Store, samples: ArtifactRef, model: ArtifactRef, start
 
 
 @quanta_task(name="qdg-parity-gradient-block", task_run_name="qdg-parity-gradients-{start}-{stop}")
-def parity_gradient_block(samples: ArtifactRef, model: ArtifactRef, start: int, stop: int, cfg: GradientConfig,
+def parity_gradient_block(samples: ArtifactRef, model: ArtifactRef, *, start: int, stop: int, cfg: GradientConfig,
                           include_control_weights: bool, align_label_sign: bool, store: str) -> ArtifactRef:
     """The `qdg.gradient_block` of sample rows [start, stop): unit per-sample gradients of the MLP's loss (JL-projected
     first if cfg.projection_dims), "norm" the raw gradient's L2 norm, "loss" the loss (nats)."""

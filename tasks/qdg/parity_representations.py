@@ -110,7 +110,7 @@ def parity_representation(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Te
 
 @quanta_task(name="qdg-parity-representation-block",
              task_run_name="qdg-parity-{representation}-{start}-{stop}")
-def parity_representation_block(samples: ArtifactRef, model: ArtifactRef, start: int, stop: int,
+def parity_representation_block(samples: ArtifactRef, model: ArtifactRef, *, start: int, stop: int,
                                 representation: str, cfg: GradientConfig, include_control_weights: bool,
                                 align_label_sign: bool, store: str) -> ArtifactRef:
     """The `qdg.gradient_block` of one representation for sample rows [start, stop): unit rows (parameter-space ones

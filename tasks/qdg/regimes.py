@@ -41,8 +41,8 @@ def regime_params(regime: str, params: dict, long_steps: int, long_weight_decay:
 def trained_model(spec: ArtifactRef, regime: str, plan: dict, long_steps: int, long_weight_decay: float,
                   store: str) -> ArtifactRef:
     """The study's or the long regime's model (the cached `parity_model` task with that regime's settings)."""
-    return parity_model(spec, plan["width"], plan["seed"], plan["data_size"],
-                        regime_params(regime, plan["params"], long_steps, long_weight_decay), store)
+    return parity_model(spec, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
+                        params=regime_params(regime, plan["params"], long_steps, long_weight_decay), store=store)
 
 
 def subtask_loss_bits(mlp: torch.nn.Module, spec: SparseParitySpec, samples_per_task: int,
@@ -88,7 +88,7 @@ def model_arrays(mlp: torch.nn.Sequential, loss_bits: np.ndarray) -> dict[str, n
 
 
 @quanta_task(name="qdg-parity-group-lasso", task_run_name="qdg-parity-group-lasso-lam{cfg.lam}")
-def group_lasso_model(start: ArtifactRef, spec: ArtifactRef, cfg: GroupLassoConfig, params: dict,
+def group_lasso_model(start: ArtifactRef, spec: ArtifactRef, *, cfg: GroupLassoConfig, params: dict,
                       store: str) -> ArtifactRef:
     """The `start` model fine-tuned with the group-lasso penalty (see `group_lasso_finetune`), as
     `qdg.parity_model` with its new per-subtask test loss and the fraction of units left (group norm > 1e-3 of the
@@ -138,7 +138,7 @@ def modular_mlp(spec: SparseParitySpec, learned: list[int], scale: float = 10.0,
 
 
 @quanta_task(name="qdg-parity-modular")
-def modular_model(study: ArtifactRef, spec: ArtifactRef, learned_threshold_bits: float, eval_samples_per_task: int,
+def modular_model(study: ArtifactRef, spec: ArtifactRef, *, learned_threshold_bits: float, eval_samples_per_task: int,
                   store: str) -> ArtifactRef:
     """The positive control: `modular_mlp` for the subtasks the `study` model learned (test loss below the
     threshold), with its own per-subtask test loss, as `qdg.parity_model`."""

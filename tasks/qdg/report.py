@@ -305,7 +305,7 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
 # ---------------------------------------------------------------------------------------------- the task
 @quanta_task(name="qdg-report")
 def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
-               representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
+               *, representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
                store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
     """The study's report (build_qdg_report), published with its inputs as lineage."""
     st = Store(store)

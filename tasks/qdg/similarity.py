@@ -87,6 +87,6 @@ def similarity_matrix_to_store(store: Store, blocks: Sequence[ArtifactRef], cfg:
 
 
 @quanta_task(name="qdg-similarity")
-def similarity_matrix(gradient_blocks: list[ArtifactRef], cfg: SimilarityConfig, store: str) -> ArtifactRef:
+def similarity_matrix(gradient_blocks: list[ArtifactRef], *, cfg: SimilarityConfig, store: str) -> ArtifactRef:
     """C = G G^T of the gradient blocks (concatenated in list order) -> `qdg.similarity` (n x n float32 Zarr)."""
     return similarity_matrix_to_store(Store(store), gradient_blocks, cfg)

@@ -132,7 +132,7 @@ def sizes_from_labels(tables: Sequence[pd.DataFrame]) -> tuple[dict[int, np.ndar
 
 
 @quanta_task(name="qdg-zipf")
-def zipf_analysis(labels: list[ArtifactRef], lm_fits: ArtifactRef | None, cfg: ZipfConfig,
+def zipf_analysis(labels: list[ArtifactRef], lm_fits: ArtifactRef | None, *, cfg: ZipfConfig,
                   store: str) -> ArtifactRef:
     """`qdg.zipf` from one `qdg.labels` per cluster count and the lm study's `lm.fits` (None: no prediction)."""
     st = Store(store)

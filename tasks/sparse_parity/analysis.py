@@ -245,14 +245,14 @@ def _load_curves(st: Store, refs: list[ArtifactRef]) -> list[dict]:
 
 
 @quanta_task(name="runs-table")
-def build_runs_table(curves_refs: list[ArtifactRef], threshold_bits: float, store: str) -> ArtifactRef:
+def build_runs_table(curves_refs: list[ArtifactRef], *, threshold_bits: float, store: str) -> ArtifactRef:
     st = Store(store)
     df = runs_table(_load_curves(st, curves_refs), threshold_bits)
     return st.write_table("sparse_parity.runs", df, inputs=curves_refs, params={"threshold_bits": threshold_bits})
 
 
 @quanta_task(name="emergence-table")
-def build_emergence_table(curves_refs: list[ArtifactRef], spec_ref: ArtifactRef, threshold_bits: float,
+def build_emergence_table(curves_refs: list[ArtifactRef], spec_ref: ArtifactRef, *, threshold_bits: float,
                           store: str) -> ArtifactRef:
     st = Store(store)
     probs = st.read_zarr(spec_ref)[0]["probs"]
@@ -262,7 +262,7 @@ def build_emergence_table(curves_refs: list[ArtifactRef], spec_ref: ArtifactRef,
 
 
 @quanta_task(name="fit-exponents")
-def build_fits(runs_ref: ArtifactRef, fit_cfg: FitConfig, store: str) -> ArtifactRef:
+def build_fits(runs_ref: ArtifactRef, *, fit_cfg: FitConfig, store: str) -> ArtifactRef:
     st = Store(store)
     df = fit_exponents(st.read_table(runs_ref), fit_cfg)
     return st.write_table("sparse_parity.fits", df, inputs=[runs_ref], params=fit_cfg.model_dump())

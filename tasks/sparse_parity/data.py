@@ -126,7 +126,7 @@ def train_set(spec: SparseParitySpec, data_size: int, seed: int) -> tuple[np.nda
 
 # ------------------------------------------------------------------------------------------ Prefect tasks
 @quanta_task(name="sparse-parity-spec")
-def build_spec(task_cfg: TaskConfig, store: str) -> ArtifactRef:
+def build_spec(*, task_cfg: TaskConfig, store: str) -> ArtifactRef:
     """Subsets S_i and Zipf frequencies of one task config, as a validated Zarr artifact."""
     spec = make_spec(task_cfg)
     return Store(store).write_zarr(
@@ -140,7 +140,7 @@ def load_spec(store: Store, ref: ArtifactRef) -> SparseParitySpec:
 
 
 @quanta_task(name="sparse-parity-train-set")
-def build_train_set(spec_ref: ArtifactRef, data_size: int, seed: int, store: str) -> ArtifactRef:
+def build_train_set(spec_ref: ArtifactRef, *, data_size: int, seed: int, store: str) -> ArtifactRef:
     st = Store(store)
     spec = load_spec(st, spec_ref)
     t, bits, y = train_set(spec, data_size, seed)

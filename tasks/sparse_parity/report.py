@@ -208,7 +208,7 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
 
 @quanta_task(name="sparse-parity-report")
 def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, emergence_ref: ArtifactRef,
-                               curves_refs: list[ArtifactRef], fit_cfg: FitConfig, report_cfg: ReportConfig,
+                               curves_refs: list[ArtifactRef], *, fit_cfg: FitConfig, report_cfg: ReportConfig,
                                store: str, key_prefix: str = "sparse-parity") -> ArtifactRef:
     st = Store(store)
     runs, fits, em = st.read_table(runs_ref), st.read_table(fits_ref), st.read_table(emergence_ref)
@@ -219,7 +219,7 @@ def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, eme
 
 
 @quanta_task(name="combine-fits")
-def combine_fits(fits_refs: list[ArtifactRef], store: str) -> ArtifactRef:
+def combine_fits(fits_refs: list[ArtifactRef], *, store: str) -> ArtifactRef:
     """One fits table over several alphas (same schema as a single study's)."""
     st = Store(store)
     df = pd.concat([st.read_table(r) for r in fits_refs], ignore_index=True)
@@ -256,7 +256,7 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
 
 
 @quanta_task(name="alpha-sweep-report")
-def build_sweep_report(fits_ref: ArtifactRef, report_cfg: ReportConfig, fit_cfg: FitConfig,
+def build_sweep_report(fits_ref: ArtifactRef, *, report_cfg: ReportConfig, fit_cfg: FitConfig,
                        store: str) -> ArtifactRef:
     st = Store(store)
     rep = sweep_report(st.read_table(fits_ref), report_cfg, fit_cfg)

@@ -415,7 +415,7 @@ def _short_list(xs: list[int]) -> str:
 
 @quanta_task(name="train-shard", task_run_name="train-shard-{groups}",
              cache_policy=CACHE_POLICY - "device" - "cuda_graph")
-def train_shard(spec_ref: ArtifactRef, groups: list[tuple[int, int]], train_set_refs: list[ArtifactRef | None],
+def train_shard(spec_ref: ArtifactRef, *, groups: list[tuple[int, int]], train_set_refs: list[ArtifactRef | None],
                 params: dict, store: str, device: str = "auto", cuda_graph: bool = False) -> ArtifactRef:
     """Train all widths for the given (data_size, seed) groups as one batched computation; write the curves.
     A diverging run (NaN/inf loss) raises TrainingDiverged: the task fails and nothing is stored. How it runs

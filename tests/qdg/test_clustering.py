@@ -152,12 +152,12 @@ def test_each_clustering_is_its_own_cached_task_and_new_ks_compute_only_themselv
     @flow
     def qdg_clusters(ks: list[int], seeds: list[int]):
         cfg = ClusteringConfig(n_clusters=ks, seeds=seeds)
-        sim = similarity_matrix.with_options(task_run_name="similarity")(refs, sim_cfg, store.url)
+        sim = similarity_matrix.with_options(task_run_name="similarity")(refs, cfg=sim_cfg, store=store.url)
         labels = {(k, s): cluster_labels.with_options(task_run_name=f"cluster-k{k}-s{s}")(
-            sim, k, s, cfg.spectral(), store.url) for k in cfg.n_clusters for s in cfg.seeds}
-        clustering_stability.with_options(task_run_name="stability")(list(labels.values()), store.url)
+            sim, k=k, seed=s, spectral=cfg.spectral(), store=store.url) for k in cfg.n_clusters for s in cfg.seeds}
+        clustering_stability.with_options(task_run_name="stability")(list(labels.values()), store=store.url)
         zipf_analysis.with_options(task_run_name="zipf")([labels[k, seeds[0]] for k in ks], None,
-                                                         ZipfConfig(bootstrap=0), store.url)
+                                                         cfg=ZipfConfig(bootstrap=0), store=store.url)
         return labels
 
     first = qdg_clusters([3, 4], [0, 1], return_state=True)

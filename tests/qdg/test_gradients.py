@@ -253,7 +253,7 @@ def test_abs_gradient_is_the_absolute_gradient_renormalised_computed_or_read(sel
                                  store=store.url)
 
     plain = block("gradient")
-    for ref in (block("abs_gradient"), abs_gradient_block.fn(plain, store.url)):
+    for ref in (block("abs_gradient"), abs_gradient_block.fn(plain, store=store.url)):
         arrays, attrs = store.read_zarr(ref)
         assert attrs["representation"] == "abs_gradient" and attrs["dim"] == raw.shape[1]
         np.testing.assert_allclose(arrays["g"], expect, atol=1e-5)
@@ -264,4 +264,4 @@ def test_abs_gradient_is_the_absolute_gradient_renormalised_computed_or_read(sel
     proj = Projector(raw.shape[1], 300, 0, torch.device("cpu"))(torch.from_numpy(np.abs(raw))).numpy()
     np.testing.assert_allclose(arrays["g"], proj / np.linalg.norm(proj, axis=1, keepdims=True), atol=1e-5)
     with pytest.raises(ValueError, match="unprojected gradient block"):
-        abs_gradient_block.fn(block("gradient", cfg.model_copy(update={"projection_dims": 300})), store.url)
+        abs_gradient_block.fn(block("gradient", cfg.model_copy(update={"projection_dims": 300})), store=store.url)

@@ -103,7 +103,8 @@ def test_unit_blocks_and_their_representations(selected):
     np.testing.assert_allclose(arrays["a"], a, atol=1e-6)
     np.testing.assert_allclose(arrays["loss"], df["loss"].iloc[2:9], atol=1e-5)
     for rep, raw in (("activations", a), ("attribution", a * dz), ("ablation", -a * dl)):
-        block, battrs = store.read_zarr(unit_representation.fn(units, rep, store.url))  # validated: unit rows
+        block, battrs = store.read_zarr(unit_representation.fn(units, representation=rep,
+                                                               store=store.url))  # validated: unit rows
         assert battrs["representation"] == rep and battrs["projection"] == "none" and battrs["dim"] == 64
         np.testing.assert_allclose(block["g"], raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
         np.testing.assert_allclose(block["norm"], np.linalg.norm(raw, axis=1), rtol=1e-5)

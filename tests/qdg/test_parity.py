@@ -31,8 +31,9 @@ def test_parity_model_is_the_model_the_study_trained(store, project_root):
     sp = sp.model_copy(update={"grid": sp.grid.model_copy(update={"steps": 40})})  # equality needs no more
     plan = parity_model_plan(sp, ParityModelConfig())
     assert (plan["width"], plan["seed"], plan["data_size"]) == (max(sp.grid.widths), 0, -1)
-    spec_ref = build_spec.fn(sp.task, store.url)
-    ref = parity_model.fn(spec_ref, plan["width"], plan["seed"], plan["data_size"], plan["params"], store.url)
+    spec_ref = build_spec.fn(task_cfg=sp.task, store=store.url)
+    ref = parity_model.fn(spec_ref, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
+                          params=plan["params"], store=store.url)
     mlp, loss_bits, attrs = load_parity_model(store, ref)
     assert (attrs["width"], attrs["n_tasks"], attrs["steps"]) == (plan["width"], sp.task.n_tasks, sp.grid.steps)
     # the study's shard: every width of the grid side by side, logged at the study's steps
@@ -51,7 +52,7 @@ def test_parity_model_is_the_model_the_study_trained(store, project_root):
 
 @pytest.fixture
 def modular(store):
-    spec_ref = build_spec.fn(TaskConfig(n_tasks=N_TASKS, n_bits=N_BITS, k=3, seed=0), store.url)
+    spec_ref = build_spec.fn(task_cfg=TaskConfig(n_tasks=N_TASKS, n_bits=N_BITS, k=3, seed=0), store=store.url)
     spec = load_spec(store, spec_ref)
     arrays = modular_mlp(spec, LEARNED)
     t, bits, y = eval_set(spec, 200, seed=0)
@@ -69,13 +70,13 @@ def test_samples_of_learned_subtasks_and_the_control(store, modular):
     spec_ref, spec, model, loss_bits = modular
     assert (loss_bits[LEARNED] < 1e-3).all() and (loss_bits[4:] > 1).all()  # fully learned, and not at all
     cfg = ParityModelConfig(samples_per_subtask=20, seed_samples=3)
-    arrays, attrs = store.read_zarr(parity_samples.fn(model, spec_ref, cfg, False, store.url))
+    arrays, attrs = store.read_zarr(parity_samples.fn(model, spec_ref, cfg=cfg, control=False, store=store.url))
     assert attrs["subtasks"] == LEARNED and arrays["task"].tolist() == np.repeat(LEARNED, 20).tolist()
     parity = arrays["bits"][np.arange(80)[:, None], spec.subsets[arrays["task"]]].sum(1) % 2
     assert (arrays["label"] == parity).all() and arrays["learned"].all()
-    again, _ = store.read_zarr(parity_samples.fn(model, spec_ref, cfg, False, store.url))
+    again, _ = store.read_zarr(parity_samples.fn(model, spec_ref, cfg=cfg, control=False, store=store.url))
     assert (again["bits"] == arrays["bits"]).all()  # seeded
-    control, attrs = store.read_zarr(parity_samples.fn(model, spec_ref, cfg, True, store.url))
+    control, attrs = store.read_zarr(parity_samples.fn(model, spec_ref, cfg=cfg, control=True, store=store.url))
     assert attrs["subtasks"] == [4, 5] and not control["learned"].any()
     with pytest.raises(ParityModelError, match="has learned 1 subtask.*choose a wider model"):
         chosen_subtasks(np.array([0.01, 0.5, 0.9]), 0.1, False)
@@ -89,8 +90,9 @@ def test_parity_gradients_equal_per_sample_autograd(store, modular):
     with torch.no_grad():  # move off the exact kinks so every sample has a nonzero gradient in its units
         for p in mlp.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
-    arrays, _ = store.read_zarr(parity_samples.fn(model, spec_ref, ParityModelConfig(samples_per_subtask=5), False,
-                                                  store.url))
+    arrays, _ = store.read_zarr(parity_samples.fn(model, spec_ref, cfg=ParityModelConfig(samples_per_subtask=5),
+                                                  control=False,
+                                                  store=store.url))
     task, bits, label = (torch.as_tensor(arrays[k]) for k in ("task", "bits", "label"))
     names = parity_parameter_names(GradientConfig())
     raw, loss = parity_gradients(mlp, N_TASKS, task, bits, label, names, include_control_weights=True, chunk=7)
@@ -118,7 +120,8 @@ def _ari(store, samples, model, align: bool, k: int) -> float:
 
     arrays, _ = store.read_zarr(samples)
     cfg = GradientConfig(exclude_modules=[], device="cpu")
-    blocks = [parity_gradient_block.fn(samples, model, a, b, cfg, False, align, store.url)
+    blocks = [parity_gradient_block.fn(samples, model, start=a, stop=b, cfg=cfg, include_control_weights=False,
+                                       align_label_sign=align, store=store.url)
               for a, b in gradient_block_plan(len(arrays["task"]), 50)]
     g = np.concatenate([store.read_zarr(b)[0]["g"] for b in blocks]).astype(np.float64)
     affinity = 1 - np.arccos(np.clip(g @ g.T, -1, 1)) / np.pi
@@ -129,8 +132,8 @@ def _ari(store, samples, model, align: bool, k: int) -> float:
 def test_gradients_of_a_fully_learned_modular_model_cluster_by_subtask(store, modular):
     spec_ref, _, model, _ = modular
     cfg = ParityModelConfig(samples_per_subtask=40)
-    learned = parity_samples.fn(model, spec_ref, cfg, False, store.url)
-    control = parity_samples.fn(model, spec_ref, cfg, True, store.url)
+    learned = parity_samples.fn(model, spec_ref, cfg=cfg, control=False, store=store.url)
+    control = parity_samples.fn(model, spec_ref, cfg=cfg, control=True, store=store.url)
     k = len(LEARNED)
     aligned = _ari(store, learned, model, True, k)
     assert aligned >= 0.9, aligned

@@ -26,7 +26,7 @@ N_TASKS, N_BITS, LEARNED = 6, 16, [0, 1, 2, 3]
 def modular(store):
     from tasks.qdg.parity import mlp_from_arrays
 
-    spec_ref = build_spec.fn(TaskConfig(n_tasks=N_TASKS, n_bits=N_BITS, k=3, seed=0), store.url)
+    spec_ref = build_spec.fn(task_cfg=TaskConfig(n_tasks=N_TASKS, n_bits=N_BITS, k=3, seed=0), store=store.url)
     spec = load_spec(store, spec_ref)
     arrays = modular_mlp(spec, LEARNED)
     loss_bits = subtask_loss_bits(mlp_from_arrays(arrays), spec, 200)
@@ -45,8 +45,9 @@ def _noisy(store, model):
 
 
 def _samples(store, spec_ref, model, n=5):
-    arrays, _ = store.read_zarr(parity_samples.fn(model, spec_ref, ParityModelConfig(samples_per_subtask=n), False,
-                                                  store.url))
+    arrays, _ = store.read_zarr(parity_samples.fn(model, spec_ref, cfg=ParityModelConfig(samples_per_subtask=n),
+                                                  control=False,
+                                                  store=store.url))
     return tuple(torch.as_tensor(arrays[k]) for k in ("task", "bits", "label"))
 
 
@@ -129,7 +130,8 @@ def _ari(store, samples, model, representation: str, k: int) -> float:
 
     arrays, _ = store.read_zarr(samples)
     cfg = GradientConfig(exclude_modules=[], device="cpu")
-    blocks = [parity_representation_block.fn(samples, model, a, b, representation, cfg, False, False, store.url)
+    blocks = [parity_representation_block.fn(samples, model, start=a, stop=b, representation=representation, cfg=cfg,
+                                             include_control_weights=False, align_label_sign=False, store=store.url)
               for a, b in gradient_block_plan(len(arrays["task"]), 50)]
     g = np.concatenate([store.read_zarr(b)[0]["g"] for b in blocks]).astype(np.float64)
     assert store.read_zarr(blocks[0])[1]["representation"] == representation
@@ -140,7 +142,8 @@ def _ari(store, samples, model, representation: str, k: int) -> float:
 def test_every_sign_free_representation_recovers_the_subtasks_of_the_modular_model(store, modular):
     spec_ref, _, model, loss_bits = modular
     assert (loss_bits[LEARNED] < 1e-3).all() and (loss_bits[4:] > 1).all()
-    learned = parity_samples.fn(model, spec_ref, ParityModelConfig(samples_per_subtask=40), False, store.url)
+    learned = parity_samples.fn(model, spec_ref, cfg=ParityModelConfig(samples_per_subtask=40), control=False,
+                                store=store.url)
     aris = {rep: _ari(store, learned, model, rep, len(LEARNED)) for rep in REPRESENTATIONS}
     for rep in SIGN_FREE:
         assert aris[rep] >= 0.95, aris

@@ -95,7 +95,7 @@ def test_sizes_from_labels_needs_one_clustering_per_k_over_the_same_tokens():
 def test_zipf_task_writes_a_validated_table_from_labels_and_lm_fits(store):
     refs = [store.write_table("qdg.labels", _labels_for(_planted_sizes(20, -1.1, top=600), 20))]
     fits = store.write_table("lm.fits", _fits(0.1, 0.05, 0.15))
-    ref = zipf_analysis.fn(refs, fits, ZipfConfig(bootstrap=20), store.url)
+    ref = zipf_analysis.fn(refs, fits, cfg=ZipfConfig(bootstrap=20), store=store.url)
     table = store.read_table(ref)
     assert ref.kind == "qdg.zipf" and table["scope"].tolist() == ["k", "envelope"]
     row = table.iloc[0]
