@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.sparse_parity import sparse_parity_pipeline, sparse_parity_preflight
+from flows.sparse_parity import preflight as sparse_parity_preflight
+from flows.sparse_parity import sparse_parity_pipeline
 from schemas.sparse_parity import AlphaSweepConfig
 from storage import Store
 from tasks.sparse_parity.report import build_sweep_report, combine_fits, config_for_alpha, sweep_results
@@ -25,9 +26,18 @@ def alpha_sweep_flow(config: AlphaSweepConfig, store: str | None = None) -> dict
     for a, refs in per_alpha.items():
         artifacts[f"fits_alpha{a:g}"] = refs["fits"]
         artifacts[f"runs_alpha{a:g}"] = refs["runs"]
-    return {"artifacts": artifacts, "results": sweep_results(Store(store), fits, report, config.sweep.alphas)}
+    return {"artifacts": artifacts, "results": results(Store(store), artifacts, config)}
+
+
+def results(st: Store, refs: dict, config: AlphaSweepConfig) -> dict:
+    """The sweep's headline numbers (`quanta run --json`): each alpha's exponents beside theory."""
+    return sweep_results(st, refs["fits"], refs["report"], config.sweep.alphas)
+
+
+def preflight(config: AlphaSweepConfig) -> None:
+    """The sparse-parity study's device and memory checks, before any alpha trains."""
+    sparse_parity_preflight(config)
 
 
 CONFIG = AlphaSweepConfig
 FLOW = alpha_sweep_flow
-PREFLIGHT = sparse_parity_preflight  # the same device and memory checks, before any alpha trains

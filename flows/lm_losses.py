@@ -61,7 +61,12 @@ def lm_losses_flow(config: LMConfig = LMConfig(), store: str | None = None) -> d
     artifacts = {k: v for k, v in refs.items() if k not in ("models", "loss_columns") and v is not None}
     artifacts.update({f"model_{i}": r for i, r in enumerate(refs["models"])})
     artifacts.update({f"loss_column_{i}": r for i, r in enumerate(refs["loss_columns"])})
-    return {"artifacts": artifacts, "results": study_results(Store(store), refs)}
+    return {"artifacts": artifacts, "results": results(Store(store), refs, config)}
+
+
+def results(st: Store, refs: dict, config: LMConfig) -> dict:
+    """The study's headline numbers (`quanta run --json`): alpha_N of the mean loss, the token classes."""
+    return study_results(st, refs)
 
 
 def preflight(config: LMConfig) -> None:
@@ -77,4 +82,3 @@ def preflight(config: LMConfig) -> None:
 
 CONFIG = LMConfig
 FLOW = lm_losses_flow
-PREFLIGHT = preflight

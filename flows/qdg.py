@@ -177,10 +177,15 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
                           if per[name] is not None})
     if refs["agreement"] is not None:
         artifacts["representation_ari"] = refs["agreement"]
-    return {"artifacts": artifacts, "results": qdg_results(Store(store), refs, config.zipf)}
+    return {"artifacts": artifacts, "results": results(Store(store), refs, config)}
 
 
-def qdg_preflight(config: QDGConfig) -> None:
+def results(st: Store, refs: dict, config: QDGConfig) -> dict:
+    """The study's headline numbers (`quanta run --json`): the Zipf slope of cluster sizes beside the prediction."""
+    return qdg_results(st, refs, config.zipf)
+
+
+def preflight(config: QDGConfig) -> None:
     """Before any work: the lm-losses checks (device, corpus files), the gradients' device, a Dask LocalCluster that
     fits this machine, and room for the dense similarity path (`clustering.method` / `dense_max_n`) in its memory."""
     lm_preflight(config.lm)
@@ -221,4 +226,3 @@ def _log_info(message: str) -> None:
 
 CONFIG = QDGConfig
 FLOW = qdg_flow
-PREFLIGHT = qdg_preflight

@@ -177,16 +177,20 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
     artifacts["benchmark"] = refs["benchmark"]
     for (regime, rep), e in refs["bench_runs"].items():
         artifacts[f"similarity_{regime}_{rep}"] = e["run"]["similarity"]
-    results = ground_truth_results(Store(store), refs, variant_name(*variants(config)[0]))
-    bench = Store(store).read_table(refs["benchmark"])
-    results["benchmark"] = benchmark_records(bench)
-    results["best"] = best_row(bench)
-    results["regimes"] = list(config.regimes)
-    results["representations"] = list(config.representations)
-    return {"artifacts": artifacts, "results": jsonable(results)}
+    return {"artifacts": artifacts, "results": results(Store(store), refs, config)}
 
 
-def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
+def results(st: Store, refs: dict, config: QDGSparseParityConfig) -> dict:
+    """The study's headline numbers (`quanta run --json`): each variant's ARI against the true subtasks, and the
+    benchmark table with its best row."""
+    out = ground_truth_results(st, refs, variant_name(*variants(config)[0]))
+    bench = st.read_table(refs["benchmark"])
+    out.update(benchmark=benchmark_records(bench), best=best_row(bench), regimes=list(config.regimes),
+               representations=list(config.representations))
+    return jsonable(out)
+
+
+def preflight(config: QDGSparseParityConfig) -> None:
     """Before any work: the model asked for is in the grid (width, seed, depth 1), the devices exist and the Dask
     LocalCluster fits this machine."""
     try:
@@ -211,4 +215,3 @@ def qdg_sparse_parity_preflight(config: QDGSparseParityConfig) -> None:
 
 CONFIG = QDGSparseParityConfig
 FLOW = qdg_sparse_parity_flow
-PREFLIGHT = qdg_sparse_parity_preflight

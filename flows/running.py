@@ -1,6 +1,6 @@
 """Running a study: its flow in this process (or its tasks on Dask), and the one JSON shape every study prints.
 
-Before any work: the study's PREFLIGHT (machine and file checks), and the removal of what killed writers left in the
+Before any work: the study's preflight (machine and file checks), and the removal of what killed writers left in the
 store (storage.debris). Without a Prefect API (PREFECT_API_URL unset) the run gets a temporary server that dies with
 this process (flows.local_server), so a killed run leaves no orphan server on the Prefect home's database.
 """

@@ -43,10 +43,15 @@ def sparse_parity_flow(config: SparseParityConfig = SparseParityConfig(), store:
     refs = sparse_parity_pipeline(config, store)
     artifacts = {k: v for k, v in refs.items() if k != "curves"}
     artifacts.update({f"curves_{i}": r for i, r in enumerate(refs["curves"])})
-    return {"artifacts": artifacts, "results": study_results(Store(store), refs, config.task.alpha)}
+    return {"artifacts": artifacts, "results": results(Store(store), refs, config)}
 
 
-def sparse_parity_preflight(config: SparseParityConfig) -> None:
+def results(st: Store, refs: dict, config: SparseParityConfig) -> dict:
+    """The study's headline numbers (`quanta run --json`): the fitted exponents beside theory."""
+    return study_results(st, refs, config.task.alpha)
+
+
+def preflight(config: SparseParityConfig) -> None:
     """Before any work (the CLI and run_study call it): grid.device exists here, and every training shard fits in
     its memory (estimated from the config: parameters, gradients, AdamW moments, activations, data). Raises a
     UserInputError (DeviceError, ConfigError) with one line naming the fields to change. The alpha sweep's configs pass the same checks."""
@@ -56,4 +61,3 @@ def sparse_parity_preflight(config: SparseParityConfig) -> None:
 
 CONFIG = SparseParityConfig
 FLOW = sparse_parity_flow
-PREFLIGHT = sparse_parity_preflight

@@ -1,8 +1,8 @@
 """The study registry: each study's flow module and default config.
 
-A flow module defines `CONFIG` (its pydantic config model) and `FLOW` (its Prefect flow), and may define
-`PREFLIGHT(config)`: checks that need the machine or the file system (a device, memory, input files) and must fail
-before any work runs, raising a `schemas.UserInputError` (a `ConfigError`, or e.g. `tasks.devices.DeviceError`) with
+A flow module defines `CONFIG` (its pydantic config model), `FLOW` (its Prefect flow), `results(st, refs, config)`
+(the headline numbers its flow returns and `quanta run --json` prints) and `preflight(config)`: checks that need the
+machine or the file system (a device, memory, input files) and must fail before any work runs, raising a `schemas.UserInputError` (a `ConfigError`, or e.g. `tasks.devices.DeviceError`) with
 one line that names the field, file or value.
 
 Errors a user's input causes that only a task can find (a corpus whose every file is rejected) are raised as
@@ -27,10 +27,8 @@ class Study:
         return mod.CONFIG, mod.FLOW
 
     def preflight(self, config) -> None:
-        """The study's PREFLIGHT(config), if it has one."""
-        check = getattr(importlib.import_module(self.module), "PREFLIGHT", None)
-        if check is not None:
-            check(config)
+        """The study's preflight(config): machine and file checks, before any work."""
+        importlib.import_module(self.module).preflight(config)
 
 
 STUDIES: dict[str, Study] = {

@@ -53,3 +53,17 @@ def test_the_cli_lists_every_study():
     help_text = next(a.help for a in run._actions if a.dest == "study")
     missing = [name for name in STUDIES if name not in help_text]
     assert not missing, f"`quanta run --help` does not list {missing}"
+
+
+def test_every_study_module_has_the_registry_contract():
+    """CONFIG, FLOW, results(st, refs, config) and preflight(config): one name for each, in every study."""
+    import importlib
+    import inspect
+
+    for name, study in STUDIES.items():
+        mod = importlib.import_module(study.module)
+        for attr in ("CONFIG", "FLOW", "results", "preflight"):
+            assert hasattr(mod, attr), f"{name}: {study.module} defines no {attr}"
+        assert list(inspect.signature(mod.results).parameters) == ["st", "refs", "config"], \
+            f"{name}: results(st, refs, config) is the signature every study shares"
+        assert list(inspect.signature(mod.preflight).parameters) == ["config"], f"{name}: preflight(config)"

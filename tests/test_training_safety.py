@@ -111,7 +111,7 @@ def test_hidden_layers_hold_the_sum_of_width_squares(spec):
 
 
 def test_preflight_refuses_a_grid_that_does_not_fit_with_the_estimate():
-    from flows.sparse_parity import PREFLIGHT
+    from flows.sparse_parity import preflight
 
     cpu = torch.device("cpu")
     ok = load_config(SparseParityConfig, TINY, ["grid.widths=[8, 60000]"])
@@ -127,7 +127,7 @@ def test_preflight_refuses_a_grid_that_does_not_fit_with_the_estimate():
     assert "\n" not in msg
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="grid.device = 'cuda' but no CUDA device"):  # a UserInputError
-            PREFLIGHT(load_config(SparseParityConfig, TINY, ["grid.device='cuda'"]))
+            preflight(load_config(SparseParityConfig, TINY, ["grid.device='cuda'"]))
 
 
 def test_cli_refuses_before_any_work(tmp_path, capsys):

@@ -83,7 +83,7 @@ def _list_files(cfg: CorpusConfig) -> list[Path]:
 
 def corpus_files(cfg: CorpusConfig) -> list[Path]:
     """The candidate files of a stdlib/files/jsonl corpus, in reading order; CorpusError (one line naming the path)
-    when the path does not exist or holds no file. A cheap check for before any work (flows.lm_losses PREFLIGHT)."""
+    when the path does not exist or holds no file. A cheap check for before any work (flows.lm_losses.preflight)."""
     return _list_files(cfg)
 
 

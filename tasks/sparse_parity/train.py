@@ -364,7 +364,7 @@ def shard_memory(n_tasks: int, n_bits: int, params: dict, groups: list[tuple[int
                  device: torch.device) -> dict[str, int]:
     """Bytes one training shard holds at its peak, by part: "model" (parameters, gradients, AdamW moments),
     "activations" (the training and evaluation chunks' workspaces), "data" (a batch, the eval set, finite
-    training sets, fresh batches drawn ahead). An estimate from the config alone (no allocation); PREFLIGHT
+    training sets, fresh batches drawn ahead). An estimate from the config alone (no allocation); preflight
     compares it with the machine."""
     widths, depth, B, G = params["widths"], params["depth"], params["batch_size"], len(groups)
     H, M = sum(widths), len(widths)

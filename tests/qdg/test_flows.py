@@ -128,7 +128,7 @@ def test_bad_qdg_configs_fail_at_load_naming_the_field(project_root, override, m
 
 
 def test_dense_clustering_beyond_this_machine_fails_before_work(project_root):
-    from flows.qdg import qdg_preflight
+    from flows.qdg import preflight as qdg_preflight
 
     cfg = _qdg_tiny(project_root, "selection.n_tokens=2000000", "clustering.method='dense'")
     with pytest.raises(ConfigError, match=r"dense spectral clustering of 2,000,000 tokens needs .* set "
