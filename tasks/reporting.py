@@ -122,13 +122,13 @@ class Report:
             (path / name).write_text(text)
 
 
-def lineage_graph(store: Store, inputs: list[ArtifactRef]) -> LineageGraph:
+def lineage_graph(st: Store, inputs: list[ArtifactRef]) -> LineageGraph:
     """The lineage closure of a report's inputs (the artifacts its plots and tables come from, and everything they
     were computed from), read record by record from the store's lineage index."""
-    return graph_of(upstream_closure(store.lineage, [r.content_hash for r in inputs]))
+    return graph_of(upstream_closure(st.lineage, [r.content_hash for r in inputs]))
 
 
-def publish(report: Report, store: Store, key_prefix: str, *, inputs: list[ArtifactRef],
+def publish(report: Report, st: Store, key_prefix: str, *, inputs: list[ArtifactRef],
             params: dict | None = None) -> ArtifactRef:
     """Write the report into the store and, inside a Prefect run, as keyed Prefect artifacts: the report
     (`<key_prefix>-report`, markdown with embedded plots), its tables (`<key_prefix>-<table>`) and its lineage
@@ -137,10 +137,10 @@ def publish(report: Report, store: Store, key_prefix: str, *, inputs: list[Artif
 
     The report itself ends with the same graph (kinds, hashes and producing tasks only, so that the report's
     content, hence its hash, does not change with run ids or times)."""
-    graph = lineage_graph(store, inputs)
+    graph = lineage_graph(st, inputs)
     report.mermaid("**Where this report comes from** (each artifact it was computed from, by content hash; "
                    "`quanta lineage <hash>` shows one in full)", graph.to_mermaid())
-    ref = store.write_dir("report", report.write, inputs=inputs, params=params)
+    ref = st.write_dir("report", report.write, inputs=inputs, params=params)
     from prefect.context import FlowRunContext, TaskRunContext
 
     if not (TaskRunContext.get() or FlowRunContext.get()):
@@ -155,7 +155,7 @@ def publish(report: Report, store: Store, key_prefix: str, *, inputs: list[Artif
         records = df.replace({np.nan: None}).to_dict(orient="records")
         create_table_artifact(table=records, key=table_keys[name], description=f"{report.title}: {name}")
     nodes = dict(graph.nodes)
-    nodes[ref.content_hash] = store.lineage(ref.content_hash)
+    nodes[ref.content_hash] = st.lineage(ref.content_hash)
     run_id = _current_flow_run_id()
     roles = {h: PRODUCED if _written_by(r, run_id) else REUSED for h, r in nodes.items()}
     full = graph_of(nodes, roles, f"{report.title}: lineage")

@@ -128,12 +128,12 @@ def spectral_labels(affinity, k: int, seed: int, options: SpectralOptions = Spec
     return canonical_labels(labels)
 
 
-def read_affinity(store: Store, ref: ArtifactRef):
+def read_affinity(st: Store, ref: ArtifactRef):
     """(affinity, rows): a dense float32 (n, n) A from a `qdg.similarity`, or the sparse CSR A of a
     `qdg.knn_affinity`; rows (n,) int64 = selection rows. Validated on read."""
     if ref.kind not in AFFINITY_KINDS:
         raise ValueError(f"{ref.short} is a {ref.kind}: clustering needs one of {AFFINITY_KINDS}")
-    group = store.open_zarr(ref)
+    group = st.open_zarr(ref)
     rows = np.asarray(group["row"][...], dtype=np.int64)
     if ref.kind == "qdg.similarity":
         return affinity_from_cosine(group["c"], np.empty(group["c"].shape, dtype=np.float32)), rows
@@ -142,9 +142,9 @@ def read_affinity(store: Store, ref: ArtifactRef):
     return a, rows
 
 
-def affinity_size(store: Store, ref: ArtifactRef) -> int:
+def affinity_size(st: Store, ref: ArtifactRef) -> int:
     """n of an affinity source, from its attrs (cheap: no validation pass)."""
-    return int(store.open_zarr(ref, validate=False, verify_hash=False).attrs["n"])
+    return int(st.open_zarr(ref, validate=False, verify_hash=False).attrs["n"])
 
 
 def labels_table(rows: np.ndarray, labels: np.ndarray, k: int, seed: int) -> pd.DataFrame:
@@ -153,15 +153,15 @@ def labels_table(rows: np.ndarray, labels: np.ndarray, k: int, seed: int) -> pd.
                          "k": np.full(n, k, dtype=np.int64), "seed": np.full(n, seed, dtype=np.int64)})
 
 
-def cluster_labels_to_store(store: Store, affinity: ArtifactRef, k: int, seed: int,
+def cluster_labels_to_store(st: Store, affinity: ArtifactRef, k: int, seed: int,
                             options: SpectralOptions) -> ArtifactRef:
     """One clustering without Prefect: k is checked against n before the affinity is read."""
-    check_k(k, affinity_size(store, affinity))
-    a, rows = read_affinity(store, affinity)
+    check_k(k, affinity_size(st, affinity))
+    a, rows = read_affinity(st, affinity)
     labels = spectral_labels(a, k, seed, options)
     run_logger().info("clustering k = %d, seed = %d: %d non-empty clusters, largest %d of %d tokens", k, seed,
                       len(np.unique(labels)), int(np.bincount(labels).max()), len(labels))
-    return store.write_table("qdg.labels", labels_table(rows, labels, k, seed), inputs=[affinity],
+    return st.write_table("qdg.labels", labels_table(rows, labels, k, seed), inputs=[affinity],
                              params={"k": k, "seed": seed, "spectral": options.model_dump(mode="json")})
 
 

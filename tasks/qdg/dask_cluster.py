@@ -46,9 +46,9 @@ def scheduler_address(cfg: SimilarityConfig) -> str | None:
     return None if address == "local" else address
 
 
-def workers_can_reach(store: Store) -> bool:
+def workers_can_reach(st: Store) -> bool:
     """False for a store held in this process's memory (fsspec memory://), which other processes cannot open."""
-    protocols = store.fs.protocol if isinstance(store.fs.protocol, (tuple, list)) else (store.fs.protocol,)
+    protocols = st.fs.protocol if isinstance(st.fs.protocol, (tuple, list)) else (st.fs.protocol,)
     return "memory" not in protocols
 
 
@@ -62,7 +62,7 @@ def _current_worker():
 
 
 @contextlib.contextmanager
-def dask_client(cfg: SimilarityConfig, store: Store, task_bytes: int = 0) -> Iterator:
+def dask_client(cfg: SimilarityConfig, st: Store, task_bytes: int = 0) -> Iterator:
     """Yield a `distributed.Client` for one computation over `store` (see the module docstring for which).
 
     `task_bytes`: the peak memory of one block task (`block_bytes`); a worker memory limit too small for it fails
@@ -71,17 +71,17 @@ def dask_client(cfg: SimilarityConfig, store: Store, task_bytes: int = 0) -> Ite
 
     address = scheduler_address(cfg)
     log = run_logger()
-    local = address is None and workers_can_reach(store) and _current_worker() is None
+    local = address is None and workers_can_reach(st) and _current_worker() is None
     if address is None and _current_worker() is None:
         check_local_cluster(cfg)
     if local:
         check_worker_memory(task_bytes, cfg.threads_per_worker, cfg.memory_limit_bytes)
-    if not workers_can_reach(store):
+    if not workers_can_reach(st):
         if address is not None:
-            raise ValueError(f"the store {store.url} lives in this process's memory; the Dask workers at {address} "
+            raise ValueError(f"the store {st.url} lives in this process's memory; the Dask workers at {address} "
                              "cannot reach it: use a store they share (a shared path or an s3:// / gcs:// URL), or no "
                              "dask_address")
-        log.info("store %s is in this process's memory: Dask runs on threads in this process", store.url)
+        log.info("store %s is in this process's memory: Dask runs on threads in this process", st.url)
         threads = cfg.n_workers * cfg.threads_per_worker
         with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address="127.0.0.1:0",
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:

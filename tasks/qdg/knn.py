@@ -45,23 +45,23 @@ def knn_graph(cosines: np.ndarray, columns: np.ndarray) -> sp.csr_array:
     return a
 
 
-def knn_affinity_to_store(store: Store, blocks: Sequence[ArtifactRef], neighbors: int,
+def knn_affinity_to_store(st: Store, blocks: Sequence[ArtifactRef], neighbors: int,
                           cfg: SimilarityConfig) -> ArtifactRef:
     """The kNN affinity stage without Prefect: read the blocks, find neighbours on Dask, publish
     `qdg.knn_affinity`."""
-    g, rows, dim = gradient_matrix(store, blocks, cfg.chunk_rows, cfg.chunk_dim)
+    g, rows, dim = gradient_matrix(st, blocks, cfg.chunk_rows, cfg.chunk_dim)
     n, r = int(rows.size), int(g.chunks[0][0])
     if neighbors > n:
         raise ValueError(f"clustering.knn_neighbors = {neighbors} must be <= the number of tokens ({n})")
     run_logger().info("knn affinity: n = %d tokens, dim = %d, %d neighbours, %d row blocks", n, dim, neighbors,
                       g.numblocks[0])
-    with dask_client(cfg, store, block_bytes(r, int(g.chunks[1][0]))) as client:
+    with dask_client(cfg, st, block_bytes(r, int(g.chunks[1][0]))) as client:
         cosines, columns = nearest_neighbours(g, neighbors, client)
     a = knn_graph(cosines, columns)
     arrays = {"indptr": a.indptr.astype(np.int64), "indices": a.indices.astype(np.int64),
               "data": a.data.astype(np.float32), "row": rows}
     attrs = {"n": n, "dim": dim, "neighbors": neighbors, "symmetrised": "union"}
-    return store.write_zarr("qdg.knn_affinity", arrays, attrs, inputs=list(blocks),
+    return st.write_zarr("qdg.knn_affinity", arrays, attrs, inputs=list(blocks),
                             params={"knn_neighbors": neighbors, "similarity": cfg.model_dump(mode="json")})
 
 

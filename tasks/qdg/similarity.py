@@ -26,7 +26,7 @@ class GradientInputError(UserInputError):
     """The gradient blocks do not form one matrix G (no blocks, different dims, rows out of order)."""
 
 
-def gradient_matrix(store: Store, blocks: Sequence[ArtifactRef], chunk_rows: int, chunk_dim: int | None = None):
+def gradient_matrix(st: Store, blocks: Sequence[ArtifactRef], chunk_rows: int, chunk_dim: int | None = None):
     """G as a lazy Dask array over the blocks' Zarr arrays, each block validated on open.
 
     Returns (g, rows, dim): g (n, dim) float32 chunked (chunk_rows, chunk_dim or dim); rows (n,) int64, the selection
@@ -39,7 +39,7 @@ def gradient_matrix(store: Store, blocks: Sequence[ArtifactRef], chunk_rows: int
     for ref in blocks:
         if ref.kind != "qdg.gradient_block":
             raise GradientInputError(f"{ref.short} is a {ref.kind}, not a qdg.gradient_block")
-        group = store.open_zarr(ref)
+        group = st.open_zarr(ref)
         g = group["g"]
         parts.append(da.from_zarr(g))
         rows.append(np.asarray(group["row"][...], dtype=np.int64))
@@ -68,17 +68,17 @@ def write_similarity(g, out, client, name: str = "similarity") -> None:
     compute_blocks(client, written.to_delayed().ravel().tolist(), name)
 
 
-def similarity_matrix_to_store(store: Store, blocks: Sequence[ArtifactRef], cfg: SimilarityConfig) -> ArtifactRef:
+def similarity_matrix_to_store(st: Store, blocks: Sequence[ArtifactRef], cfg: SimilarityConfig) -> ArtifactRef:
     """The similarity stage without Prefect: read the blocks, compute C on Dask, publish `qdg.similarity`."""
-    g, rows, dim = gradient_matrix(store, blocks, cfg.chunk_rows, cfg.chunk_dim)
+    g, rows, dim = gradient_matrix(st, blocks, cfg.chunk_rows, cfg.chunk_dim)
     n, r = int(rows.size), int(g.chunks[0][0])
     log = run_logger()
     log.info("similarity: n = %d tokens, dim = %d, %d x %d blocks of %d rows", n, dim, g.numblocks[0],
              g.numblocks[0], r)
     attrs = {"n": n, "dim": dim, "chunk_rows": r}
     params = {"similarity": cfg.model_dump(mode="json")}
-    with dask_client(cfg, store, block_bytes(r, int(g.chunks[1][0]))) as client:
-        with store.zarr_writer("qdg.similarity", attrs=attrs, inputs=list(blocks), params=params) as writer:
+    with dask_client(cfg, st, block_bytes(r, int(g.chunks[1][0]))) as client:
+        with st.zarr_writer("qdg.similarity", attrs=attrs, inputs=list(blocks), params=params) as writer:
             out = writer.group.create_array("c", shape=(n, n), chunks=(r, r), dtype="float32",
                                             compressors=None)  # cosines of noisy gradients barely compress
             writer.group.create_array("row", shape=(n,), dtype="int64", chunks=(max(1, n),))[...] = rows

@@ -134,8 +134,8 @@ def build_spec(*, task_cfg: TaskConfig, store: str) -> ArtifactRef:
         attrs=task_cfg.model_dump(), params=task_cfg.model_dump())
 
 
-def load_spec(store: Store, ref: ArtifactRef) -> SparseParitySpec:
-    arrays, attrs = store.read_zarr(ref)
+def load_spec(st: Store, ref: ArtifactRef) -> SparseParitySpec:
+    arrays, attrs = st.read_zarr(ref)
     return spec_from_arrays(arrays, attrs)
 
 
