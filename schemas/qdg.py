@@ -21,7 +21,7 @@ from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, PARAMETER_SPACE_REPRES
                                  REGIMES, REPRESENTATIONS, BenchmarkConfig, ClusteringConfig, GradientConfig,
                                  GroupLassoConfig, LongTrainingConfig, ParityModelConfig, QDGConfig,
                                  QDGSparseParityConfig, Regime, ReportConfig, Representation, SelectionConfig,
-                                 SimilarityConfig, SpectralOptions, ZipfConfig, parse_bytes)
+                                 SimilarityConfig, SpectralOptions, ZipfConfig)
 from schemas.tables import StrictTable
 
 

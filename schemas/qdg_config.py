@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 
 from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import StrictModel, include_section, positive_distinct
@@ -83,18 +83,6 @@ class GradientConfig(StrictModel):
         return v
 
 
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-               "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'4GB' -> 4e9, '512MiB' -> 2**29 (Dask's units: kB/MB/GB powers of 1000, KiB/MiB/GiB powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", str(text))
-    if m is None or m.group(2).lower() not in _BYTE_UNITS:
-        raise ValueError(f"not a memory size: {text!r} (e.g. '4GB', '512MiB')")
-    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
-
-
 class SimilarityConfig(StrictModel):
     """C = G G^T with dask.array over the gradient blocks (rows-only chunks), written to Zarr in square chunks.
 
@@ -109,36 +97,40 @@ class SimilarityConfig(StrictModel):
     n_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
     threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker (each runs one block's "
                                     "single-threaded BLAS)")
-    memory_limit: str = Field("4GB", description="LocalCluster memory limit per worker (e.g. '2GB'; Dask pauses a "
-                              "worker at 80% of it and restarts it at 95%)")
+    memory_limit: ByteSize = Field(ByteSize(4 * 10**9), description="LocalCluster memory limit per worker: bytes, "
+                                   "or a size such as '2GB' or '512MiB' (GB = 10^9 bytes, GiB = 2^30, as Dask reads "
+                                   "them); Dask pauses a worker at 80% of it and restarts it at 95%")
 
     @field_validator("memory_limit")
     @classmethod
-    def _memory(cls, v: str) -> str:
-        if parse_bytes(v) <= 0:
-            raise ValueError(f"memory_limit must be positive (got {v!r})")
+    def _memory(cls, v: ByteSize) -> ByteSize:
+        if v <= 0:
+            raise ValueError(f"memory_limit must be positive (got {int(v)} bytes)")
         return v
-
-    @property
-    def memory_limit_bytes(self) -> int:
-        return parse_bytes(self.memory_limit)
 
 
 class SpectralOptions(StrictModel):
     """The settings one spectral clustering task depends on (so that changing the list of cluster counts or seeds
-    leaves the existing (k, seed) tasks `Cached`)."""
+    leaves the existing (k, seed) tasks `Cached`). `ClusteringConfig` is these plus the study's k, seeds and
+    method; `ClusteringConfig.spectral()` hands a task only these."""
 
-    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = "auto"
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = "cluster_qr"
-    n_init: int = Field(10, ge=1)
+    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
+        "auto", description="auto: randomized (scikit-learn's randomized_svd) on the dense affinity, amg (pyamg) on "
+        "the kNN affinity; arpack = scikit-learn's exact default")
+    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = Field(
+        "cluster_qr", description="labels from the spectral embedding: cluster_qr (deterministic; ~300x faster than "
+        "k-means with 10 restarts at 10,000 tokens and k = 400, as accurate on planted clusters) or kmeans (the "
+        "paper's, with n_init restarts; then seeds also vary k-means)")
+    n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
 
 
 # bytes per entry of a dense clustering of n rows (n^2 entries): C, the affinity and scikit-learn's working copies
 DENSE_BYTES_PER_ENTRY = 28
 
 
-class ClusteringConfig(StrictModel):
-    """Spectral clustering on the affinity A = 1 - arccos(C)/pi, for each k, seeded."""
+class ClusteringConfig(SpectralOptions):
+    """Spectral clustering on the affinity A = 1 - arccos(C)/pi, for each k, seeded (the spectral settings are
+    `SpectralOptions`' fields, at the same level of the config: `clustering.eigen_solver`)."""
 
     n_clusters: list[int] = Field([10, 20, 40], description="cluster counts k (paper figures: 400)")
     seeds: list[int] = Field([0, 1], description="clustering seeds; the first is the result, the others measure "
@@ -149,14 +141,6 @@ class ClusteringConfig(StrictModel):
                              f"~{DENSE_BYTES_PER_ENTRY} n^2 bytes: 4 GB at 12,000)")
     knn_neighbors: int = Field(30, ge=2, description="neighbours per row of the sparse affinity, itself included "
                                "(knn method)")
-    eigen_solver: Literal["auto", "arpack", "lobpcg", "amg", "randomized"] = Field(
-        "auto", description="auto: randomized (scikit-learn's randomized_svd) on the dense affinity, amg (pyamg) on "
-        "the kNN affinity; arpack = scikit-learn's exact default")
-    assign_labels: Literal["kmeans", "discretize", "cluster_qr"] = Field(
-        "cluster_qr", description="labels from the spectral embedding: cluster_qr (deterministic; ~300x faster than "
-        "k-means with 10 restarts at 10,000 tokens and k = 400, as accurate on planted clusters) or kmeans (the "
-        "paper's, with n_init restarts; then seeds also vary k-means)")
-    n_init: int = Field(10, ge=1, description="k-means restarts on the spectral embedding (paper: 30)")
     compare_projection_dims: int | None = Field(
         None, ge=1, description="also cluster the gradients JL-projected to this many dims (first seed, every k) and "
         "report the adjusted Rand index against the clusters of the gradients as configured (None = no comparison; "
@@ -184,7 +168,8 @@ class ClusteringConfig(StrictModel):
         return "dense" if n <= self.dense_max_n else "knn"
 
     def spectral(self) -> SpectralOptions:
-        return SpectralOptions(eigen_solver=self.eigen_solver, assign_labels=self.assign_labels, n_init=self.n_init)
+        """The part of this config one (k, seed) clustering task depends on."""
+        return SpectralOptions(**{name: getattr(self, name) for name in SpectralOptions.model_fields})
 
 
 class ZipfConfig(StrictModel):

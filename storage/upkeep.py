@@ -22,6 +22,7 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+from pydantic import ByteSize
 
 from storage.lineage_graph import upstream_closure
 
@@ -133,11 +134,8 @@ def totals_by_kind(inv: pd.DataFrame) -> pd.DataFrame:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """'512B', '1.5MiB': pydantic's ByteSize in binary units."""
+    return ByteSize(int(n)).human_readable()
 
 
 # ------------------------------------------------------------------------------------------ garbage collection

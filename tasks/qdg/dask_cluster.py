@@ -75,7 +75,7 @@ def dask_client(cfg: SimilarityConfig, st: Store, task_bytes: int = 0) -> Iterat
     if address is None and _current_worker() is None:
         check_local_cluster(cfg)
     if local:
-        check_worker_memory(task_bytes, cfg.threads_per_worker, cfg.memory_limit_bytes)
+        check_worker_memory(task_bytes, cfg.threads_per_worker, int(cfg.memory_limit))
     if not workers_can_reach(st):
         if address is not None:
             raise ValueError(f"the store {st.url} lives in this process's memory; the Dask workers at {address} "
@@ -100,10 +100,10 @@ def dask_client(cfg: SimilarityConfig, st: Store, task_bytes: int = 0) -> Iterat
         return
     with quiet_distributed(), LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
                                            processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                           memory_limit=cfg.memory_limit, silence_logs=logging.ERROR) as cluster, \
+                                           memory_limit=int(cfg.memory_limit), silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         log.info("Dask: LocalCluster of %d x %d threads, %s per worker, dashboard %s", cfg.n_workers,
-                 cfg.threads_per_worker, cfg.memory_limit, client.dashboard_link)
+                 cfg.threads_per_worker, cfg.memory_limit.human_readable(decimal=True), client.dashboard_link)
         yield client
 
 
@@ -136,13 +136,12 @@ def check_local_cluster(cfg: SimilarityConfig, section: str = "similarity") -> N
             f"than this machine's {cpus} CPU cores can run (at most {WORKERS_PER_CPU * cpus} worker threads): lower "
             f"{section}.n_workers, or give a {section}.dask_address")
     total = psutil.virtual_memory().total
-    need = cfg.n_workers * cfg.memory_limit_bytes
+    need, limit = cfg.n_workers * int(cfg.memory_limit), cfg.memory_limit.human_readable(decimal=True)
     if need > total:
-        fits = max(total // cfg.memory_limit_bytes, 0)
         raise DaskMachineError(
-            f"{section}.n_workers x {section}.memory_limit = {cfg.n_workers} x {cfg.memory_limit} "
-            f"({need / 1e9:.1f} GB) is more than this machine's memory ({total / 1e9:.1f} GB): at most {fits} "
-            f"worker(s) of {cfg.memory_limit} fit; lower {section}.n_workers or {section}.memory_limit")
+            f"{section}.n_workers x {section}.memory_limit = {cfg.n_workers} x {limit} ({need / 1e9:.1f} GB) is more "
+            f"than this machine's memory ({total / 1e9:.1f} GB): at most {total // int(cfg.memory_limit)} worker(s) "
+            f"of {limit} fit; lower {section}.n_workers or {section}.memory_limit")
 
 
 def block_bytes(chunk_rows: int, chunk_cols: int, itemsize: int = 4) -> int:

@@ -168,3 +168,10 @@ def test_each_clustering_is_its_own_cached_task_and_new_ks_compute_only_themselv
     more = task_states(qdg_clusters([3, 4, 5], [0, 1], return_state=True).state_details.flow_run_id)
     assert {n for n, s in more.items() if s == "Completed"} == {"cluster-k5-s0", "cluster-k5-s1", "stability",
                                                                     "zipf"}, more
+
+
+def test_the_clustering_config_hands_a_task_exactly_its_spectral_options():
+    cfg = ClusteringConfig(n_clusters=[5, 9], seeds=[3], eigen_solver="arpack", assign_labels="kmeans", n_init=4)
+    assert cfg.spectral() == SpectralOptions(eigen_solver="arpack", assign_labels="kmeans", n_init=4)
+    # the k and seed lists are not part of it: a task's cache key does not move when they change
+    assert cfg.spectral() == cfg.model_copy(update={"n_clusters": [5], "seeds": [0, 1]}).spectral()

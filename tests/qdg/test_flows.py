@@ -120,7 +120,7 @@ def test_qdg_after_lm_losses_reuses_it_and_reruns_only_what_a_change_touches(pro
     ("clustering.n_clusters=[4, 200]", r"clustering.n_clusters must be < selection.n_tokens"),
     ("report.k_shown=5", r"report.k_shown 5 is not one of clustering.n_clusters"),
     ("gradients.include=['(']", r"not a regular expression"),
-    ("similarity.memory_limit=lots", r"not a memory size"),
+    ("similarity.memory_limit=lots", r"could not parse value and unit from byte string"),
 ])
 def test_bad_qdg_configs_fail_at_load_naming_the_field(project_root, override, message):
     with pytest.raises(ConfigError, match=message):
