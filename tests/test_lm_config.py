@@ -46,4 +46,9 @@ def test_overrides_and_unknown_override():
     assert cfg.tokenizer.vocab_size == 512 and cfg.suite.steps == 7
     with pytest.raises(ConfigError, match="unknown key 'vocab'"):
         _load(data={}, overrides=["tokenizer.vocab=512"])
-    assert MIN_VOCAB > 256
+
+
+def test_the_smallest_vocabulary_is_the_bytes_and_the_special_tokens_plus_one_merge():
+    assert _load(data={}, overrides=[f"tokenizer.vocab_size={MIN_VOCAB}"]).tokenizer.vocab_size == MIN_VOCAB
+    with pytest.raises(ConfigError, match=f"tokenizer.vocab_size.*needs >= {MIN_VOCAB}"):
+        _load(data={}, overrides=[f"tokenizer.vocab_size={MIN_VOCAB - 1}"])

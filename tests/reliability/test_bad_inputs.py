@@ -220,10 +220,6 @@ def places(tmp_path_factory) -> SimpleNamespace:
                            cycle_b=cycle_b)
 
 
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, quanta, prefect_server, tmp_path):
     if case.skip_if_cuda and _cuda():
