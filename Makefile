@@ -34,7 +34,7 @@ test: setup
 # slower tests, not in `make test`: schedules through `prefect deploy` + a process work pool + `prefect worker start`;
 # the reliability cases that need a whole qdg run or a signal sent mid-run (> 30 s each)
 test-slow: setup
-	QUANTA_SLOW_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ops_schedules.py \
+	QUANTA_SLOW_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/flows/test_ops_schedules.py \
 		tests/reliability/test_processes.py tests/reliability/test_signals.py \
 		tests/reliability/test_task_states.py
 

@@ -23,3 +23,13 @@ def test_a_table_wider_than_the_ui_page_links_to_its_table_artifact():
     assert rows and max(map(len, rows)) <= UI_TABLE_WIDTH
     stored = rep.markdown(embed=False)
     assert markdown_table(wide) in stored and "../key/" not in stored
+
+
+def test_report_tables_are_markdown_tables():
+    rep = Report("t")
+    rep.table("fits", pd.DataFrame({"quantity": ["alpha_N", "alpha_S"], "value": [0.412345, float("nan")],
+                                    "ok": [True, False]}))
+    md = rep.markdown(embed=False)
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(lines) == 4 and "quantity" in lines[0] and set(lines[1]) <= set("|-: ")
+    assert "0.4123" in lines[2] and "n/a" in lines[3]

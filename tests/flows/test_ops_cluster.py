@@ -12,7 +12,7 @@ from flows.cli import main
 from storage import ArtifactRef, Store
 from tests.cluster_fixture import cli_cluster_address  # noqa: F401  (a fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/sparse_parity/tiny.toml")
 # two shards: the two workers can each train one
 OVERRIDES = ["--set=grid.seeds=[0, 1]", "--set=grid.steps=80", "--set=grid.log_points=6"]

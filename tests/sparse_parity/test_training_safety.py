@@ -19,7 +19,7 @@ from tasks.sparse_parity.streams import Stream
 from tasks.sparse_parity.train import (Group, TrainingDiverged, _GroupBatches, check_memory, log_steps, n_params,
                                        shard_memory, train_grid)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/sparse_parity/tiny.toml"
 
 

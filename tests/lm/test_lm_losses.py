@@ -1,4 +1,5 @@
-"""Model loading (the from_pretrained path), training, and per-token losses against a direct computation."""
+"""Model loading (the from_pretrained path) and the model source, training and its divergence, and per-token losses
+against a direct computation (finite wherever a token is predicted)."""
 from __future__ import annotations
 
 
@@ -145,3 +146,29 @@ def test_a_model_source_is_one_trained_or_one_pretrained_model(tmp_path):
     # a task input: the cache key hashes it, and a different revision is a different key
     assert hash_objects(hub) == hash_objects(ModelSource.pretrained("EleutherAI/pythia-70m", "step143000"))
     assert hash_objects(hub) != hash_objects(ModelSource.pretrained("EleutherAI/pythia-70m", "step1000"))
+
+
+def test_lm_training_that_diverges_fails_naming_the_model_and_learning_rate():
+    from schemas.lm import ModelSize
+    from tasks.lm.suite import TrainingDivergedError, train_lm
+
+    size = ModelSize(d_model=8, n_layers=1, n_heads=2)
+    stream = np.random.default_rng(0).integers(0, 50, size=2000)
+    with pytest.raises(TrainingDivergedError, match=r"model L1-d8 diverged.*learning rate 1e\+30"):
+        train_lm(size, stream, 50, context_length=16, steps=30, batch_size=4, lr=1e30, warmup_steps=0,
+                 weight_decay=0.0, seed=0, log_every=5)
+    seen = []
+    model, history = train_lm(size, stream, 50, context_length=16, steps=12, batch_size=4, lr=1e-2, warmup_steps=0,
+                              weight_decay=0.0, seed=0, log_every=5, progress=lambda s, l: seen.append(s))
+    assert seen == [0, 5, 10, 11] and all(np.isfinite(l) for _, l in history)
+
+
+def test_token_losses_must_be_finite_where_a_token_is_predicted():
+    from tasks.lm.losses import NonFiniteLossError, check_finite
+
+    offsets = np.array([0, 3, 4, 7])
+    loss = np.array([np.nan, 1.0, 2.0, np.nan, np.nan, 0.5, 0.7], dtype=np.float32)
+    check_finite(loss, offsets, "m")  # NaN only at each document's first token
+    loss[5] = np.inf
+    with pytest.raises(NonFiniteLossError, match="model m gave a non-finite loss .* 1 of 4 predicted tokens"):
+        check_finite(loss, offsets, "m")

@@ -22,7 +22,7 @@ from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig
 from storage import ArtifactRef, Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/sparse_parity/tiny.toml"
 # ~1 ms a step for the tiny grid on one core: a few seconds a shard, a wide window for the kill
 OVERRIDES = ["grid.seeds=[0, 1, 2]", "grid.groups_per_shard=1", "grid.steps=2000"]

@@ -15,7 +15,7 @@ import pytest
 import tasks.stats.huber as huber
 from flows.cli.fit import add_fit_parser, run_fit
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 E_TRUE, A_TRUE, a_TRUE = 1.5, 20.0, 0.6
 
 

@@ -14,7 +14,7 @@ from storage import Store
 from tasks.sparse_parity.analysis import emergence_table, fit_exponents, runs_table
 from tasks.sparse_parity.train import n_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/sparse_parity/tiny.toml"
 
 

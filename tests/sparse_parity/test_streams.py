@@ -176,8 +176,8 @@ def golden_run() -> dict:
 
 
 def test_a_tiny_grid_reproduces_its_recorded_losses():
-    """float32 training on the CPU is deterministic: the recorded losses (tests/golden, written by
-    `python -m tests.test_streams`) hold to 1e-6 relative. A change of any random stream or of the training
+    """float32 training on the CPU is deterministic: the recorded losses (tests/sparse_parity/golden, written by
+    `python -m tests.sparse_parity.test_streams`) hold to 1e-6 relative. A change of any random stream or of the training
     arithmetic moves them by far more (a different batch changes the first step's loss at 1e-2)."""
     want = json.loads(GOLDEN.read_text())
     got = golden_run()

@@ -1,5 +1,5 @@
-"""Operations, the parts that need no Prefect server: lineage graphs and their renderings, store inventory and the
-gc plan, result-file scanning, staging dir artifacts of a remote store, report tables and LM training divergence."""
+"""Store upkeep without a Prefect server: lineage graphs and their renderings, the store's inventory and the gc plan,
+result-file scanning, and staging the dir artifacts of a remote store."""
 from __future__ import annotations
 
 import base64
@@ -182,41 +182,3 @@ def test_dir_artifacts_of_a_remote_store_are_staged_verified_and_reused(tmp_path
     with pytest.raises(ArtifactValidationError, match="field 'content'.*changed since it was written"):
         store.local_dir(other)
     assert sorted(p.name for p in local.parent.iterdir()) == [ref.content_hash]
-
-
-def test_report_tables_are_markdown_tables():
-    from tasks.reporting import Report
-
-    rep = Report("t")
-    rep.table("fits", pd.DataFrame({"quantity": ["alpha_N", "alpha_S"], "value": [0.412345, float("nan")],
-                                    "ok": [True, False]}))
-    md = rep.markdown(embed=False)
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-    assert len(lines) == 4 and "quantity" in lines[0] and set(lines[1]) <= set("|-: ")
-    assert "0.4123" in lines[2] and "n/a" in lines[3]
-
-
-def test_lm_training_that_diverges_fails_naming_the_model_and_learning_rate():
-    from schemas.lm import ModelSize
-    from tasks.lm.suite import TrainingDivergedError, train_lm
-
-    size = ModelSize(d_model=8, n_layers=1, n_heads=2)
-    stream = np.random.default_rng(0).integers(0, 50, size=2000)
-    with pytest.raises(TrainingDivergedError, match=r"model L1-d8 diverged.*learning rate 1e\+30"):
-        train_lm(size, stream, 50, context_length=16, steps=30, batch_size=4, lr=1e30, warmup_steps=0,
-                 weight_decay=0.0, seed=0, log_every=5)
-    seen = []
-    model, history = train_lm(size, stream, 50, context_length=16, steps=12, batch_size=4, lr=1e-2, warmup_steps=0,
-                              weight_decay=0.0, seed=0, log_every=5, progress=lambda s, l: seen.append(s))
-    assert seen == [0, 5, 10, 11] and all(np.isfinite(l) for _, l in history)
-
-
-def test_token_losses_must_be_finite_where_a_token_is_predicted():
-    from tasks.lm.losses import NonFiniteLossError, check_finite
-
-    offsets = np.array([0, 3, 4, 7])
-    loss = np.array([np.nan, 1.0, 2.0, np.nan, np.nan, 0.5, 0.7], dtype=np.float32)
-    check_finite(loss, offsets, "m")  # NaN only at each document's first token
-    loss[5] = np.inf
-    with pytest.raises(NonFiniteLossError, match="model m gave a non-finite loss .* 1 of 4 predicted tokens"):
-        check_finite(loss, offsets, "m")

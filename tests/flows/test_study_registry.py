@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flows.studies import STUDIES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _defines(path: Path, *names: str) -> bool:

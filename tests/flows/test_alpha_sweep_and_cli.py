@@ -8,7 +8,7 @@ import pytest
 
 from flows.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/sparse_parity/tiny.toml")
 
 

@@ -10,7 +10,7 @@ from flows import deployments as D
 from flows.studies import STUDIES, available_studies
 from schemas.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SP = "sparse-parity"
 
 

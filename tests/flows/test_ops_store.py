@@ -14,7 +14,7 @@ from flows.cli import main
 from storage import Store
 from storage.upkeep import result_file_names
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/sparse_parity/tiny.toml")
 # the second version: another width grid and another fit section
 SECOND = ["grid.widths=[8, 16, 32, 64]", "fit.bootstrap=20", "fit.level=0.9"]

@@ -15,7 +15,7 @@ from schemas.config import load_config
 from schemas.lm import LMConfig
 from storage import Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LM_TINY = ROOT / "configs/lm/tiny.toml"
 # two sizes are enough to show both paths (train, then score from the staged model)
 SMALL = ["suite.sizes=[{d_model = 8, n_layers = 1, n_heads = 2}, {d_model = 32, n_layers = 2, n_heads = 4}]"]

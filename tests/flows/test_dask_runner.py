@@ -10,7 +10,7 @@ from schemas.config import load_config
 from schemas.sparse_parity import SparseParityConfig
 from storage import ArtifactRef, Store
 
-TINY = Path(__file__).resolve().parent.parent / "configs/sparse_parity/tiny.toml"
+TINY = Path(__file__).resolve().parents[2] / "configs/sparse_parity/tiny.toml"
 
 
 def _runs(store, out):
