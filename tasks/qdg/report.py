@@ -60,13 +60,7 @@ def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf
             if np.isfinite(e.predicted_slope):
                 ax.plot(rr, ref * (rr / lo) ** e.predicted_slope, ":", color="tab:blue", lw=1.6,
                         label=f"predicted -(alpha_N + 1) = {e.predicted_slope:.2f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rank of cluster")
-    ax.set_ylabel("fraction of tokens")
-    ax.set_title("Cluster sizes: rank-frequency")
-    ax.legend(fontsize=7)
-    return fig
+    return rank_frequency_axes(fig, ax, "fraction of tokens", "Cluster sizes: rank-frequency")
 
 
 def similarity_heatmap(c_sub: np.ndarray, labels_sub: np.ndarray, title: str):
@@ -135,6 +129,17 @@ def cluster_losses(selection: pd.DataFrame, labels: np.ndarray, loss: np.ndarray
     return pd.DataFrame(rows, columns=["cluster", "size", "model", "n_params_nonembed", "mean_loss"])
 
 
+def rank_frequency_axes(fig, ax, ylabel: str, title: str):
+    """Log-log axes of a rank-frequency plot (rank of cluster vs a fraction of tokens), with a legend."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank of cluster")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def cluster_losses_figure(df: pd.DataFrame):
     fig, ax = subplots(figsize=(5.2, 3.6))
     for c, g in df.groupby("cluster", sort=True):
@@ -198,13 +203,8 @@ def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predic
     if np.isfinite(predicted):
         r = np.arange(1, max(len(b[0]) for b in sizes.values()) + 1)
         ax.plot(r, 0.2 * r ** predicted, ":", color="black", label=f"slope -(alpha_N + 1) = {predicted:.2f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rank of cluster")
-    ax.set_ylabel("fraction of tokens (envelope over k)")
-    ax.set_title("Cluster-size envelopes by representation")
-    ax.legend(fontsize=7)
-    return fig
+    return rank_frequency_axes(fig, ax, "fraction of tokens (envelope over k)",
+                               "Cluster-size envelopes by representation")
 
 
 def _examples(rep: Report, name: str, ex: pd.DataFrame, rcfg: ReportConfig, title: str) -> None:
