@@ -81,7 +81,7 @@ def regime_models(spec, plan: dict, config: QDGSparseParityConfig, store: str) -
             models[regime] = model_of(regime)
         elif regime == "group_lasso":
             models[regime] = group_lasso_model(model_of(config.group_lasso.start), spec, cfg=config.group_lasso,
-                                               params=plan["params"], store=store)
+                                               params=plan["params"], device=plan["device"], store=store)
         else:
             models[regime] = modular_model(model_of("study"), spec,
                                            learned_threshold_bits=config.model.learned_threshold_bits,

@@ -28,7 +28,7 @@ from schemas.errors import UserInputError
 from schemas.qdg import GradientConfig, ParityModelConfig
 from schemas.sparse_parity import SparseParityConfig
 from storage import ArtifactRef, Store
-from tasks.caching import quanta_task
+from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device
 from tasks.qdg.gradients import GradientConfigError, normalise_rows, write_gradient_block
 from tasks.qdg.projection import Projector
@@ -36,8 +36,9 @@ from tasks.sparse_parity.data import Sampler, SparseParitySpec, encode, eval_set
 from tasks.sparse_parity.model import init_mlp
 from tasks.sparse_parity.train import Group, train_grid
 
-# the training settings of a sparse-parity grid that determine one model's trajectory
-TRAIN_KEYS = ("depth", "steps", "batch_size", "lr", "weight_decay", "eval_samples_per_task", "device")
+# the training settings of a sparse-parity grid that determine one model's trajectory (not the device: every random
+# stream is the same on every device, so the device is recorded in the lineage but is not part of the cache key)
+TRAIN_KEYS = ("depth", "steps", "batch_size", "lr", "weight_decay", "eval_samples_per_task")
 PARAMETER_NAMES = ("0.weight", "0.bias", "2.weight", "2.bias")  # init_mlp's state dict (depth 1)
 
 
@@ -47,8 +48,8 @@ class ParityModelError(UserInputError):
 
 # ------------------------------------------------------------------------------------------------ the model
 def parity_model_plan(sp: SparseParityConfig, cfg: ParityModelConfig) -> dict:
-    """Which model of the study `sp` to look into: {width, seed, data_size, params} (data_size -1 = fresh samples
-    every step; a grid without fresh samples gives its largest training set). Errors name the field."""
+    """Which model of the study `sp` to look into: {width, seed, data_size, params, device} (data_size -1 = fresh
+    samples every step; a grid without fresh samples gives its largest training set). Errors name the field."""
     g = sp.grid
     width = cfg.width if cfg.width is not None else max(g.widths)
     seed = cfg.seed if cfg.seed is not None else g.seeds[0]
@@ -61,7 +62,7 @@ def parity_model_plan(sp: SparseParityConfig, cfg: ParityModelConfig) -> dict:
     fresh = g.data_sizes is None or g.fresh_data
     data_size = -1 if fresh else max(g.data_sizes)
     return {"width": width, "seed": seed, "data_size": data_size,
-            "params": {k: getattr(g, k) for k in TRAIN_KEYS}}
+            "params": {k: getattr(g, k) for k in TRAIN_KEYS}, "device": g.device}
 
 
 def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: int, params: dict,
@@ -78,12 +79,15 @@ def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: i
     return res.states[0][0], np.asarray(res.loss_bits[0, 0, -1], dtype=np.float32)
 
 
-@quanta_task(name="qdg-parity-model", task_run_name="qdg-parity-model-w{width}-s{seed}")
-def parity_model(spec: ArtifactRef, *, width: int, seed: int, data_size: int, params: dict, store: str) -> ArtifactRef:
-    """One model of a sparse-parity grid (see `parity_model_plan`), as `qdg.parity_model`."""
+@quanta_task(name="qdg-parity-model", task_run_name="qdg-parity-model-w{width}-s{seed}",
+             cache_policy=CACHE_POLICY - "device")
+def parity_model(spec: ArtifactRef, *, width: int, seed: int, data_size: int, params: dict, device: str = "auto",
+                 store: str) -> ArtifactRef:
+    """One model of a sparse-parity grid (see `parity_model_plan`), as `qdg.parity_model`, trained on `device` (the
+    grid's; not part of the cache key, as for the study's own shards: the lineage records it)."""
     st = Store(store)
     sp = load_spec(st, spec)
-    device = resolve_device(params["device"], "grid.device")
+    device = resolve_device(device, "grid.device")
     state, loss_bits = train_parity_mlp(sp, width, seed, data_size, params, device)
     learned = int((loss_bits < 0.1).sum())
     print(f"parity model width {width} seed {seed}: {learned} of {sp.n_tasks} subtasks below 0.1 bits")
@@ -92,7 +96,8 @@ def parity_model(spec: ArtifactRef, *, width: int, seed: int, data_size: int, pa
     attrs = {"width": width, "seed": seed, "data_size": data_size, "n_tasks": sp.n_tasks, "n_bits": sp.n_bits,
              "steps": int(params["steps"]), "depth": 1}
     return st.write_zarr("qdg.parity_model", arrays, attrs, inputs=[spec],
-                         params={"width": width, "seed": seed, "data_size": data_size, **params})
+                         params={"width": width, "seed": seed, "data_size": data_size, **params,
+                                 "device": str(device)})
 
 
 def load_parity_model(st: Store, ref: ArtifactRef) -> tuple[torch.nn.Sequential, np.ndarray, dict]:

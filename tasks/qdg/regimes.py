@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from schemas.qdg import GroupLassoConfig
 from storage import ArtifactRef, Store
-from tasks.caching import quanta_task
+from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device
 from tasks.qdg.parity import load_parity_model, parity_model
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, derive_seed, encode, eval_set, load_spec
@@ -42,7 +42,8 @@ def trained_model(spec: ArtifactRef, regime: str, plan: dict, long_steps: int, l
                   store: str) -> ArtifactRef:
     """The study's or the long regime's model (the cached `parity_model` task with that regime's settings)."""
     return parity_model(spec, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
-                        params=regime_params(regime, plan["params"], long_steps, long_weight_decay), store=store)
+                        params=regime_params(regime, plan["params"], long_steps, long_weight_decay),
+                        device=plan["device"], store=store)
 
 
 def subtask_loss_bits(mlp: torch.nn.Module, spec: SparseParitySpec, samples_per_task: int,
@@ -87,16 +88,17 @@ def model_arrays(mlp: torch.nn.Sequential, loss_bits: np.ndarray) -> dict[str, n
             "subtask_loss_bits": np.asarray(loss_bits, dtype=np.float32)}
 
 
-@quanta_task(name="qdg-parity-group-lasso", task_run_name="qdg-parity-group-lasso-lam{cfg.lam}")
+@quanta_task(name="qdg-parity-group-lasso", task_run_name="qdg-parity-group-lasso-lam{cfg.lam}",
+             cache_policy=CACHE_POLICY - "device")
 def group_lasso_model(start: ArtifactRef, spec: ArtifactRef, *, cfg: GroupLassoConfig, params: dict,
-                      store: str) -> ArtifactRef:
+                      device: str = "auto", store: str) -> ArtifactRef:
     """The `start` model fine-tuned with the group-lasso penalty (see `group_lasso_finetune`), as
     `qdg.parity_model` with its new per-subtask test loss and the fraction of units left (group norm > 1e-3 of the
-    largest)."""
+    largest). Its samples are the same on every device, so `device` is recorded but is not part of the cache key."""
     st = Store(store)
     sp = load_spec(st, spec)
     mlp, _, attrs = load_parity_model(st, start)
-    device = resolve_device(params["device"], "grid.device")
+    device = resolve_device(device, "grid.device")
     mlp = mlp.to(device)
     lr = cfg.lr if cfg.lr is not None else float(params["lr"])
     trace = group_lasso_finetune(mlp, sp, cfg, lr, int(params["batch_size"]), int(attrs["seed"]), device)
@@ -111,7 +113,7 @@ def group_lasso_model(start: ArtifactRef, spec: ArtifactRef, *, cfg: GroupLassoC
            "steps": int(attrs["steps"]) + cfg.steps, "regime": "group_lasso", "group_lasso": cfg.model_dump(),
            "lr": lr, "units_alive": alive, "penalty_trace": trace}
     return st.write_zarr("qdg.parity_model", model_arrays(mlp, loss_bits), out, inputs=[start, spec],
-                         params={"group_lasso": cfg.model_dump(), **params})
+                         params={"group_lasso": cfg.model_dump(), **params, "device": str(device)})
 
 
 def modular_mlp(spec: SparseParitySpec, learned: list[int], scale: float = 10.0,

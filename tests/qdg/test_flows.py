@@ -174,5 +174,10 @@ def test_qdg_sparse_parity_measures_the_clusters_against_the_true_subtasks(proje
     report = store.local_dir(arts["report"])
     assert (report / "similarity_plain.png").exists() and (report / "similarity_aligned.png").exists()
 
-    again, _ = _run(FLOW, cfg, store_root)
+    # rerun on another device setting: the same random streams on every device, so every model (and all that
+    # follows) comes back Cached; the lineage names the device that trained it
+    moved = cfg.model_copy(update={"sparse_parity": cfg.sparse_parity.model_copy(
+        update={"grid": cfg.sparse_parity.grid.model_copy(update={"device": "auto"})})})
+    again, _ = _run(FLOW, moved, store_root)
     assert set(again.values()) == {"Cached"}, again
+    assert store.lineage(arts["model"].content_hash)["params"]["device"] == "cpu"

@@ -33,7 +33,7 @@ def test_parity_model_is_the_model_the_study_trained(store, project_root):
     assert (plan["width"], plan["seed"], plan["data_size"]) == (max(sp.grid.widths), 0, -1)
     spec_ref = build_spec.fn(task_cfg=sp.task, store=store.url)
     ref = parity_model.fn(spec_ref, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
-                          params=plan["params"], store=store.url)
+                          params=plan["params"], device=plan["device"], store=store.url)
     mlp, loss_bits, attrs = load_parity_model(store, ref)
     assert (attrs["width"], attrs["n_tasks"], attrs["steps"]) == (plan["width"], sp.task.n_tasks, sp.grid.steps)
     # the study's shard: every width of the grid side by side, logged at the study's steps
