@@ -72,7 +72,8 @@ def regime_models(spec, plan: dict, config: QDGSparseParityConfig, store: str) -
 
     def model_of(regime: str):
         if regime not in trained:
-            trained[regime] = trained_model(spec, regime, plan, config.long.steps, config.long.weight_decay, store)
+            trained[regime] = trained_model(spec, regime=regime, plan=plan, long_steps=config.long.steps,
+                                            long_weight_decay=config.long.weight_decay, store=store)
         return trained[regime]
 
     models = {}

@@ -38,7 +38,7 @@ def regime_params(regime: str, params: dict, long_steps: int, long_weight_decay:
     raise ValueError(f"regime {regime!r} is not trained from scratch")
 
 
-def trained_model(spec: ArtifactRef, regime: str, plan: dict, long_steps: int, long_weight_decay: float,
+def trained_model(spec: ArtifactRef, *, regime: str, plan: dict, long_steps: int, long_weight_decay: float,
                   store: str) -> ArtifactRef:
     """The study's or the long regime's model (the cached `parity_model` task with that regime's settings)."""
     return parity_model(spec, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
