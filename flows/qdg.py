@@ -57,17 +57,18 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
                               device=config.gradients.device, store=store)
     cl = config.clustering
     reps, primary = config.chosen_representations(), config.primary_representation()
-    blocks = representation_blocks(selection, lm["eval_tokens"], model, config, store, reps)
-    per = {r: cluster_representation(blocks[r], r, config, lm["fits"], store) for r in reps}
+    blocks = representation_blocks(selection, lm["eval_tokens"], model=model, config=config, store=store, reps=reps)
+    per = {r: cluster_representation(blocks[r], representation=r, config=config, fits=lm["fits"],
+                                     store=store) for r in reps}
     agreement = (representation_agreement({r: per[r]["first"] for r in reps}, store=store) if len(reps) > 1
                  else None)
     projection = None
     if cl.compare_projection_dims is not None:  # the same tokens' JL-projected representation, clustered alike
         d, seed = cl.compare_projection_dims, cl.seeds[0]
-        projected = parameter_blocks(selection, lm["eval_tokens"], model,
-                                     config.gradients.model_copy(update={"projection_dims": d}), config, store,
-                                     primary, f"jl{d}-")
-        paffinity = affinity_of(projected, config, store, f"{primary}-jl{d}")
+        projected = parameter_blocks(selection, lm["eval_tokens"], model=model,
+                                     cfg=config.gradients.model_copy(update={"projection_dims": d}), config=config,
+                                     store=store, representation=primary, name=f"jl{d}-")
+        paffinity = affinity_of(projected, config=config, store=store, name=f"{primary}-jl{d}")
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
             paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
         projection = projection_agreement(per[primary]["first"], plabels, projection_dims=d, store=store)
@@ -87,7 +88,7 @@ def tag(representation: str) -> str:
     return "" if representation == "gradient" else f"{representation}-"
 
 
-def representation_blocks(selection, tokens, model: ModelSource, config: QDGConfig, store: str,
+def representation_blocks(selection, tokens, *, model: ModelSource, config: QDGConfig, store: str,
                           reps: list[str]) -> dict:
     """{representation: its `qdg.gradient_block`s}, each block one cached task. abs_gradient of unprojected
     gradients is read from the gradient blocks; the unit representations are read from one unit stage."""
@@ -95,9 +96,11 @@ def representation_blocks(selection, tokens, model: ModelSource, config: QDGConf
     cfg = config.gradients
     for r in reps:
         if r in PARAMETER_OUTPUTS and not (r == "abs_gradient" and cfg.projection_dims is None):
-            out[r] = parameter_blocks(selection, tokens, model, cfg, config, store, r)
+            out[r] = parameter_blocks(selection, tokens, model=model, cfg=cfg, config=config, store=store,
+                                      representation=r)
     if "abs_gradient" in reps and cfg.projection_dims is None:
-        grads = out.get("gradient") or parameter_blocks(selection, tokens, model, cfg, config, store, "gradient")
+        grads = out.get("gradient") or parameter_blocks(selection, tokens, model=model, cfg=cfg, config=config,
+                                                        store=store, representation="gradient")
         out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(
                                    g, store=store)
                                for g, (a, b) in zip(grads, block_plan(config))]
@@ -120,7 +123,7 @@ def block_plan(config: QDGConfig) -> list[tuple[int, int]]:
     return gradient_block_plan(config.selection.n_tokens, config.gradients.block_rows)
 
 
-def parameter_blocks(selection, tokens, model: ModelSource, cfg, config: QDGConfig, store: str, representation: str,
+def parameter_blocks(selection, tokens, *, model: ModelSource, cfg, config: QDGConfig, store: str, representation: str,
                      name: str = "") -> list:
     """One cached gradient task per block of `gradients.block_rows` selected tokens."""
     suite = config.lm.suite
@@ -131,11 +134,11 @@ def parameter_blocks(selection, tokens, model: ModelSource, cfg, config: QDGConf
             for start, stop in block_plan(config)]
 
 
-def cluster_representation(blocks: list, representation: str, config: QDGConfig, fits, store: str) -> dict:
+def cluster_representation(blocks: list, *, representation: str, config: QDGConfig, fits, store: str) -> dict:
     """A representation's affinity, its clusterings per (k, seed), their stability and the Zipf fit of the first
     seed's (tasks named by `tag`)."""
     cl, t = config.clustering, tag(representation)
-    affinity = affinity_of(blocks, config, store, representation)
+    affinity = affinity_of(blocks, config=config, store=store, name=representation)
     labels = {(k, seed): cluster_labels.with_options(task_run_name=f"qdg-cluster-{t}k{k}-s{seed}")(
                   affinity, k=k, seed=seed, spectral=cl.spectral(), store=store)
               for k in cl.n_clusters for seed in cl.seeds}
@@ -147,7 +150,7 @@ def cluster_representation(blocks: list, representation: str, config: QDGConfig,
     return {"affinity": affinity, "labels": labels, "stability": stability, "first": first, "zipf": zipf}
 
 
-def affinity_of(blocks: list, config: QDGConfig, store: str, name: str = "gradient"):
+def affinity_of(blocks: list, *, config: QDGConfig, store: str, name: str = "gradient"):
     """The dense similarity up to `clustering.dense_max_n` tokens (method 'auto'), else the sparse kNN affinity."""
     cl = config.clustering
     if cl.method_for(config.selection.n_tokens) == "dense":

@@ -37,7 +37,7 @@ def variant_name(align_label_sign: bool, control_weights: bool) -> str:
     return ("aligned" if align_label_sign else "plain") + ("+control-weights" if control_weights else "")
 
 
-def cluster_samples(samples, model, align: bool, control_weights: bool, config: QDGSparseParityConfig,
+def cluster_samples(samples, model, *, align: bool, control_weights: bool, config: QDGSparseParityConfig,
                     store: str, representation: str = "gradient") -> dict:
     """Blocks of one representation ─► similarity ─► labels at the true k and each clustering.n_clusters, every
     seed. `truth`: the labels at the true k (one per seed). "gradient" is today's QDG gradient (`align`, the
@@ -66,7 +66,7 @@ def cluster_samples(samples, model, align: bool, control_weights: bool, config: 
     return {"blocks": blocks, "similarity": sim, "labels": labels, "truth": truth}
 
 
-def regime_models(spec, plan: dict, config: QDGSparseParityConfig, store: str) -> dict:
+def regime_models(spec, *, plan: dict, config: QDGSparseParityConfig, store: str) -> dict:
     """regime -> its cached `qdg.parity_model` (a start model a regime needs is trained even when not listed)."""
     trained: dict = {}
 
@@ -90,10 +90,10 @@ def regime_models(spec, plan: dict, config: QDGSparseParityConfig, store: str) -
     return models
 
 
-def benchmark_runs(models: dict, spec, config: QDGSparseParityConfig, store: str, first: dict) -> dict:
+def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: str, first: dict) -> dict:
     """(regime, representation) -> {samples, run, control_samples, control_run}; the first regime's gradient reuses
     the configured variant's runs (`first`)."""
-    main = variants(config)[0]
+    align, weights = variants(config)[0]
     out = {}
     for regime, model in models.items():
         headline = regime == config.regimes[0]
@@ -107,8 +107,10 @@ def benchmark_runs(models: dict, spec, config: QDGSparseParityConfig, store: str
             if headline and rep == "gradient":
                 run, crun = first["run"], first["control_run"]
             else:
-                run = cluster_samples(learned, model, *main, config, store, rep)
-                crun = cluster_samples(control, model, *main, config, store, rep) if control is not None else None
+                run = cluster_samples(learned, model, align=align, control_weights=weights, config=config,
+                                      store=store, representation=rep)
+                crun = (cluster_samples(control, model, align=align, control_weights=weights, config=config,
+                                        store=store, representation=rep) if control is not None else None)
             out[(regime, rep)] = {"samples": learned, "run": run, "control_samples": control, "control_run": crun}
     return out
 
@@ -130,24 +132,27 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
     sp = config.sparse_parity
     spec = build_spec(task_cfg=sp.task, store=store)
     plan = parity_model_plan(sp, config.model)
-    models = regime_models(spec, plan, config, store)
+    models = regime_models(spec, plan=plan, config=config, store=store)
     model = models[config.regimes[0]]
     main = variants(config)
     learned = parity_samples(model, spec, cfg=config.model, control=False, store=store)
-    runs = {(variant_name(*v), "learned"): (learned, cluster_samples(learned, model, *v, config, store))
-            for v in main}
+    runs = {(variant_name(align, weights), "learned"): (
+                learned, cluster_samples(learned, model, align=align, control_weights=weights, config=config,
+                                         store=store))
+            for align, weights in main}
     control = None
     if config.model.unlearned_control:
         control = parity_samples(model, spec, cfg=config.model, control=True, store=store)
-        runs[(variant_name(*main[0]), "control")] = (control, cluster_samples(control, model, *main[0], config,
-                                                                              store))
+        align, weights = main[0]
+        runs[(variant_name(align, weights), "control")] = (
+            control, cluster_samples(control, model, align=align, control_weights=weights, config=config, store=store))
     keys = list(runs)
     table = ground_truth(variants=[v for v, _ in keys], samples_kind=[s for _, s in keys],
                          samples=[runs[k][0] for k in keys],
                          labels=[runs[k][1]["labels"] for k in keys], store=store)
     first = {"learned": learned, "control": control, "run": runs[(variant_name(*main[0]), "learned")][1],
              "control_run": runs[(variant_name(*main[0]), "control")][1] if control is not None else None}
-    bench_runs = benchmark_runs(models, spec, config, store, first)
+    bench_runs = benchmark_runs(models, spec, config=config, store=store, first=first)
     entries = list(bench_runs.items())
     bench = parity_benchmark(
         regimes=[r for (r, _), _ in entries], representations=[p for (_, p), _ in entries],
