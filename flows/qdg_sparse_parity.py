@@ -135,23 +135,24 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
     models = regime_models(spec, plan=plan, config=config, store=store)
     model = models[config.regimes[0]]
     main = variants(config)
+    head = variant_name(*main[0])  # the configured variant (the others are comparisons)
+
+    def clustered(samples, align: bool, weights: bool) -> tuple:
+        return samples, cluster_samples(samples, model, align=align, control_weights=weights, config=config,
+                                        store=store)
+
     learned = parity_samples(model, spec, cfg=config.model, control=False, store=store)
-    runs = {(variant_name(align, weights), "learned"): (
-                learned, cluster_samples(learned, model, align=align, control_weights=weights, config=config,
-                                         store=store))
-            for align, weights in main}
+    runs = {(variant_name(*v), "learned"): clustered(learned, *v) for v in main}
     control = None
     if config.model.unlearned_control:
         control = parity_samples(model, spec, cfg=config.model, control=True, store=store)
-        align, weights = main[0]
-        runs[(variant_name(align, weights), "control")] = (
-            control, cluster_samples(control, model, align=align, control_weights=weights, config=config, store=store))
+        runs[(head, "control")] = clustered(control, *main[0])
     keys = list(runs)
     table = ground_truth(variants=[v for v, _ in keys], samples_kind=[s for _, s in keys],
                          samples=[runs[k][0] for k in keys],
                          labels=[runs[k][1]["labels"] for k in keys], store=store)
-    first = {"learned": learned, "control": control, "run": runs[(variant_name(*main[0]), "learned")][1],
-             "control_run": runs[(variant_name(*main[0]), "control")][1] if control is not None else None}
+    first = {"learned": learned, "control": control, "run": runs[(head, "learned")][1],
+             "control_run": runs[(head, "control")][1] if control is not None else None}
     bench_runs = benchmark_runs(models, spec, config=config, store=store, first=first)
     entries = list(bench_runs.items())
     bench = parity_benchmark(
