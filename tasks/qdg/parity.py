@@ -81,7 +81,7 @@ def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: i
 
 @quanta_task(name="qdg-parity-model", task_run_name="qdg-parity-model-w{width}-s{seed}",
              cache_policy=CACHE_POLICY - "device")
-def parity_model(spec: ArtifactRef, *, width: int, seed: int, data_size: int, params: dict, device: str = "auto",
+def parity_model(spec: ArtifactRef, *, width: int, seed: int, data_size: int, params: dict, device: str,
                  store: str) -> ArtifactRef:
     """One model of a sparse-parity grid (see `parity_model_plan`), as `qdg.parity_model`, trained on `device` (the
     grid's; not part of the cache key, as for the study's own shards: the lineage records it)."""

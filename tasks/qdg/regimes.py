@@ -91,7 +91,7 @@ def model_arrays(mlp: torch.nn.Sequential, loss_bits: np.ndarray) -> dict[str, n
 @quanta_task(name="qdg-parity-group-lasso", task_run_name="qdg-parity-group-lasso-lam{cfg.lam}",
              cache_policy=CACHE_POLICY - "device")
 def group_lasso_model(start: ArtifactRef, spec: ArtifactRef, *, cfg: GroupLassoConfig, params: dict,
-                      device: str = "auto", store: str) -> ArtifactRef:
+                      device: str, store: str) -> ArtifactRef:
     """The `start` model fine-tuned with the group-lasso penalty (see `group_lasso_finetune`), as
     `qdg.parity_model` with its new per-subtask test loss and the fraction of units left (group norm > 1e-3 of the
     largest). Its samples are the same on every device, so `device` is recorded but is not part of the cache key."""
