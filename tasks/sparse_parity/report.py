@@ -180,13 +180,49 @@ def add_figures(rep: Report, runs: pd.DataFrame, fits: pd.DataFrame, emergence: 
     rep.figure("subtasks_learned_vs_N", subtasks_learned_figure(runs))
 
 
+def step_figure(runs: pd.DataFrame, steps: pd.DataFrame, fit_cfg: FitConfig):
+    """Final loss vs N per alpha, on linear loss, with the largest adjacent drop marked (the step test)."""
+    fig, ax = subplots(figsize=(5, 3.6))
+    for i, r in enumerate(steps.itertuples()):
+        pts = scaling_data(runs[runs.alpha == r.alpha], fit_cfg)["alpha_N"].sort_values("x")
+        label = "uniform" if r.alpha == 0 else f"alpha={r.alpha:g}"
+        ax.plot(pts.x, pts.mean_loss, "o-", ms=3, color=f"C{i}", label=f"{label}: step {r.step_fraction:.2f}")
+        if np.isfinite(r.n_before):
+            ax.axvspan(r.n_before, r.n_after, color=f"C{i}", alpha=0.12)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final mean test loss (bits)",
+           title="One step or a power law (shaded: the largest adjacent drop)")
+    _legend(ax, 7)
+    return fig
+
+
+def step_text(steps: pd.DataFrame) -> str:
+    lines = ["Step test: the largest drop of the final loss between adjacent sizes as a fraction of the whole drop, "
+             "beside the same statistic of the log-log power law fitted to the same points (its null); one step "
+             "when the fraction exceeds 0.5 and the power law's."]
+    for r in steps.itertuples():
+        name = "uniform frequencies" if r.alpha == 0 else f"alpha={r.alpha:g}"
+        if np.isfinite(r.step_fraction):
+            lines.append(f"- {name}: **{r.step_fraction:.2f}** of the drop between N = {r.n_before:.0f} and "
+                         f"{r.n_after:.0f} (power law at the same N: {r.powerlaw_step_fraction:.2f}): "
+                         f"{'one step' if r.one_step else 'not one step'}")
+        else:
+            lines.append(f"- {name}: {r.note}")
+    return "\n".join(lines)
+
+
 def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
-                 fit_cfg: FitConfig, cfg: ReportConfig) -> Report:
-    """The sparse-parity report: exponents vs theory, theory checks, plots, and the tables behind them."""
+                 fit_cfg: FitConfig, cfg: ReportConfig, steps: pd.DataFrame | None = None) -> Report:
+    """The sparse-parity report: exponents vs theory, theory checks, the step test, plots, and the tables behind
+    them."""
     rep = Report(cfg.title, dpi=cfg.dpi)
     slope = emergence_slope(emergence, fit_cfg.level)
     rep.text(exponents_text(fits, slope, fit_cfg))
     rep.table("fits", fits)
+    if steps is not None:
+        rep.text(step_text(steps))
+        rep.table("step_test", steps)
+        if cfg.plots:
+            rep.figure("step_test", step_figure(runs, steps, fit_cfg))
     checks = theory_checks(fits, fit_cfg.level)
     if len(checks):
         rules = "; ".join(f"{r}: {describe_rule(r, fit_cfg.level)}" for r in checks["rule"].unique())
@@ -208,13 +244,13 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
 
 @quanta_task(name="sparse-parity-report")
 def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, emergence_ref: ArtifactRef,
-                               curves_refs: list[ArtifactRef], *, fit_cfg: FitConfig, report_cfg: ReportConfig,
-                               store: str, key_prefix: str = "sparse-parity") -> ArtifactRef:
+                               curves_refs: list[ArtifactRef], steps_ref: ArtifactRef, *, fit_cfg: FitConfig,
+                               report_cfg: ReportConfig, store: str, key_prefix: str = "sparse-parity") -> ArtifactRef:
     st = Store(store)
     runs, fits, em = st.read_table(runs_ref), st.read_table(fits_ref), st.read_table(emergence_ref)
     curves = [st.read_zarr(r)[0] for r in curves_refs]
-    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg)
-    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs],
+    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg, st.read_table(steps_ref))
+    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs, steps_ref],
                    params={"report": report_cfg.model_dump(), "fit": fit_cfg.model_dump()})
 
 
