@@ -301,6 +301,26 @@ STEP_TEST = register("sparse_parity.step_test", "parquet", 1, StepTestTable,
                      "one step or a power law: the largest drop of final loss between adjacent sizes")
 
 
+class QuantaTable(StrictTable):
+    """Counting quanta, per alpha: slope of subtasks learned vs N (theory 1: n = N/C), C = parameters per learned
+    subtask, slope of subtasks learned vs D at early stopping (paper Figure 9; theory 1/(alpha+1))."""
+
+    alpha: Series[float] = pa.Field(ge=0, description="0 = uniform frequencies")
+    quantity: Series[str] = pa.Field(isin=["subtasks_vs_N", "params_per_quantum", "subtasks_vs_D"])
+    value: Series[float] = pa.Field(nullable=True)
+    ci_lo: Series[float] = pa.Field(nullable=True)
+    ci_hi: Series[float] = pa.Field(nullable=True)
+    theory: Series[float] = pa.Field(nullable=True)
+    consistent: Series[pd.BooleanDtype] = pa.Field(nullable=True)
+    n_points: Series[int] = pa.Field(ge=0)
+    method: Series[str]
+    note: Series[str]
+
+
+QUANTA = register("sparse_parity.quanta", "parquet", 1, QuantaTable,
+                  "subtasks learned vs N and D, parameters per quantum, beside theory")
+
+
 class SweepConfig(StrictModel):
     alphas: list[float] = Field(description="the paper's alpha values to run (each replaces task.alpha)")
 

@@ -289,6 +289,10 @@ def study_results(st: Store, refs: dict, alpha: float) -> dict:
                                   last[last.data_size == last.data_size.min()].groupby("width").mean_loss.mean().items()}
     steps = st.read_table(refs["step_test"])
     res["step_test"] = steps.to_dict(orient="records")
+    for r in st.read_table(refs["quanta"]).itertuples():  # counting quanta: n vs N, C, n vs D (Figure 9)
+        res[r.quantity] = r.value
+        res[f"{r.quantity}_ci"] = [r.ci_lo, r.ci_hi]
+        res[f"{r.quantity}_theory"] = r.theory
     res["report_dir"] = refs["report"].uri
     return jsonable(res)
 
