@@ -19,7 +19,7 @@ from schemas.arrays import ArraySpec, GroupSpec, finite, in_range
 from schemas.registry import register
 from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, PARAMETER_SPACE_REPRESENTATIONS,  # noqa: F401
                                  REGIMES, REPRESENTATIONS, BenchmarkConfig, ClusteringConfig, GradientConfig,
-                                 GroupLassoConfig, LongTrainingConfig, ParityModelConfig, QDGConfig,
+                                 GroupLassoConfig, LongTrainingConfig, NullConfig, ParityModelConfig, QDGConfig,
                                  QDGSparseParityConfig, Regime, ReportConfig, Representation, SelectionConfig,
                                  SimilarityConfig, SpectralOptions, ZipfConfig)
 from schemas.tables import StrictTable
@@ -353,6 +353,34 @@ PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 1, ParityBenchmar
 
 REPRESENTATION_ARI = register("qdg.representation_ari", "parquet", 1, RepresentationAgreementTable,
                               "ARI between the clusterings of two representations, per k")
+
+class NullDrawTable(StrictTable):
+    """One draw of a QDG null: each statistic the pipeline computes, on structure-free rows (tasks/qdg/null.py)."""
+
+    statistic: Series[str] = pa.Field(unique=True, description="envelope_slope, slope_k{k}, exponent_mle_k{k}, "
+                                      "stability_k{k}")
+    value: Series[float] = pa.Field(nullable=True, description="NaN: not measurable on this draw")
+
+
+NULL_DRAW = register("qdg.null_draw", "parquet", 1, NullDrawTable, "the QDG statistics of one draw of a null")
+
+
+class NullTable(StrictTable):
+    """Every measured QDG statistic beside its null: mean and central range of the draws, empirical p-value."""
+
+    representation: Series[str] = pa.Field(description="a representation, or 'a vs b' for an agreement")
+    null: Series[str] = pa.Field(isin=["gaussian", "permuted", "permutation"])
+    statistic: Series[str]
+    measured: Series[float] = pa.Field(nullable=True)
+    null_mean: Series[float] = pa.Field(nullable=True)
+    null_lo: Series[float] = pa.Field(nullable=True)
+    null_hi: Series[float] = pa.Field(nullable=True)
+    p: Series[float] = pa.Field(nullable=True, ge=0, le=1, description="two-sided empirical p-value")
+    distinguishable: Series[str] = pa.Field(isin=["yes", "no", "n/a"])
+    draws: Series[int] = pa.Field(ge=0)
+
+
+NULL = register("qdg.null", "parquet", 1, NullTable, "measured QDG statistics beside their nulls")
 
 __all__ = ["QDGConfig", "QDGSparseParityConfig", "SelectionConfig", "GradientConfig", "SimilarityConfig",
            "ClusteringConfig", "SpectralOptions", "ZipfConfig", "ReportConfig", "ParityModelConfig"]

@@ -191,6 +191,31 @@ class ZipfConfig(StrictModel):
         return self
 
 
+class NullConfig(StrictModel):
+    """The null beside every QDG statistic: the same pipeline on structure-free inputs (tasks/qdg/null.py)."""
+
+    draws: int = Field(20, ge=0, le=1000, description="draws of each null kind per representation, each its own "
+                       "cached task (0 = no null; a p-value below 1 - level needs >= 1/(1 - level) - 1 draws: 19 at "
+                       "0.95)")
+    kinds: list[Literal["gaussian", "permuted"]] = Field(
+        ["gaussian", "permuted"], description="gaussian: isotropic Gaussian rows of the representation's dimension; "
+        "permuted: the representation with each column permuted across rows")
+    level: float = Field(0.95, gt=0, lt=1, description="the null's central range and the p-value threshold (1 - level)")
+    seed: int = Field(0, ge=0, description="seed of the null draws (independent of every other seed)")
+    representations: list[Representation] | None = Field(
+        None, description="the representations that get a null (None = every one clustered); a representation "
+        "without one has consistent = indeterminate")
+    permutation_draws: int = Field(200, ge=0, le=100000, description="label permutations for the null of the ARI "
+                                   "between representations")
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"null.kinds must not repeat (got {v})")
+        return v
+
+
 class ReportConfig(BaseReportConfig):
     title: str = "Quanta discovery with gradients"
     clusters_shown: int = Field(8, ge=0, description="largest clusters shown with example contexts")
@@ -229,6 +254,7 @@ class QDGConfig(StrictModel):
     similarity: SimilarityConfig = SimilarityConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     zipf: ZipfConfig = ZipfConfig()
+    null: NullConfig = NullConfig()
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="before")
@@ -267,6 +293,10 @@ class QDGConfig(StrictModel):
     @model_validator(mode="after")
     def _cross(self):
         self._check_representations()
+        if self.null.representations is not None and not set(self.null.representations) <= set(
+                self.chosen_representations()):
+            raise ValueError(f"null.representations {self.null.representations} must be among representations "
+                             f"{self.chosen_representations()}")
         if self.report.k_shown is not None and self.report.k_shown not in self.clustering.n_clusters:
             raise ValueError(f"report.k_shown {self.report.k_shown} is not one of clustering.n_clusters "
                              f"{self.clustering.n_clusters}")
