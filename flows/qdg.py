@@ -15,6 +15,7 @@ from prefect import flow
 
 from flows.lm_losses import lm_losses_pipeline
 from flows.lm_losses import preflight as lm_preflight
+from flows.qdg_null import null_stage
 from schemas import ConfigError
 from schemas.qdg import QDGConfig
 from schemas.qdg_config import DENSE_BYTES_PER_ENTRY, LM_UNIT_REPRESENTATIONS
@@ -72,15 +73,23 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
             paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
         projection = projection_agreement(per[primary]["first"], plabels, projection_dims=d, store=store)
+    k_shown = config.report.k_shown or cl.n_clusters[-1]
+    nulled = config.null.representations or reps
+    null = null_stage({r: blocks[r] for r in nulled}, {r: per[r]["zipf"] for r in nulled},
+                      {r: per[r]["stability"] for r in nulled},
+                      {r: per[r]["labels"][(k_shown, cl.seeds[0])] for r in nulled},
+                      method=cl.method_for(config.selection.n_tokens), cl=cl, zcfg=config.zipf, ncfg=config.null,
+                      store=store)
     shown = {r: {"affinity": per[r]["affinity"], "block": blocks[r][0], "labels": per[r]["first"],
                  "stability": per[r]["stability"], "zipf": per[r]["zipf"]} for r in reps}
     report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], representations=shown,
                         primary=primary, agreement=agreement, rcfg=config.report, projection=projection,
-                        key_prefix=key_prefix, store=store)
+                        null=null, key_prefix=key_prefix, store=store)
     head = per[primary]
     return {"lm": lm, "selection": selection, "gradient_blocks": blocks[primary], "affinity": head["affinity"],
             "labels": head["labels"], "stability": head["stability"], "projection": projection, "zipf": head["zipf"],
-            "report": report, "primary": primary, "blocks": blocks, "representations": per, "agreement": agreement}
+            "report": report, "primary": primary, "blocks": blocks, "representations": per, "agreement": agreement,
+            "null": null}
 
 
 def tag(representation: str) -> str:
@@ -169,7 +178,7 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
     lm = refs["lm"]
     artifacts = {f"lm_{k}": v for k, v in lm.items() if k in ("eval_tokens", "token_losses", "fits", "report")}
     artifacts.update({k: refs[k] for k in ("selection", "affinity", "zipf", "report")})
-    artifacts.update({k: refs[k] for k in ("stability", "projection") if refs[k] is not None})
+    artifacts.update({k: refs[k] for k in ("stability", "projection", "null") if refs[k] is not None})
     # the primary representation under the study's first names; every representation under its own
     artifacts.update({f"gradient_block_{i}": r for i, r in enumerate(refs["gradient_blocks"])})
     artifacts.update({f"labels_k{k}_s{s}": r for (k, s), r in refs["labels"].items()})

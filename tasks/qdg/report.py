@@ -13,6 +13,7 @@ from schemas.qdg import ReportConfig, ZipfConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.lm.tokenizer import decode, load_tokenizer, token_context
+from tasks.qdg.null import null_results, null_shown, verdict
 from tasks.qdg.zipf import size_envelope, sizes_from_labels
 from tasks.reporting import Report, md_escape, publish, subplots
 
@@ -179,7 +180,7 @@ WHAT = {"gradient": "per-token loss gradients (the paper's method)",
 
 
 def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str, pd.DataFrame | None],
-                           dims: dict[str, int]) -> pd.DataFrame:
+                           dims: dict[str, int], null: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per representation: dims, the envelope slope with its interval against -(alpha_N + 1), and the
     mean seed-stability ARI."""
     rows = []
@@ -188,7 +189,8 @@ def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str
         st = stabilities.get(rep)
         rows.append({"representation": rep, "dims": dims[rep], "slope": e.slope,
                      "slope CI": _interval(e.slope_ci_lo, e.slope_ci_hi), "predicted": e.predicted_slope,
-                     "predicted CI": _interval(e.predicted_ci_lo, e.predicted_ci_hi), "consistent": e.consistent,
+                     "predicted CI": _interval(e.predicted_ci_lo, e.predicted_ci_hi),
+                     "consistent": verdict(e.consistent, null, rep)[0],
                      "seed ARI": float(st.ari.mean()) if st is not None and len(st) else np.nan})
     return pd.DataFrame(rows, columns=["representation", "dims", "slope", "slope CI", "predicted", "predicted CI",
                                        "consistent", "seed ARI"])
@@ -220,7 +222,7 @@ def _examples(rep: Report, name: str, ex: pd.DataFrame, rcfg: ReportConfig, titl
 def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef,
                      token_losses: ArtifactRef, *, representations: dict[str, dict], primary: str,
                      agreement: ArtifactRef | None, rcfg: ReportConfig,
-                     projection: ArtifactRef | None = None) -> tuple[Report, int]:
+                     projection: ArtifactRef | None = None, null: ArtifactRef | None = None) -> tuple[Report, int]:
     """The study's report (not yet published) and the cluster count it shows. `representations`: {name:
     {"affinity", "block" (any block: its attrs give the dims and projection), "labels" (one `qdg.labels` per cluster
     count, the first seed's), "stability" (or None), "zipf"}}; `primary` is the headline; `agreement` the
@@ -242,6 +244,9 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
     selected_by = (st.lineage(selection.content_hash) or {}).get("params", {}).get("model_label", "?")
     rep = Report(rcfg.title, dpi=rcfg.dpi)
     env = zdf[zdf.scope == "envelope"].iloc[0]
+    ndf = st.read_table(null) if null is not None else None
+    verdict_, why = verdict(env.consistent, ndf, primary)
+    rep.text(f"**consistent: {verdict_}** — {why}.")
     rep.text(
         f"{n} tokens (selected by model `{selected_by}`); headline representation **{primary}**: {WHAT[primary]}, "
         f"{battrs[primary]['gradient_dim']:,} dimensions"
@@ -249,7 +254,15 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
         + f"; spectral clustering into k = {', '.join(map(str, sorted(tables[primary])))} clusters.\n\n"
         f"**Envelope slope** {env.slope:.3g} [{env.slope_ci_lo:.3g}, {env.slope_ci_hi:.3g}] vs **predicted** "
         f"-(alpha_N + 1) = {env.predicted_slope:.3g} [{env.predicted_ci_lo:.3g}, {env.predicted_ci_hi:.3g}] "
-        f"(paper: -1.24 vs -1.083): consistent = **{env.consistent}**. Rule: {CONSISTENT_RULE}.")
+        f"(paper: -1.24 vs -1.083): by the paper's rule alone, consistent = **{env.consistent}**. Rule: "
+        f"{CONSISTENT_RULE}.")
+    if ndf is not None and len(ndf):
+        rep.text("## Against chance\n\nThe same pipeline (same n, k list, affinity and clustering) on rows with no "
+                 "structure: isotropic Gaussian rows of the representation's dimension (gaussian) and the "
+                 "representation with each column permuted across rows (permuted); 95% range of the draws, two-sided "
+                 "empirical p-value. A statistic inside its null's range says nothing about the data.")
+        rep.table("null_summary", null_shown(ndf, ("envelope_slope", "slope_k", "ari_")), max_rows=200)
+        rep.table("null", ndf, show=False)
     if rcfg.plots:
         rep.figure("rank_frequency", rank_frequency_figure(sizes_p, n, zdf))
     rep.table("zipf", zdf, show=False)  # every column: zipf.csv and the qdg-zipf table artifact
@@ -258,7 +271,7 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
         rep.text("## Representations\n\nEach representation clustered alike; the rank-frequency envelope's slope "
                  "(OLS t-interval) against -(alpha_N + 1), and the mean ARI between clustering seeds:")
         dims = {r: int(a["dim"]) for r, a in battrs.items()}
-        rep.table("representations", representation_summary(zipfs, stabilities, dims))
+        rep.table("representations", representation_summary(zipfs, stabilities, dims, ndf))
         for r, z in zipfs.items():
             if r != primary:
                 rep.table(f"zipf_{r}", z, show=False)
@@ -306,15 +319,16 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
 @quanta_task(name="qdg-report")
 def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
                *, representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
-               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
+               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None,
+               null: ArtifactRef | None = None) -> ArtifactRef:
     """The study's report (build_qdg_report), published with its inputs as lineage."""
     st = Store(store)
     rep, k = build_qdg_report(st, selection, tokens, tokenizer, token_losses, representations=representations,
-                              primary=primary, agreement=agreement, rcfg=rcfg, projection=projection)
+                              primary=primary, agreement=agreement, rcfg=rcfg, projection=projection, null=null)
     inputs = [selection, tokens, tokenizer, token_losses,
               *(x for v in representations.values() for x in (v["affinity"], v["block"], *v["labels"], v["zipf"],
                                                                v["stability"]) if x is not None),
-              *(x for x in (agreement, projection) if x is not None)]
+              *(x for x in (agreement, projection, null) if x is not None)]
     return publish(rep, st, key_prefix, inputs=inputs, params={"report": rcfg.model_dump(mode="json"), "k_shown": k,
                                                                "primary": primary})
 
@@ -347,6 +361,7 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         projection = {"dims": int(pdf.projection_dims.iloc[0]),
                       "ari": {str(r.k): float(r.ari) for r in pdf.itertuples()}}
     alpha = _f(env.alpha_N)
+    ndf = st.read_table(refs["null"]) if refs.get("null") is not None else None
     reps = {}
     for rep, per in refs.get("representations", {}).items():
         z = st.read_table(per["zipf"])
@@ -354,15 +369,18 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         battrs_r = st.open_zarr(refs["blocks"][rep][0], validate=False, verify_hash=False).attrs
         sdf = st.read_table(per["stability"]) if per["stability"] is not None else None
         reps[rep] = {"dim": int(battrs_r["dim"]), "envelope_slope": _f(e.slope),
-                     "envelope_slope_ci": [_f(e.slope_ci_lo), _f(e.slope_ci_hi)], "consistent": e.consistent,
+                     "envelope_slope_ci": [_f(e.slope_ci_lo), _f(e.slope_ci_hi)],
+                     "consistent": verdict(e.consistent, ndf, rep)[0], "consistent_paper_rule": e.consistent,
                      "slope_by_k": {str(r.k): _f(r.slope) for r in z[z.scope == "k"].itertuples()},
                      "stability_ari": {} if sdf is None else {str(k): float(g.ari.mean()) for k, g in sdf.groupby("k")}}
     agreement = []
     if refs.get("agreement") is not None:
         agreement = [{"k": int(r.k), "a": r.a, "b": r.b, "ari": float(r.ari)}
                      for r in st.read_table(refs["agreement"]).itertuples()]
+    primary = refs.get("primary", "gradient")
+    verdict_, why = verdict(env.consistent, ndf, primary)
     res = {
-        "representation": refs.get("primary", "gradient"),
+        "representation": primary,
         "n_tokens": int(env.n_tokens),
         "gradient_dim": int(battrs["gradient_dim"]),
         "projection": "none" if proj == "none" else int(proj["dims"]),
@@ -376,8 +394,12 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         "predicted_exponent_ci": [None if env.predicted_ci_hi is None else _f(-env.predicted_ci_hi),
                                   None if env.predicted_ci_lo is None else _f(-env.predicted_ci_lo)],
         "predicted_slope": _f(env.predicted_slope),
-        "consistent": env.consistent,
-        "consistent_rule": CONSISTENT_RULE,
+        "consistent": verdict_,
+        "consistent_why": why,
+        "consistent_paper_rule": env.consistent,
+        "consistent_rule": "indeterminate when the envelope slope is inside the range of any null; else the "
+                           "paper's rule: " + CONSISTENT_RULE,
+        "null": null_results(ndf),
         "stability_ari": stability,
         "projection_ari": projection,
         "representations": reps,
