@@ -117,7 +117,7 @@ def verify_store(store: Store, repair: bool = False) -> VerifyReport:
     unreadable: set[str] = set()
     for rec_path in sorted(lineage_mod.record_names(store.fs, lineage_dir)):
         try:
-            record = lineage_mod.load_record(store.fs, rec_path)
+            record = store.resolve_record(lineage_mod.load_record(store.fs, rec_path))
         except lineage_mod.UnreadableRecordError as e:
             unreadable.add(rec_path)
             finding = Finding("record", str(e), uri=rec_path)
