@@ -47,6 +47,11 @@ def cluster_samples(samples, model, *, align: bool, control_weights: bool, confi
     st = Store(store)
     group = st.open_zarr(samples, validate=False, verify_hash=False)
     n, k_true = int(group["task"].shape[0]), len(group.attrs["subtasks"])
+    too_many = [k for k in config.clustering.n_clusters if k >= n]
+    if too_many:  # known only now (how many subtasks the model learned): a user error, not a silent drop
+        raise ConfigError(f"clustering.n_clusters: k = {too_many[0]} is not below the {n} samples drawn "
+                          f"({k_true} subtasks x model.samples_per_subtask): ask for fewer clusters, or more "
+                          "model.samples_per_subtask")
     plan = gradient_block_plan(n, config.gradients.block_rows)
     if representation == "gradient":
         blocks = [parity_gradient_block(samples, model, start=start, stop=stop, cfg=config.gradients,
@@ -60,11 +65,6 @@ def cluster_samples(samples, model, *, align: bool, control_weights: bool, confi
                                               align_label_sign=False, store=store)
                   for start, stop in plan]
     sim = similarity_matrix(blocks, cfg=config.similarity, store=store)
-    too_many = [k for k in config.clustering.n_clusters if k >= n]
-    if too_many:  # known only now (how many subtasks the model learned): a user error, not a silent drop
-        raise ConfigError(f"clustering.n_clusters: k = {too_many[0]} is not below the {n} samples drawn "
-                          f"({len(group.attrs['subtasks'])} subtasks x model.samples_per_subtask): ask for fewer "
-                          "clusters, or more model.samples_per_subtask")
     ks = sorted({k_true, *config.clustering.n_clusters})
     spectral = config.clustering.spectral()
     pairs = [(k, seed) for k in ks for seed in config.clustering.seeds]
