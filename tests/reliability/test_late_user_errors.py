@@ -25,3 +25,16 @@ def test_more_clusters_than_the_samples_drawn_is_one_line_naming_the_field_and_n
                   r"model.samples_per_subtask\)", errors[0])
     assert m and int(m.group(1)) == 20 * int(m.group(2)) < 100, errors[0]
     assert "Traceback" not in got.text
+
+
+def test_a_diverging_long_regime_names_its_own_fields(prefect_server, quanta, tmp_path):
+    """The long regime's training diverging is one line naming long.weight_decay and the grid's lr (exit 2), not the
+    study's hint alone ("lower grid.lr") under a traceback."""
+    got = quanta("run", "qdg-sparse-parity", "--config", QDG_SP_TINY, *MINIMAL, "--set", "regimes=['long']",
+                 "--set", "long.weight_decay=0", "--set", "sparse_parity.grid.lr=1e30", "--store", tmp_path / "store")
+    assert got.rc == 2, got.text[-3000:]
+    errors = [line for line in got.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and got.err.rstrip().endswith(errors[0]), got.err[-3000:]
+    assert "error: long: training diverged" in errors[0], errors[0]
+    assert "(lower long.weight_decay (0) or sparse_parity.grid.lr)" in errors[0], errors[0]
+    assert "Traceback" not in got.text
