@@ -26,6 +26,7 @@ from tasks.qdg.clustering import cluster_labels, clustering_stability, projectio
 from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, lm_gradient_dim
 from tasks.qdg.gradients import PARAMETER_OUTPUTS, gradient_block, gradient_block_plan
+from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.knn import knn_affinity
 from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, unit_representation,
                                           units_block)
@@ -221,6 +222,8 @@ def check_qdg_projections(config: QDGConfig) -> None:
              if d is not None]
     if not asked:
         return
+    for dims, field in asked:  # the JL floor: a projection whose bound says nothing is refused (tasks.qdg.jl_floor)
+        check_jl_floor(dims, config.selection.n_tokens, field, "selected tokens")
     known = lm_gradient_dim(config.lm, config.selection.model, config.gradients)
     if known is None:
         return

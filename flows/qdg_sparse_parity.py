@@ -18,12 +18,14 @@ from prefect import flow
 from schemas import ConfigError
 from schemas.jsonable import jsonable
 from schemas.qdg import QDGSparseParityConfig
+from schemas.qdg_config import DENSE_BYTES_PER_ENTRY
 from storage import Store
 from tasks.devices import resolve_device
 from tasks.qdg.benchmark import benchmark_records, best_row, parity_benchmark
 from tasks.qdg.clustering import cluster_labels
 from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, parity_gradient_dim
+from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
 from tasks.qdg.gradients import gradient_block_plan
 from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model_plan, parity_samples
@@ -45,6 +47,11 @@ def cluster_samples(samples, model, *, align: bool, control_weights: bool, confi
     st = Store(store)
     group = st.open_zarr(samples, validate=False, verify_hash=False)
     n, k_true = int(group["task"].shape[0]), len(group.attrs["subtasks"])
+    too_many = [k for k in config.clustering.n_clusters if k >= n]
+    if too_many:  # known only now (how many subtasks the model learned): a user error, not a silent drop
+        raise ConfigError(f"clustering.n_clusters: k = {too_many[0]} is not below the {n} samples drawn "
+                          f"({k_true} subtasks x model.samples_per_subtask): ask for fewer clusters, or more "
+                          "model.samples_per_subtask")
     plan = gradient_block_plan(n, config.gradients.block_rows)
     if representation == "gradient":
         blocks = [parity_gradient_block(samples, model, start=start, stop=stop, cfg=config.gradients,
@@ -58,7 +65,7 @@ def cluster_samples(samples, model, *, align: bool, control_weights: bool, confi
                                               align_label_sign=False, store=store)
                   for start, stop in plan]
     sim = similarity_matrix(blocks, cfg=config.similarity, store=store)
-    ks = sorted({k_true, *(k for k in config.clustering.n_clusters if k < n)})
+    ks = sorted({k_true, *config.clustering.n_clusters})
     spectral = config.clustering.spectral()
     pairs = [(k, seed) for k in ks for seed in config.clustering.seeds]
     labels = [cluster_labels(sim, k=k, seed=seed, spectral=spectral, store=store) for k, seed in pairs]
@@ -211,6 +218,9 @@ def preflight(config: QDGSparseParityConfig) -> None:
 
         check_projection(dim, config.gradients.projection_dims, "gradients.projection_dims",
                          f"the width-{plan['width']} MLP", psutil.virtual_memory().total)
+        check_jl_floor(config.gradients.projection_dims, most_samples(config), "gradients.projection_dims",
+                       "samples (at most model.samples_per_subtask x sparse_parity.task.n_tasks)")
+    check_sample_budget(config)
     if "modular" in config.regimes and config.sparse_parity.task.k != 3:
         raise ConfigError(f"regimes: the 'modular' control is built for k = 3 bits per subtask (sparse_parity.task.k "
                           f"= {config.sparse_parity.task.k}): drop 'modular' from regimes")
@@ -218,6 +228,33 @@ def preflight(config: QDGSparseParityConfig) -> None:
                          (config.gradients.device, "gradients.device")):
         resolve_device(value, field)  # a DeviceError: one line, exit 2
     check_local_cluster(config.similarity)
+
+
+def most_samples(config: QDGSparseParityConfig) -> int:
+    """The most samples one clustering can have: samples_per_subtask of each of the n_tasks subtasks (the learned
+    ones and the unlearned control never both reach it)."""
+    return config.model.samples_per_subtask * config.sparse_parity.task.n_tasks
+
+
+def check_sample_budget(config: QDGSparseParityConfig) -> None:
+    """Before any work: every clustering.n_clusters k can be below the number of samples, and the samples' dense
+    similarity and spectral clustering (DENSE_BYTES_PER_ENTRY n^2 bytes) and the random baseline (n x
+    benchmark.random_dims float64, twice) fit this machine's memory, for the most samples there can be."""
+    import psutil
+
+    n, cfg = most_samples(config), config.model
+    fields = (f"model.samples_per_subtask x sparse_parity.task.n_tasks = {cfg.samples_per_subtask:,} x "
+              f"{config.sparse_parity.task.n_tasks:,} = {n:,}")
+    if config.clustering.n_clusters[-1] >= n:
+        raise ConfigError(f"clustering.n_clusters: k = {config.clustering.n_clusters[-1]:,} is not below the most "
+                          f"samples there can be ({fields})")
+    have, dims = psutil.virtual_memory().total, config.benchmark.random_dims
+    for need, field, what in ((DENSE_BYTES_PER_ENTRY * n * n, "model.samples_per_subtask",
+                               "their dense similarity and spectral clustering"),
+                              (16 * n * dims, "benchmark.random_dims", f"the random baseline's {dims:,}-dim rows")):
+        if need > have:
+            raise ConfigError(f"{field}: {what} need ~{need / 1e9:,.1f} GB for up to {fields} samples, this machine "
+                              f"has {have / 1e9:.1f} GB: lower {field}")
 
 
 CONFIG = QDGSparseParityConfig

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 
 from schemas.config import ReportConfig as BaseReportConfig
-from schemas.config import StrictModel, include_section, positive_distinct
+from schemas.config import MAX_TRAINING_STEPS, StrictModel, include_section, positive_distinct
 from schemas.lm import LMConfig
 from schemas.sparse_parity import SparseParityConfig
 
@@ -343,17 +343,22 @@ REGIMES: tuple[str, ...] = ("study", "long", "group_lasso", "modular")
 class LongTrainingConfig(StrictModel):
     """The `long` regime: the study's training from scratch, longer and with more weight decay."""
 
-    steps: int = Field(10000, ge=1, description="training steps (the study's grid.steps in the `study` regime)")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    steps: int = Field(10000, ge=1, le=MAX_TRAINING_STEPS, description="training steps (the study's grid.steps in "
+                       "the `study` regime; at most MAX_TRAINING_STEPS, 50 x the paper's longest training)")
+    weight_decay: float = Field(0.1, ge=0, le=10, description="AdamW weight decay (at most 10, and below 1 / "
+                                "sparse_parity.grid.lr: AdamW scales the weights by 1 - lr x weight_decay each step, "
+                                "so at lr x weight_decay >= 1 they are wiped every step)")
 
 
 class GroupLassoConfig(StrictModel):
     """The `group_lasso` regime (narrow-AI recipe): fine-tune the `start` model with cross-entropy on fresh samples
     plus lam * sum over hidden units j of sqrt(||W1[j, :]||^2 + ||W2[:, j]||^2) (incoming and outgoing weights)."""
 
-    lam: float = Field(1e-4, description="penalty strength lambda (> 0; on the demo model 1e-3 already unlearns "
-                       "all but 3 of its 11 subtasks)")
-    steps: int = Field(2000, ge=1, description="fine-tuning steps")
+    lam: float = Field(1e-4, le=1.0, description="penalty strength lambda (> 0; on the demo model 1e-3 already "
+                       "unlearns all but 3 of its 11 subtasks; at most 1, 1,000 times that: past it the penalty alone "
+                       "decides and every unit is pushed to zero)")
+    steps: int = Field(2000, ge=1, le=MAX_TRAINING_STEPS, description="fine-tuning steps (at most "
+                       "MAX_TRAINING_STEPS)")
     lr: float | None = Field(None, gt=0, description="AdamW learning rate (None = the "
                              "grid's lr)")
     start: Literal["study", "long"] = Field("study", description="the regime whose model is fine-tuned")
@@ -424,4 +429,9 @@ class QDGSparseParityConfig(StrictModel):
     def _regimes(self):
         if self.regimes[0] == "modular":
             raise ValueError("regimes: the first regime is the headline and must be a trained model, not 'modular'")
+        lr = self.sparse_parity.grid.lr
+        trains_long = "long" in self.regimes or ("group_lasso" in self.regimes and self.group_lasso.start == "long")
+        if trains_long and self.long.weight_decay * lr >= 1:
+            raise ValueError(f"long.weight_decay must be below 1 / sparse_parity.grid.lr = {1 / lr:g} (got "
+                             f"{self.long.weight_decay:g}: AdamW would wipe the weights every step)")
         return self

@@ -31,6 +31,7 @@ from storage import ArtifactRef, Store
 from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device
 from tasks.qdg.gradients import GradientConfigError, normalise_rows, write_gradient_block
+from tasks.progress import Progress
 from tasks.qdg.projection import Projector
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, encode, eval_set, load_spec, train_set
 from tasks.sparse_parity.model import init_mlp
@@ -72,10 +73,11 @@ def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: i
     data = train_set(spec, data_size, seed) if data_size > 0 else None
     steps = int(params["steps"])
     ev = eval_set(spec, params["eval_samples_per_task"], seed=spec.seed, device=device)
-    res = train_grid(spec, [width], [Group(seed=seed, data_size=data_size, data=data)], depth=params["depth"],
-                     steps=steps, batch_size=params["batch_size"], lr=params["lr"],
-                     weight_decay=params["weight_decay"], log_at=np.array([steps]), eval_data=ev, device=device,
-                     keep_states=True)
+    with Progress(f"qdg-parity-model-w{width}-s{seed}", total=steps, unit="step") as progress:  # a line every 10 s
+        res = train_grid(spec, [width], [Group(seed=seed, data_size=data_size, data=data)], depth=params["depth"],
+                         steps=steps, batch_size=params["batch_size"], lr=params["lr"],
+                         weight_decay=params["weight_decay"], log_at=np.array([steps]), eval_data=ev, device=device,
+                         keep_states=True, progress=progress)
     return res.states[0][0], np.asarray(res.loss_bits[0, 0, -1], dtype=np.float32)
 
 

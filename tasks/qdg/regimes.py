@@ -19,12 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from schemas import UserInputError
 from schemas.qdg import GroupLassoConfig
 from storage import ArtifactRef, Store
 from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device
 from tasks.qdg.parity import load_parity_model, parity_model
+from tasks.progress import Progress
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, derive_seed, encode, eval_set, load_spec
+from tasks.sparse_parity.train import TrainingDiverged
 
 LN2 = math.log(2.0)
 
@@ -38,12 +41,22 @@ def regime_params(regime: str, params: dict, long_steps: int, long_weight_decay:
     raise ValueError(f"regime {regime!r} is not trained from scratch")
 
 
+class RegimeDiverged(TrainingDiverged, UserInputError):
+    """A regime's training diverged: one line naming the regime's fields to change (exit 2)."""
+
+
 def trained_model(spec: ArtifactRef, *, regime: str, plan: dict, long_steps: int, long_weight_decay: float,
                   store: str) -> ArtifactRef:
     """The study's or the long regime's model (the cached `parity_model` task with that regime's settings)."""
-    return parity_model(spec, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
-                        params=regime_params(regime, plan["params"], long_steps, long_weight_decay),
-                        device=plan["device"], store=store)
+    try:
+        return parity_model(spec, width=plan["width"], seed=plan["seed"], data_size=plan["data_size"],
+                            params=regime_params(regime, plan["params"], long_steps, long_weight_decay),
+                            device=plan["device"], store=store)
+    except TrainingDiverged as e:
+        if regime != "long":
+            raise
+        raise RegimeDiverged(f"long: {str(e).replace('(lower grid.lr)', '')}(lower long.weight_decay "
+                             f"({long_weight_decay:g}) or sparse_parity.grid.lr)") from None
 
 
 def subtask_loss_bits(mlp: torch.nn.Module, spec: SparseParitySpec, samples_per_task: int,
@@ -70,15 +83,21 @@ def group_lasso_finetune(mlp: torch.nn.Sequential, spec: SparseParitySpec, cfg: 
     sampler = Sampler(spec, seed=derive_seed("group-lasso", seed), device=device)
     opt = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.0)
     trace = []
-    for step in range(cfg.steps):
-        t, bits, y = sampler.sample(batch_size)
-        norms = unit_group_norms(mlp)
-        loss = F.cross_entropy(mlp(encode(t, bits, spec.n_tasks)), y) + cfg.lam * norms.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % max(1, cfg.steps // 10) == 0:
-            trace.append(float(norms.sum().detach()))
+    with Progress(f"qdg-parity-group-lasso-lam{cfg.lam}", total=cfg.steps, unit="step") as progress:
+        for step in range(cfg.steps):
+            t, bits, y = sampler.sample(batch_size)
+            norms = unit_group_norms(mlp)
+            loss = F.cross_entropy(mlp(encode(t, bits, spec.n_tasks)), y) + cfg.lam * norms.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (step + 1) % max(1, cfg.steps // 10) == 0:
+                trace.append(float(norms.sum().detach()))
+                if not math.isfinite(trace[-1]) or not bool(torch.isfinite(loss.detach())):
+                    raise RegimeDiverged(f"group_lasso: the fine-tuning diverged (loss {float(loss.detach())}, "
+                                         f"penalty {trace[-1]}) by step {step + 1}: lower group_lasso.lam "
+                                         f"({cfg.lam:g}) or group_lasso.lr ({lr:g})")
+            progress.update(1)
     return trace
 
 
