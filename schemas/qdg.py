@@ -218,6 +218,35 @@ ZIPF = register("qdg.zipf", "parquet", 1, ZipfTable, "Zipf fits of cluster sizes
                 "against -(alpha_N + 1)")
 
 
+class SizeExponentTable(StrictTable):
+    """The headline size exponent e (cluster sizes ∝ rank^-e) of one affinity, from the calibrated estimator
+    (tasks.qdg.size_exponent): one row. NaN = not measurable (see `note`); an interval end may be ±inf (the
+    observed statistic beyond the simulated range)."""
+
+    estimator: Series[str] = pa.Field(description="the estimator's name (merged_finite_zipf)")
+    exponent: Series[float] = pa.Field(nullable=True)
+    ci_lo: Series[float] = pa.Field(nullable=True)
+    ci_hi: Series[float] = pa.Field(nullable=True)
+    level: Series[float] = pa.Field(gt=0, lt=1)
+    n_tokens: Series[int] = pa.Field(ge=2)
+    k_over: Series[int] = pa.Field(ge=0, description="the over-clustering's k (the largest of the k list)")
+    k_chosen: Series[int] = pa.Field(ge=0, description="clusters after merging: the k the data chose")
+    n_ranks: Series[int] = pa.Field(ge=0, description="ranks in the fit (clusters of >= min_size rows)")
+    min_size: Series[int] = pa.Field(ge=0)
+    n_sim: Series[int] = pa.Field(ge=0)
+    note: Series[str]
+
+    @pa.dataframe_check(error="ci_lo <= exponent <= ci_hi where they are set")
+    def _ordered(cls, df) -> bool:
+        ok = df["exponent"].notna() & df["ci_lo"].notna() & df["ci_hi"].notna()
+        d = df[ok]
+        return bool(((d["ci_lo"] <= d["exponent"]) & (d["exponent"] <= d["ci_hi"])).all())
+
+
+SIZE_EXPONENT = register("qdg.size_exponent", "parquet", 1, SizeExponentTable,
+                         "the calibrated size exponent of the clusters of one affinity, with its interval")
+
+
 class GroundTruthTable(StrictTable):
     """QDG against the known quanta of sparse parity: one row per clustering (variant, samples, k, seed)."""
 
