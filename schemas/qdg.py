@@ -185,10 +185,11 @@ PROJECTION_ARI = register("qdg.projection_ari", "parquet", 1, ProjectionAgreemen
 
 
 class ZipfTable(StrictTable):
-    """Rank-frequency fits of cluster sizes: one row per k (scope 'k') and one for the envelope over k (scope
-    'envelope', k = 0). NaN = not measurable (too few clusters, no alpha_N); see `note`."""
+    """Rank-frequency fits of cluster sizes: one row per k (scope 'k'), one for the envelope over k (scope
+    'envelope', k = 0: the paper's statistic) and, when computed, the calibrated headline (scope 'headline'). NaN = not measurable (too few clusters, no alpha_N); see `note`."""
 
-    scope: Series[str] = pa.Field(isin=["k", "envelope"])
+    scope: Series[str] = pa.Field(isin=["k", "envelope", "headline"], description="headline: the calibrated "
+                                  "estimator (tasks.qdg.size_exponent), slope = -exponent")
     k: Series[int] = pa.Field(ge=0)
     n_tokens: Series[int] = pa.Field(ge=1)
     n_nonempty: Series[int] = pa.Field(ge=0, description="non-empty clusters (envelope: its ranks)")

@@ -135,22 +135,23 @@ def size_exponent_table(fit: SizeExponent, n_tokens: int) -> pd.DataFrame:
 
 
 @quanta_task(name="qdg-size-exponent")
-def qdg_size_exponent(affinity: ArtifactRef, labels: ArtifactRef | None = None, *, n_clusters: list[int],
+def qdg_size_exponent(affinity: ArtifactRef, labels: ArtifactRef | None = None, *, k_over: int,
                       spectral: SpectralOptions, seed: int, store: str) -> ArtifactRef:
     """`qdg.size_exponent`: the calibrated headline exponent of an affinity (`qdg.similarity` or
-    `qdg.knn_affinity`); `labels`: the `qdg.labels` at max(n_clusters) and `seed` (None: clustered here)."""
+    `qdg.knn_affinity`). `k_over`: the over-clustering's k (the study's largest cluster count: a task keyed on it
+    alone stays `Cached` when a smaller k is added); `labels`: the `qdg.labels` at (k_over, seed), or None to
+    cluster here."""
     st = Store(store)
     a, rows = read_affinity(st, affinity)
     lab = None
     inputs = [affinity]
     if labels is not None:
         df = st.read_table(labels)
-        if int(df["k"].iloc[0]) != max(n_clusters) or int(df["seed"].iloc[0]) != seed:
+        if int(df["k"].iloc[0]) != k_over or int(df["seed"].iloc[0]) != seed:
             raise ValueError(f"{labels.short}: labels of k = {int(df['k'].iloc[0])}, seed = {int(df['seed'].iloc[0])}"
-                             f"; size_exponent needs k = {max(n_clusters)}, seed = {seed}")
+                             f"; size_exponent needs k = {k_over}, seed = {seed}")
         lab = df.set_index("row")["label"].loc[rows].to_numpy()
         inputs.append(labels)
-    fit = size_exponent(a, n_clusters=n_clusters, spectral=spectral, seed=seed, labels=lab)
+    fit = size_exponent(a, n_clusters=[k_over], spectral=spectral, seed=seed, labels=lab)
     return st.write_table("qdg.size_exponent", size_exponent_table(fit, len(rows)), inputs=inputs,
-                          params={"n_clusters": list(n_clusters), "seed": seed,
-                                  "spectral": spectral.model_dump(mode="json")})
+                          params={"k_over": k_over, "seed": seed, "spectral": spectral.model_dump(mode="json")})
