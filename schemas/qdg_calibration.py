@@ -66,6 +66,10 @@ class PlantedConfig(StrictModel):
         return self
 
 
+class CalibrationReportConfig(BaseReportConfig):
+    title: str = "Calibrating the size exponent (planted clusters)"
+
+
 class EstimatorConfig(StrictModel):
     """The designed estimator's settings (tasks.stats.cluster_sizes.finite_zipf_exponent), fixed before calibrating."""
 
@@ -87,10 +91,6 @@ class CalibrationClustering(SpectralOptions):
 
     def spectral(self) -> SpectralOptions:
         return SpectralOptions(**{f: getattr(self, f) for f in SpectralOptions.model_fields})
-
-
-class CalibrationReportConfig(BaseReportConfig):
-    title: str = "Calibrating the size exponent (planted clusters)"
 
 
 class QDGCalibrationConfig(StrictModel):

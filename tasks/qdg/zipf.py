@@ -86,6 +86,13 @@ def zipf_row(counts: np.ndarray, scope: str, k: int, n_tokens: int, alpha_n, cfg
                        mle_xmin=ml.xmin, slope_from_mle=-1.0 / (ml.alpha - 1.0) if ml.alpha > 1 else NAN)
         except FitError as e:
             notes.append(f"mle: {e}")
+    predict(row, notes, alpha_n, fit, cfg.level)
+    return row
+
+
+def predict(row: dict, notes: list[str], alpha_n, slope, level: float) -> None:
+    """Fill `row`'s prediction -(alpha_N + 1) and `consistent` for a measured slope (a LogLogFit or (value, (lo,
+    hi)); None: no check), and its note."""
     if alpha_n is None:
         notes.append("no alpha_N (no lm.fits, or its fit has no value): no prediction")
     else:
@@ -93,11 +100,10 @@ def zipf_row(counts: np.ndarray, scope: str, k: int, n_tokens: int, alpha_n, cfg
         row.update(alpha_N=value, predicted_slope=-(value + 1.0))
         if ci is not None:
             row.update(predicted_ci_lo=-(ci[1] + 1.0), predicted_ci_hi=-(ci[0] + 1.0))
-        if fit is not None:
-            check = scaling_theory_checks(zipf_slope=fit, alpha_n=(value, ci) if ci else value, level=cfg.level)[0]
+        if slope is not None:
+            check = scaling_theory_checks(zipf_slope=slope, alpha_n=(value, ci) if ci else value, level=level)[0]
             row["consistent"] = "yes" if check.consistent else "no"
     row["note"] = "; ".join(notes)
-    return row
 
 
 def headline_row(headline: pd.DataFrame, n_tokens: int, alpha_n, cfg: ZipfConfig) -> dict:
@@ -111,18 +117,8 @@ def headline_row(headline: pd.DataFrame, n_tokens: int, alpha_n, cfg: ZipfConfig
              f">= {int(h['min_size'])} rows of {int(h['k_chosen'])} (merged from k = {int(h['k_over'])})"]
     if str(h["note"]):
         notes.append(str(h["note"]))
-    if alpha_n is None:
-        notes.append("no alpha_N (no lm.fits, or its fit has no value): no prediction")
-    else:
-        value, ci = alpha_n
-        row.update(alpha_N=value, predicted_slope=-(value + 1.0))
-        if ci is not None:
-            row.update(predicted_ci_lo=-(ci[1] + 1.0), predicted_ci_hi=-(ci[0] + 1.0))
-        if np.isfinite(e) and np.isfinite(lo) and np.isfinite(hi):
-            check = scaling_theory_checks(zipf_slope=(-e, (-hi, -lo)), alpha_n=(value, ci) if ci else value,
-                                          level=row["level"])[0]
-            row["consistent"] = "yes" if check.consistent else "no"
-    row["note"] = "; ".join(notes)
+    finite = np.isfinite(e) and np.isfinite(lo) and np.isfinite(hi)
+    predict(row, notes, alpha_n, (-e, (-hi, -lo)) if finite else None, row["level"])
     return row
 
 
