@@ -85,6 +85,7 @@ def draw_table(planted: float, separation: float, draw: int, *, grid: PlantedCon
     fit = size_exponent(a, n_clusters=ks, spectral=spectral, seed=clustering.seed, labels=labels[k_over],
                         level=lvl, n_sim=estimator.n_sim, min_size=estimator.min_size)
     merged, _ = merge_pieces(a, labels[k_over])
+    fit.k = k_over  # the row's k is the over-clustering it starts from; k_chosen says what the merge chose
     out.append(_row(fit, planted, fit.choices["k_chosen"], _ari(truth, merged)))
     df = pd.DataFrame(out)
     df.insert(0, "draw", draw)

@@ -75,7 +75,8 @@ def test_tiny_calibration_runs_is_cached_and_adding_a_draw_computes_only_it(proj
     states, out = _run(_tiny(project_root, "planted.draws=2"), store_root)
     ran = {k for k, v in states.items() if v != "Cached"}
     assert ran == {"qdg-calibration-e1.5-sep0.3-d1", "qdg-calibration-summary", "qdg-calibration-report"}, states
-    assert store.read_table(out["artifacts"]["summary"])["draws"].eq(2).all()
+    summary = store.read_table(out["artifacts"]["summary"])
+    assert summary["draws"].eq(2).all() and len(summary) == len(draws)  # each (estimator, k) over both draws
 
 
 @pytest.mark.parametrize("override, field", [("planted.exponents=[1.2, 9.0]", "planted.exponents"),
