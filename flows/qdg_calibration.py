@@ -22,7 +22,7 @@ def calibration_pipeline(config: QDGCalibrationConfig, store: str) -> dict:
     data = draw_grid(p)
     draws = {(e, sep, d): calibration_draw(planted=e, separation=sep, draw=d, data=data,
                                            clustering=config.clustering, estimator=config.estimator, store=store)
-             for sep in p.separations for e in p.exponents for d in range(p.draws)}
+             for d in range(p.draws) for sep in p.separations for e in p.exponents}  # draw-major: every cell early
     summary = calibration_summary(list(draws.values()), store=store)
     report = calibration_report_task(summary, n_clusters=p.n_clusters, n_rows=p.n_rows, cfg=config.report,
                                      store=store)
