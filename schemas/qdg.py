@@ -185,10 +185,11 @@ PROJECTION_ARI = register("qdg.projection_ari", "parquet", 1, ProjectionAgreemen
 
 
 class ZipfTable(StrictTable):
-    """Rank-frequency fits of cluster sizes: one row per k (scope 'k') and one for the envelope over k (scope
-    'envelope', k = 0). NaN = not measurable (too few clusters, no alpha_N); see `note`."""
+    """Rank-frequency fits of cluster sizes: one row per k (scope 'k'), one for the envelope over k (scope
+    'envelope', k = 0: the paper's statistic) and, when computed, the calibrated headline (scope 'headline'). NaN = not measurable (too few clusters, no alpha_N); see `note`."""
 
-    scope: Series[str] = pa.Field(isin=["k", "envelope"])
+    scope: Series[str] = pa.Field(isin=["k", "envelope", "headline"], description="headline: the calibrated "
+                                  "estimator (tasks.qdg.size_exponent), slope = -exponent")
     k: Series[int] = pa.Field(ge=0)
     n_tokens: Series[int] = pa.Field(ge=1)
     n_nonempty: Series[int] = pa.Field(ge=0, description="non-empty clusters (envelope: its ranks)")
@@ -216,6 +217,35 @@ class ZipfTable(StrictTable):
 
 ZIPF = register("qdg.zipf", "parquet", 1, ZipfTable, "Zipf fits of cluster sizes per k and of their envelope, "
                 "against -(alpha_N + 1)")
+
+
+class SizeExponentTable(StrictTable):
+    """The headline size exponent e (cluster sizes ∝ rank^-e) of one affinity, from the calibrated estimator
+    (tasks.qdg.size_exponent): one row. NaN = not measurable (see `note`); an interval end may be ±inf (the
+    observed statistic beyond the simulated range)."""
+
+    estimator: Series[str] = pa.Field(description="the estimator's name (merged_finite_zipf)")
+    exponent: Series[float] = pa.Field(nullable=True)
+    ci_lo: Series[float] = pa.Field(nullable=True)
+    ci_hi: Series[float] = pa.Field(nullable=True)
+    level: Series[float] = pa.Field(gt=0, lt=1)
+    n_tokens: Series[int] = pa.Field(ge=2)
+    k_over: Series[int] = pa.Field(ge=0, description="the over-clustering's k (the largest of the k list)")
+    k_chosen: Series[int] = pa.Field(ge=0, description="clusters after merging: the k the data chose")
+    n_ranks: Series[int] = pa.Field(ge=0, description="ranks in the fit (clusters of >= min_size rows)")
+    min_size: Series[int] = pa.Field(ge=0)
+    n_sim: Series[int] = pa.Field(ge=0)
+    note: Series[str]
+
+    @pa.dataframe_check(error="ci_lo <= exponent <= ci_hi where they are set")
+    def _ordered(cls, df) -> bool:
+        ok = df["exponent"].notna() & df["ci_lo"].notna() & df["ci_hi"].notna()
+        d = df[ok]
+        return bool(((d["ci_lo"] <= d["exponent"]) & (d["exponent"] <= d["ci_hi"])).all())
+
+
+SIZE_EXPONENT = register("qdg.size_exponent", "parquet", 1, SizeExponentTable,
+                         "the calibrated size exponent of the clusters of one affinity, with its interval")
 
 
 class GroundTruthTable(StrictTable):
