@@ -180,13 +180,92 @@ def add_figures(rep: Report, runs: pd.DataFrame, fits: pd.DataFrame, emergence: 
     rep.figure("subtasks_learned_vs_N", subtasks_learned_figure(runs))
 
 
+def step_figure(runs: pd.DataFrame, steps: pd.DataFrame, fit_cfg: FitConfig):
+    """Final loss vs N per alpha, on linear loss, with the largest adjacent drop marked (the step test)."""
+    fig, ax = subplots(figsize=(5, 3.6))
+    for i, r in enumerate(steps.itertuples()):
+        pts = scaling_data(runs[runs.alpha == r.alpha], fit_cfg)["alpha_N"].sort_values("x")
+        label = "uniform" if r.alpha == 0 else f"alpha={r.alpha:g}"
+        ax.plot(pts.x, pts.mean_loss, "o-", ms=3, color=f"C{i}", label=f"{label}: step {r.step_fraction:.2f}")
+        if np.isfinite(r.n_before):
+            ax.axvspan(r.n_before, r.n_after, color=f"C{i}", alpha=0.12)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final mean test loss (bits)",
+           title="One step or a power law (shaded: the largest adjacent drop)")
+    _legend(ax, 7)
+    return fig
+
+
+def step_text(steps: pd.DataFrame) -> str:
+    lines = ["Step test: the largest drop of the final loss between adjacent sizes as a fraction of the whole drop, "
+             "beside the same statistic of the log-log power law fitted to the same points (its null); one step "
+             "when the fraction exceeds 0.5 and the power law's."]
+    for r in steps.itertuples():
+        name = "uniform frequencies" if r.alpha == 0 else f"alpha={r.alpha:g}"
+        if np.isfinite(r.step_fraction):
+            lines.append(f"- {name}: **{r.step_fraction:.2f}** of the drop between N = {r.n_before:.0f} and "
+                         f"{r.n_after:.0f} (power law at the same N: {r.powerlaw_step_fraction:.2f}): "
+                         f"{'one step' if r.one_step else 'not one step'}")
+        else:
+            lines.append(f"- {name}: {r.note}")
+    return "\n".join(lines)
+
+
+def quanta_figure(runs: pd.DataFrame, quanta: pd.DataFrame, fit_cfg: FitConfig):
+    """Subtasks learned vs N (fresh data, final) with n = N/C, and vs D (early stopping) with the fitted slope."""
+    fig, axes = subplots(1, 2, figsize=(9, 3.4))
+    for i, (alpha, sub) in enumerate(runs.groupby("alpha")):
+        q = quanta[quanta.alpha == alpha].set_index("quantity")
+        last = final_rows(sub[sub.data_size == -1]).groupby("n_params").subtasks_learned.mean()
+        last = last[last > 0]  # log axes: models that learned nothing are not drawn (nor fitted)
+        if len(last):
+            axes[0].plot(last.index, last.values, "o", ms=3, color=f"C{i}", label=f"alpha={alpha:g}")
+        if len(last) and "params_per_quantum" in q.index and np.isfinite(q.loc["params_per_quantum", "value"]):
+            c = q.loc["params_per_quantum", "value"]
+            axes[0].plot(last.index, last.index / c, "--", color=f"C{i}", lw=1, label=f"N / C, C = {c:.3g}")
+        es = early_stopping(sub)
+        if len(es):
+            width = fit_cfg.d_width or int(es.width.max())
+            d = es[es.width == width].groupby("data_size").subtasks_learned.mean()
+            d = d[d > 0]
+            label = f"alpha={alpha:g}"
+            if "subtasks_vs_D" in q.index and np.isfinite(q.loc["subtasks_vs_D", "value"]):
+                qd = q.loc["subtasks_vs_D"]
+                label += f": slope {qd['value']:.2f} (theory {qd['theory']:.2f})"
+            if len(d):
+                axes[1].plot(d.index, d.values, "o-", ms=3, color=f"C{i}", label=label)
+    axes[0].set(xlabel="parameters N", ylabel="subtasks learned (final)", title="Quanta per parameter: n = N / C")
+    axes[1].set(xlabel="training samples D", ylabel="subtasks learned (early stopping)",
+                title="Subtasks learned vs D (paper Figure 9)")
+    for ax in axes:
+        if ax.lines:
+            ax.set(xscale="log", yscale="log")
+        else:
+            ax.text(0.5, 0.5, "no model learned a subtask", ha="center", transform=ax.transAxes)
+        _legend(ax, 7)
+    return fig
+
+
 def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
-                 fit_cfg: FitConfig, cfg: ReportConfig) -> Report:
-    """The sparse-parity report: exponents vs theory, theory checks, plots, and the tables behind them."""
+                 fit_cfg: FitConfig, cfg: ReportConfig, steps: pd.DataFrame | None = None,
+                 quanta: pd.DataFrame | None = None) -> Report:
+    """The sparse-parity report: exponents vs theory, theory checks, the step test, plots, and the tables behind
+    them."""
     rep = Report(cfg.title, dpi=cfg.dpi)
     slope = emergence_slope(emergence, fit_cfg.level)
     rep.text(exponents_text(fits, slope, fit_cfg))
     rep.table("fits", fits)
+    if steps is not None:
+        rep.text(step_text(steps))
+        rep.table("step_test", steps)
+        if cfg.plots:
+            rep.figure("step_test", step_figure(runs, steps, fit_cfg))
+    if quanta is not None:
+        rep.text("Counting quanta: the slope of subtasks learned vs N (theory 1: n = N/C), C = parameters per "
+                 "learned subtask (geometric mean of N/n, t-interval), and the slope of subtasks learned vs D with "
+                 "early stopping (paper Figure 9; theory 1/(alpha+1)); log-log OLS, t-intervals.")
+        rep.table("quanta", quanta)
+        if cfg.plots:
+            rep.figure("quanta_counts", quanta_figure(runs, quanta, fit_cfg))
     checks = theory_checks(fits, fit_cfg.level)
     if len(checks):
         rules = "; ".join(f"{r}: {describe_rule(r, fit_cfg.level)}" for r in checks["rule"].unique())
@@ -208,13 +287,14 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
 
 @quanta_task(name="sparse-parity-report")
 def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, emergence_ref: ArtifactRef,
-                               curves_refs: list[ArtifactRef], *, fit_cfg: FitConfig, report_cfg: ReportConfig,
-                               store: str, key_prefix: str = "sparse-parity") -> ArtifactRef:
+                               curves_refs: list[ArtifactRef], steps_ref: ArtifactRef, quanta_ref: ArtifactRef, *,
+                               fit_cfg: FitConfig, report_cfg: ReportConfig, store: str,
+                               key_prefix: str = "sparse-parity") -> ArtifactRef:
     st = Store(store)
     runs, fits, em = st.read_table(runs_ref), st.read_table(fits_ref), st.read_table(emergence_ref)
     curves = [st.read_zarr(r)[0] for r in curves_refs]
-    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg)
-    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs],
+    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg, st.read_table(steps_ref), st.read_table(quanta_ref))
+    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs, steps_ref, quanta_ref],
                    params={"report": report_cfg.model_dump(), "fit": fit_cfg.model_dump()})
 
 
