@@ -41,7 +41,7 @@ def heatmap_rows(labels: np.ndarray, max_rows: int) -> np.ndarray:
 
 
 def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf: pd.DataFrame):
-    fig, ax = subplots(figsize=(5.6, 4.0))
+    fig, ax = subplots()
     for k in sorted(sizes_by_k):
         s = sizes_by_k[k][sizes_by_k[k] > 0] / n_tokens
         ax.plot(np.arange(1, len(s) + 1), s, lw=0.9, alpha=0.6, label=f"k = {k}")
@@ -64,7 +64,7 @@ def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf
 
 
 def similarity_heatmap(c_sub: np.ndarray, labels_sub: np.ndarray, title: str):
-    fig, ax = subplots(figsize=(4.6, 4.0))
+    fig, ax = subplots(shape="heatmap")
     im = ax.imshow(c_sub, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     edges = np.flatnonzero(np.diff(labels_sub)) + 0.5
     if len(edges) <= 40:  # cluster boundaries, where they can still be told apart
@@ -141,7 +141,7 @@ def rank_frequency_axes(fig, ax, ylabel: str, title: str):
 
 
 def cluster_losses_figure(df: pd.DataFrame):
-    fig, ax = subplots(figsize=(5.2, 3.6))
+    fig, ax = subplots()
     for c, g in df.groupby("cluster", sort=True):
         ax.plot(g.n_params_nonembed, g.mean_loss, marker="o", ms=3, lw=1, label=f"cluster {c} ({g['size'].iloc[0]})")
     ax.set_xscale("log")
@@ -195,7 +195,7 @@ def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str
 
 
 def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predicted: float):
-    fig, ax = subplots(figsize=(5.6, 4.0))
+    fig, ax = subplots()
     for rep, (by_k, n) in sizes.items():
         env = size_envelope(by_k, n)
         env = env[env > 0]
