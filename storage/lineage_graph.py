@@ -181,10 +181,10 @@ class LineageGraph:
                 "nodes": [{**self.nodes[h], "role": self.roles.get(h)} for h in self.ordered()],
                 "edges": [{"input": a, "output": b} for a, b in self.edges]}
 
-    def to_mermaid(self, detail: bool = True) -> str:
+    def to_mermaid(self, detail: bool = True, direction: str | None = None) -> str:
         """A Mermaid flowchart, left to right (top to bottom past 10 artifacts, where a wide graph would be drawn
-        too small to read); `detail` adds the producer task to each node."""
-        lines = ["flowchart LR" if len(self.nodes) <= 10 else "flowchart TB"]
+        too small to read; or `direction`, "LR" / "TB"); `detail` adds the producer task to each node."""
+        lines = [f"flowchart {direction or ('LR' if len(self.nodes) <= 10 else 'TB')}"]
         for h in self.ordered():
             lines.append(f'  {_node_id(h)}["{_label(self.nodes[h], detail, "<br/>")}"]')
         for a, b in self.edges:

@@ -180,7 +180,7 @@ class Report:
                 name, note, (rows, cols) = payload
                 key = (table_keys or {}).get(name)
                 where = f"the table artifact [{key}](../key/{key})" if key and embed else f"[{name}.csv]({name}.csv)"
-                out += [f"{note} The whole table ({rows} rows x {cols} columns): {where}.", ""]
+                out += [f"{note} {where} ({rows} rows x {cols} columns).", ""]
             elif kind == "file":
                 name, link = payload
                 out += [f"[{link}]({name})" if not embed else
@@ -258,13 +258,20 @@ def publish(report: Report, st: Store, key_prefix: str, *, inputs: list[Artifact
     return ref
 
 
+def by_kind_chart(graph: LineageGraph) -> str:
+    """The lineage collapsed by kind as a Mermaid chart that stays readable at the column's width: top to bottom
+    (a left-to-right chain of five kinds is already wider than the column, and shrinks its labels), kinds and counts
+    only (producers are in the lineage artifact)."""
+    return graph.by_kind().to_mermaid(detail=False, direction="TB")
+
+
 def lineage_section(report: Report, graph: LineageGraph, lineage_key: str) -> None:
     """"Where this report comes from": the lineage collapsed by kind (one node per kind, `lm.token_losses ×4`: a
     chart whose labels stay readable at the column's width), then the full graph, artifact by artifact: behind a
     <details> toggle in the store's copy, in the lineage artifact (`lineage_key`) in the UI."""
     report.mermaid(f"**Where this report comes from**: the {len(graph.nodes)} artifacts it was computed from, by kind "
                    "(a kind's hash where it has one artifact; `quanta lineage <hash>` shows one in full)",
-                   graph.by_kind().to_mermaid())
+                   by_kind_chart(graph))
     report.blocks.append(("details", (f"The full graph: {len(graph.nodes)} artifacts by content hash",
                                       graph.to_mermaid())))
     report.blocks.append(("ui_text", f"The full graph, artifact by artifact, with producers and times: the lineage "
@@ -283,7 +290,7 @@ def lineage_markdown(graph: LineageGraph, report_ref: ArtifactRef) -> str:
         f"The report `{report_ref.uri}` and every artifact it was computed from (green: written by this flow run; "
         "blue: reused from an earlier run's cache). `quanta lineage <hash>` shows any of them in full; "
         "`quanta lineage <flow run id> --format mermaid` draws a whole run.", "",
-        "By kind:", "", "```mermaid", graph.by_kind().to_mermaid(), "```", "",
+        "By kind:", "", "```mermaid", by_kind_chart(graph), "```", "",
         f"Artifact by artifact ({len(graph.nodes)}):", "", "```mermaid", graph.to_mermaid(), "```", "",
         markdown_table(rows), ""])
 

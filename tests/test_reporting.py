@@ -100,8 +100,7 @@ def test_a_linked_table_and_an_attached_page_link_to_what_each_copy_can_open(tmp
     rep.attach("clusters.html", "<html></html>", link="The examples as a page")
     ui = rep.markdown(embed=True, table_keys={"examples": "qdg-examples"})
     stored = rep.markdown(embed=False)
-    assert "Every example: The whole table (2 rows x 2 columns): the table artifact [qdg-examples](../key/qdg-examples)" \
-        in ui
+    assert "Every example: the table artifact [qdg-examples](../key/qdg-examples) (2 rows x 2 columns)." in ui
     assert "[examples.csv](examples.csv)" in stored and "../key/" not in stored
     # a relative link in the UI resolves to a page of the UI (/artifacts/artifact/clusters.html): none there
     assert "](clusters.html)" not in ui and "`clusters.html`" in ui
@@ -155,6 +154,7 @@ def test_the_lineage_collapsed_by_kind_has_one_node_per_kind():
     assert len(full.nodes) == 10 and len(small.nodes) == 4
     mermaid = small.to_mermaid()
     assert "lm.token_losses ×4<br/>by lm-token-losses" in mermaid and "lm.model ×4" in mermaid
+    assert mermaid.startswith("flowchart LR") and small.to_mermaid(direction="TB").startswith("flowchart TB")
     assert f"lm.tokens<br/>{'t' * 12}" in mermaid  # a kind with one artifact keeps its hash
     kinds = {h: r["kind"] for h, r in small.nodes.items()}
     assert sorted((kinds[a], kinds[b]) for a, b in small.edges) == [
@@ -172,7 +172,7 @@ def test_a_report_shows_its_lineage_by_kind_and_keeps_the_full_graph_one_step_aw
     ui, stored = rep.markdown(embed=True), rep.markdown(embed=False)
     for md in (ui, stored):
         first = md.split("```mermaid\n")[1].split("```")[0]
-        assert first.count('["') == 2 and "lm.model ×6" in first
+        assert first.startswith("flowchart TB") and first.count('["') == 2 and '"lm.model ×6"' in first
     assert "[lm-losses-lineage](../key/lm-losses-lineage)" in ui and "<details>" not in ui
     full = stored.split("<details>")[1]
     assert all(h[:12] in full for h in nodes) and "../key/" not in stored
