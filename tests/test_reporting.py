@@ -50,6 +50,7 @@ def _png_size_and_dpi(png: bytes) -> tuple[int, float]:
     from PIL import Image
 
     img = Image.open(io.BytesIO(png))
+    assert img.mode == "P"  # a 256-colour palette: a third of the bytes of matplotlib's RGBA
     return img.width, float(img.info["dpi"][0])
 
 
