@@ -143,7 +143,8 @@ class ReportConfig(StrictModel):
 
     title: str = "quanta report"
     plots: bool = Field(True, description="draw plots (PNG in the store, embedded in the Prefect artifact)")
-    dpi: int = Field(80, ge=30, le=300)
+    dpi: int | None = Field(None, ge=30, le=300, description="PNG resolution; default: the report policy's "
+                            "(tasks.reporting.DPI, legible in the Prefect UI)")
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -120,7 +120,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
     rep.table("alpha_n_fit", pd.DataFrame([fit]))
     ok = valid_rows(loss)
     if rcfg.plots:
-        fig, ax = subplots(figsize=(5, 3.6))
+        fig, ax = subplots()
         ax.loglog(ne, scaling.mean_loss, "o", label="mean loss")
         if np.isfinite(fit["value"]) and np.isfinite(fit["A"]):
             xs = np.geomspace(ne.min(), ne.max(), 50)
@@ -130,7 +130,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         ax.legend()
         rep.figure("mean_loss_vs_n", fig)
 
-        fig, ax = subplots(figsize=(5.5, 3.6))
+        fig, ax = subplots()
         sub = loss[ok]
         bins = np.linspace(0, max(1.0, float(np.nanpercentile(sub, 99.5)) if sub.size else 1.0), 60)
         cmap = colormaps["viridis"]
@@ -143,7 +143,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         ax.legend(fontsize=7)
         rep.figure("loss_distribution_by_size", fig)
 
-        fig, axes = subplots(1, 2, figsize=(9, 3.4), sharey=True)
+        fig, axes = subplots(1, 2, shape="row", sharey=True)
         for ax, which, title in ((axes[0], MONOGENIC, "monogenic"), (axes[1], POLYGENIC, "polygenic")):
             for i in pick_examples(classes["cls"], which, 20, cfg.seed):
                 ax.plot(ne, np.maximum(loss[i], 1e-4), alpha=0.6)

@@ -15,7 +15,7 @@ from tasks.caching import quanta_task
 from tasks.lm.tokenizer import decode, load_tokenizer, token_context
 from tasks.qdg.null import null_results, null_shown, verdict
 from tasks.qdg.zipf import size_envelope, sizes_from_labels
-from tasks.reporting import Report, md_escape, publish, subplots
+from tasks.reporting import Report, inline_code, publish, subplots
 
 CONSISTENT_RULE = ("consistent iff the rank-frequency slope's confidence interval (OLS t-interval) overlaps the "
                    "interval of -(alpha_N + 1) from the lm-losses fit (or contains -(alpha_N + 1) when alpha_N has "
@@ -42,7 +42,7 @@ def heatmap_rows(labels: np.ndarray, max_rows: int) -> np.ndarray:
 
 
 def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf: pd.DataFrame):
-    fig, ax = subplots(figsize=(5.6, 4.0))
+    fig, ax = subplots()
     for k in sorted(sizes_by_k):
         s = sizes_by_k[k][sizes_by_k[k] > 0] / n_tokens
         ax.plot(np.arange(1, len(s) + 1), s, lw=0.9, alpha=0.6, label=f"k = {k}")
@@ -65,7 +65,7 @@ def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf
 
 
 def similarity_heatmap(c_sub: np.ndarray, labels_sub: np.ndarray, title: str):
-    fig, ax = subplots(figsize=(4.6, 4.0))
+    fig, ax = subplots(shape="heatmap")
     im = ax.imshow(c_sub, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     edges = np.flatnonzero(np.diff(labels_sub)) + 0.5
     if len(edges) <= 40:  # cluster boundaries, where they can still be told apart
@@ -142,7 +142,7 @@ def rank_frequency_axes(fig, ax, ylabel: str, title: str):
 
 
 def cluster_losses_figure(df: pd.DataFrame):
-    fig, ax = subplots(figsize=(5.2, 3.6))
+    fig, ax = subplots()
     for c, g in df.groupby("cluster", sort=True):
         ax.plot(g.n_params_nonembed, g.mean_loss, marker="o", ms=3, lw=1, label=f"cluster {c} ({g['size'].iloc[0]})")
     ax.set_xscale("log")
@@ -197,7 +197,7 @@ def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str
 
 
 def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predicted: float):
-    fig, ax = subplots(figsize=(5.6, 4.0))
+    fig, ax = subplots()
     for rep, (by_k, n) in sizes.items():
         env = size_envelope(by_k, n)
         env = env[env > 0]
@@ -209,13 +209,30 @@ def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predic
                                "Cluster-size envelopes by representation")
 
 
-def _examples(rep: Report, name: str, ex: pd.DataFrame, rcfg: ReportConfig, title: str) -> None:
-    shown = ex.assign(context=ex.context.map(md_escape), token=ex.token.map(lambda s: md_escape(s, 40)),
-                      predicted=ex.predicted.map(lambda s: md_escape(s, 40)))
-    rep.table(name, shown, max_rows=rcfg.clusters_shown * rcfg.examples_per_cluster)
+# an example's line on the page: the last EXAMPLE_CONTEXT_CHARS characters of its context, its token cut to
+# EXAMPLE_TOKEN_CHARS, its loss: ~80 characters, one line of the UI's column
+EXAMPLE_CONTEXT_CHARS, EXAMPLE_TOKEN_CHARS = 56, 16
+
+
+def examples_markdown(ex: pd.DataFrame, n_tokens: int) -> str:
+    """One short block per cluster, to fit the page's column: its size and share of the `n_tokens` clustered, then
+    each example as its context (in code) with the target token marked (bold code) and its loss."""
+    out = []
+    for c, group in ex.groupby("cluster", sort=True):
+        size = int(group["size"].iloc[0])
+        out += [f"**Cluster {c}**: {size} tokens, {size / n_tokens:.1%} of the {n_tokens} clustered", ""]
+        out += [f"- `{inline_code(r.context, EXAMPLE_CONTEXT_CHARS)}` **`{inline_code(r.token, EXAMPLE_TOKEN_CHARS)}`**"
+                f" {r.loss:.2g} nats" for r in group.itertuples()]
+        out.append("")
+    return "\n".join(out)
+
+
+def _examples(rep: Report, name: str, ex: pd.DataFrame, title: str, n_tokens: int) -> None:
+    rep.text(examples_markdown(ex, n_tokens))
+    rep.table_link(name, ex, "Each example with its row, whole context, token, the selection model's prediction "
+                   "and loss (nats):")
     page = name.replace("cluster_examples", "clusters") + ".html"
-    rep.attach(page, examples_html(ex, title), link=f"The same examples as a page, token highlighted ({page}, beside "
-               "report.md in the store's report directory)")
+    rep.attach(page, examples_html(ex, title), link="The same examples as a standalone page, token highlighted")
 
 
 # ---------------------------------------------------------------------------------------------- the builder
@@ -301,8 +318,8 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
         ex = cluster_examples(sel, labels_of[r], tok, ids, offsets, rcfg)
         if len(ex):
             rep.text(f"## The {rcfg.clusters_shown} largest clusters of {r} (k = {k})")
-            _examples(rep, "cluster_examples" if r == primary else f"cluster_examples_{r}", ex, rcfg,
-                      f"{rcfg.title}: the largest clusters of {r} (k = {k})")
+            _examples(rep, "cluster_examples" if r == primary else f"cluster_examples_{r}", ex,
+                      f"{rcfg.title}: the largest clusters of {r} (k = {k})", len(labels_of[r]))
     larr, lattrs = st.read_zarr(token_losses)
     cl = cluster_losses(sel, lab, np.asarray(larr["loss"]), list(lattrs["models"]),
                         np.asarray(larr["n_params_nonembed"]), rcfg.clusters_shown)
