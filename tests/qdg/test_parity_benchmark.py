@@ -87,9 +87,45 @@ def test_group_lasso_shrinks_the_unit_norms_and_keeps_what_is_learned(spec):
 def test_best_row_is_a_parameter_space_representation_of_a_trained_model():
     df = pd.DataFrame({"regime": ["study", "study", "modular", "long", "study"],
                        "representation": ["gradient", "activations", "abs_gradient", "ablation", "control_bits"],
+                       "transform": ["none"] * 5, "affinity": ["dense"] * 5, "clusterer": ["spectral"] * 5,
                        "kind": ["representation"] * 4 + ["baseline"], "ari": [0.2, 0.9, 1.0, 0.5, 1.0],
-                       "ari_lo": [0.1, 0.8, 1.0, 0.4, 1.0], "ari_hi": [0.3, 0.95, 1.0, 0.6, 1.0]})
-    assert best_row(df) == {"representation": "ablation", "regime": "long", "ari": 0.5, "ari_ci": [0.4, 0.6]}
+                       "ari_lo": [0.1, 0.8, 1.0, 0.4, 1.0], "ari_hi": [0.3, 0.95, 1.0, 0.6, 1.0],
+                       "ari_min": [0.2, 0.9, 1.0, 0.5, 1.0], "n_models": [1] * 5})
+    assert best_row(df) == {"representation": "ablation", "regime": "long", "transform": "none", "affinity": "dense",
+                            "clusterer": "spectral", "ari": 0.5, "ari_ci": [0.4, 0.6], "ari_min": 0.5, "n_models": 1}
+    # with means over training seeds, the best mean wins over a single lucky model
+    mean = df.iloc[[0]].assign(kind="mean", ari=0.3, ari_lo=0.1, ari_hi=0.5, ari_min=0.2, n_models=3,
+                               transform="abs^0.25", affinity="knn")
+    best = best_row(pd.concat([df, mean], ignore_index=True))
+    assert (best["transform"], best["affinity"], best["ari"], best["n_models"]) == ("abs^0.25", "knn", 0.3, 3)
+
+
+def test_mean_rows_give_a_t_interval_over_training_seeds():
+    from tasks.qdg.benchmark import COLUMNS, mean_rows, t_interval
+
+    lo, hi = t_interval(np.array([0.9, 0.95, 1.0]), 0.95)
+    assert lo == pytest.approx(0.95 - 4.302653 * 0.05 / np.sqrt(3), abs=1e-5) and hi > 1.0  # t(2) = 4.30
+    assert np.isnan(t_interval(np.array([0.9]), 0.95)[0])
+    base = {c: 0.5 for c in COLUMNS} | {"regime": "long", "representation": "abs_gradient", "transform": "none",
+                                        "affinity": "knn", "clusterer": "spectral", "kind": "representation",
+                                        "k": 10, "n_samples": 500, "n_subtasks": 10, "n_models": 1, "units_used": 9}
+    df = pd.DataFrame([base | {"training_seed": s, "ari": a, "ari_min": a} for s, a in ((0, 0.9), (1, 1.0))]
+                      + [base | {"training_seed": 0, "regime": "study"}])  # one seed only: no mean row
+    m = mean_rows(df, 0.95)
+    assert len(m) == 1 and m.iloc[0].ari == pytest.approx(0.95) and m.iloc[0].ari_min == 0.9
+    assert m.iloc[0].n_models == 2 and m.iloc[0].training_seed == -1 and m.iloc[0].kind == "mean"
+
+
+def test_knn_purity_counts_neighbours_of_the_same_subtask():
+    from tasks.qdg.benchmark import knn_purity
+
+    truth = np.repeat(np.arange(3), 20)
+    v = np.eye(3)[truth] + 0.01 * np.random.default_rng(0).standard_normal((60, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert knn_purity(v @ v.T, truth, 15) == 1.0
+    mixed = np.random.default_rng(1).standard_normal((60, 50))
+    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+    assert 0.15 < knn_purity(mixed @ mixed.T, truth, 15) < 0.5  # chance: 19/59 = 0.32
 
 
 def _tiny(project_root, *overrides) -> QDGSparseParityConfig:
