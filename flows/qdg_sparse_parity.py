@@ -16,6 +16,8 @@ ARI, purity, k-NN purity, specialisation, baselines) ─► report
 """
 from __future__ import annotations
 
+import re
+
 from prefect import flow
 
 from schemas import ConfigError
@@ -31,7 +33,9 @@ from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, parity_gradient_dim
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
 from tasks.qdg.gradients import gradient_block_plan
-from tasks.qdg.parity import ParityModelError, parity_gradient_block, parity_model_plan, parity_samples
+from tasks.qdg.gradients import GradientConfigError
+from tasks.qdg.parity import (ParityModelError, parity_gradient_block, parity_model_plan, parity_parameter_names,
+                              parity_samples)
 from tasks.qdg.knn import knn_from_similarity
 from tasks.qdg.parity_representations import PARAMETER_ROWS, parity_representation_block
 from tasks.qdg.regimes import group_lasso_model, modular_model, trained_model
@@ -143,7 +147,7 @@ def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: 
         if config.model.unlearned_control and regime != "modular" and seed == plan["seed"]:
             control = parity_samples(model, spec, cfg=cfg, control=True, store=store)
         for rep in config.representations:
-            for transform in (config.transforms if rep in PARAMETER_ROWS else [IDENTITY]):
+            for transform in representation_transforms(rep, config):
                 run = cluster_samples(learned, model, align=align, control_weights=weights, config=config,
                                       store=store, representation=rep, transform=transform, benchmark=True)
                 crun = (cluster_samples(control, model, align=align, control_weights=weights, config=config,
@@ -152,6 +156,17 @@ def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: 
                 out[(regime, seed, rep, transform.label())] = {"model": model, "samples": learned, "run": run,
                                                                "control_samples": control, "control_run": crun}
     return out
+
+
+def representation_transforms(representation: str, config: QDGSparseParityConfig) -> list[Transform]:
+    """The transforms a representation is clustered under: every configured one for a parameter-space
+    representation, the identity for a unit one; a sign-free transform (power, support) of `gradient` is
+    `abs_gradient`'s (|g|^p is the same rows), so it is left to abs_gradient when that is listed too."""
+    if representation not in PARAMETER_ROWS:
+        return [IDENTITY]
+    if representation == "gradient" and "abs_gradient" in config.representations:
+        return [t for t in config.transforms if t.power is None and not t.support]
+    return list(config.transforms)
 
 
 def benchmark_table(bench_runs: dict, *, config: QDGSparseParityConfig, store: str):
@@ -262,10 +277,22 @@ def preflight(config: QDGSparseParityConfig) -> None:
 
         check_projection(dim, config.gradients.projection_dims, "gradients.projection_dims",
                          f"the width-{plan['width']} MLP", psutil.virtual_memory().total)
+    check_transforms(config)
     for value, field in ((config.sparse_parity.grid.device, "sparse_parity.grid.device"),
                          (config.gradients.device, "gradients.device")):
         resolve_device(value, field)  # a DeviceError: one line, exit 2
     check_local_cluster(config.similarity)
+
+
+def check_transforms(config: QDGSparseParityConfig) -> None:
+    """Each transform's `keep` leaves a parameter of the MLP (as selected by `gradients.include`/`exclude`)."""
+    try:
+        names = parity_parameter_names(config.gradients)
+    except GradientConfigError as e:
+        raise ConfigError(str(e)) from None
+    for i, t in enumerate(config.transforms):
+        if t.keep and not any(re.search(p, n) for p in t.keep for n in names):
+            raise ConfigError(f"transforms.{i}.keep: {list(t.keep)} matches none of the MLP's parameters {names}")
 
 
 CONFIG = QDGSparseParityConfig
