@@ -84,6 +84,27 @@ def test_group_lasso_shrinks_the_unit_norms_and_keeps_what_is_learned(spec):
         GroupLassoConfig(lam=0)
 
 
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_the_modular_control_is_built_for_any_k_and_its_clusters_are_the_subtasks(k):
+    from tasks.qdg.parity_representations import parity_representation
+    from tasks.qdg.parity import parity_parameter_names
+    from schemas.qdg import GradientConfig
+
+    sp = make_spec(TaskConfig(n_tasks=6, n_bits=16, k=k, seed=0))
+    learned = [0, 1, 3, 4]
+    arrays = modular_mlp(sp, learned)
+    assert arrays["w1"].shape[0] == (k + 1) * len(learned)
+    mlp = mlp_from_arrays(arrays)
+    loss = subtask_loss_bits(mlp, sp, 200)
+    assert (loss[learned] < 1e-3).all() and (loss[[2, 5]] > 0.5).all()  # exactly the learned subtasks
+    task, bits, label = sample_subtasks(sp, np.array(learned), 40, 0)
+    t, b, y = (torch.as_tensor(v) for v in (task, bits, label))
+    raw, _ = parity_representation(mlp, 6, t, b, y, "abs_gradient", parity_parameter_names(GradientConfig()), False)
+    v = (raw / raw.norm(dim=1, keepdim=True)).double().numpy()
+    labels = baseline_labels(v, len(learned), [0], SpectralOptions())
+    assert seed_mean_ari(task, labels) == 1.0
+
+
 def test_best_row_is_a_parameter_space_representation_of_a_trained_model():
     df = pd.DataFrame({"regime": ["study", "study", "modular", "long", "study"],
                        "representation": ["gradient", "activations", "abs_gradient", "ablation", "control_bits"],
