@@ -190,6 +190,32 @@ def test_adding_a_representation_computes_only_its_stages(project_root, store_ro
     assert ran == {"qdg-cluster-k3-s0", "qdg-cluster-k3-s1", "qdg-ground-truth", "qdg-sparse-parity-report"}, ran
 
 
+@pytest.mark.usefixtures("prefect_server")
+def test_a_transform_and_the_knn_graph_in_the_benchmark_are_cached_stages(project_root, store_root, store):
+    """A transform, the kNN graph and Leiden on a tiny run: each (transform, affinity, clusterer) is a row with its
+    purity and k-NN purity, the modular control is perfect under every one, and a rerun is all Cached."""
+    from flows.qdg_sparse_parity import FLOW
+
+    over = ["representations=['abs_gradient']", "regimes=['study', 'modular']", "model.unlearned_control=false",
+            "transforms=[{}, {power=0.25, normalise='module'}]", "affinities=['dense', 'knn']",
+            "clusterers=['spectral', 'leiden']", "clustering.knn_neighbors=11", "clustering.knn_weighting='binary'",
+            "clustering.seeds=[0]"]
+    state = FLOW(config=_tiny(project_root, *over), store=store_root, return_state=True)
+    res = state.result(raise_on_failure=True)["results"]
+    rows = pd.DataFrame(res["benchmark"])
+    reps = rows[rows.kind == "representation"]
+    assert set(zip(reps["transform"], reps.affinity, reps.clusterer)) == {
+        (t, a, c) for t in ("none", "abs^0.25+module-norm") for a, c in
+        (("dense", "spectral"), ("knn", "spectral"), ("knn", "leiden"))}
+    assert reps.knn_purity.between(0, 1).all() and reps.purity_mean.between(0, 1).all()
+    modular = reps[reps.regime == "modular"]
+    assert (modular.ari == 1.0).all() and (modular.knn_purity == 1.0).all()
+    assert res["best"]["regime"] == "study" and {"transform", "affinity", "clusterer"} <= set(res["best"])
+    states = task_states(FLOW(config=_tiny(project_root, *over), store=store_root,
+                              return_state=True).state_details.flow_run_id)
+    assert {k for k, v in states.items() if v != "Cached"} == set()
+
+
 def test_bad_representation_and_regime_settings_fail_at_load(project_root):
     with pytest.raises(ConfigError, match="representations.0"):
         _tiny(project_root, "representations=['gradients']")
