@@ -68,7 +68,8 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
         d, seed = cl.compare_projection_dims, cl.seeds[0]
         projected = parameter_blocks(selection, lm["eval_tokens"], model=model,
                                      cfg=config.gradients.model_copy(update={"projection_dims": d}), config=config,
-                                     store=store, representation=primary, name=f"jl{d}-")
+                                     store=store, representation=primary, name=f"jl{d}-",
+                                     transform=config.transform if primary in PARAMETER_OUTPUTS else Transform())
         paffinity = affinity_of(projected, config=config, store=store, name=f"{primary}-jl{d}")
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
             paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
