@@ -19,6 +19,7 @@ from flows.qdg_null import null_stage
 from schemas import ConfigError
 from schemas.qdg import QDGConfig
 from schemas.qdg_config import DENSE_BYTES_PER_ENTRY, LM_UNIT_REPRESENTATIONS
+from schemas.qdg_transform import Transform
 from storage import Store
 from tasks.devices import resolve_device
 from tasks.lm.model_source import ModelSource
@@ -28,8 +29,8 @@ from tasks.qdg.gradient_dims import check_projection, lm_gradient_dim
 from tasks.qdg.gradients import PARAMETER_OUTPUTS, gradient_block, gradient_block_plan
 from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.knn import knn_affinity
-from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, unit_representation,
-                                          units_block)
+from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, transformed_block,
+                                          unit_representation, units_block)
 from tasks.qdg.report import qdg_report, qdg_results
 from tasks.qdg.selection import select_tokens, selection_label
 from tasks.qdg.similarity import similarity_matrix
@@ -69,7 +70,8 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
         d, seed = cl.compare_projection_dims, cl.seeds[0]
         projected = parameter_blocks(selection, lm["eval_tokens"], model=model,
                                      cfg=config.gradients.model_copy(update={"projection_dims": d}), config=config,
-                                     store=store, representation=primary, name=f"jl{d}-")
+                                     store=store, representation=primary, name=f"jl{d}-",
+                                     transform=config.transform if primary in PARAMETER_OUTPUTS else Transform())
         paffinity = affinity_of(projected, config=config, store=store, name=f"{primary}-jl{d}")
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
             paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
@@ -114,6 +116,14 @@ def representation_blocks(selection, tokens, *, model: ModelSource, config: QDGC
         out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(
                                    g, store=store)
                                for g, (a, b) in zip(grads, block_plan(config))]
+    t = config.transform
+    if not t.is_identity():  # config.transform on every parameter-space representation, each its own blocks
+        for r in [r for r in reps if r in PARAMETER_OUTPUTS]:
+            out[r] = ([transformed_block.with_options(task_run_name=f"qdg-{r}-{t.label()}-{a}-{b}")(
+                           g, transform=t, store=store) for g, (a, b) in zip(out[r], block_plan(config))]
+                      if cfg.projection_dims is None else
+                      parameter_blocks(selection, tokens, model=model, cfg=cfg, config=config, store=store,
+                                       representation=r, name=f"{t.label()}-", transform=t))
     units_wanted = [r for r in reps if r in LM_UNIT_REPRESENTATIONS]
     if units_wanted:
         suite = config.lm.suite
@@ -134,13 +144,14 @@ def block_plan(config: QDGConfig) -> list[tuple[int, int]]:
 
 
 def parameter_blocks(selection, tokens, *, model: ModelSource, cfg, config: QDGConfig, store: str, representation: str,
-                     name: str = "") -> list:
+                     name: str = "", transform: Transform = Transform()) -> list:
     """One cached gradient task per block of `gradients.block_rows` selected tokens."""
     suite = config.lm.suite
     label = "gradients" if representation == "gradient" else representation
     return [gradient_block.with_options(task_run_name=f"qdg-{label}-{name}{start}-{stop}")(
                 selection, tokens, model=model, start=start, stop=stop, cfg=cfg,
-                context_length=suite.context_length, dtype=suite.dtype, representation=representation, store=store)
+                context_length=suite.context_length, dtype=suite.dtype, representation=representation,
+                transform=transform, store=store)
             for start, stop in block_plan(config)]
 
 
@@ -166,8 +177,8 @@ def affinity_of(blocks: list, *, config: QDGConfig, store: str, name: str = "gra
     if cl.method_for(config.selection.n_tokens) == "dense":
         return similarity_matrix.with_options(task_run_name=f"qdg-similarity-{name}")(blocks, cfg=config.similarity,
                                                                                        store=store)
-    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(blocks, neighbors=cl.knn_neighbors,
-                                                                               cfg=config.similarity, store=store)
+    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(
+        blocks, neighbors=cl.knn_neighbors, cfg=config.similarity, weighting=cl.knn_weighting, store=store)
 
 
 @flow(name="qdg", log_prints=True)

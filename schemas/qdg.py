@@ -300,22 +300,32 @@ PARITY_SAMPLES = register(
 )
 
 class ParityBenchmarkTable(StrictTable):
-    """The known-quanta benchmark (qdg-sparse-parity): one row per (regime, representation or baseline); see
-    tasks.qdg.benchmark for each column's definition."""
+    """The known-quanta benchmark (qdg-sparse-parity): one row per (regime, training seed, representation or
+    baseline, transform, affinity, clusterer), and per training-seed group a `mean` row; see tasks.qdg.benchmark for
+    each column's definition."""
 
     regime: Series[str] = pa.Field(isin=list(REGIMES))
+    training_seed: Series[int] = pa.Field(ge=-1, description="the model's training seed (-1: a mean row)")
     representation: Series[str] = pa.Field(isin=[*REPRESENTATIONS, "control_bits", "task_bits", "random"])
-    kind: Series[str] = pa.Field(isin=["representation", "baseline"])
-    k: Series[int] = pa.Field(ge=2, description="clusters = sampled subtasks")
+    transform: Series[str] = pa.Field(description="Transform.label() ('none' = the representation itself)")
+    affinity: Series[str] = pa.Field(isin=["dense", "knn"])
+    clusterer: Series[str] = pa.Field(isin=["spectral", "leiden"])
+    kind: Series[str] = pa.Field(isin=["representation", "baseline", "mean"])
+    k: Series[int] = pa.Field(ge=1, description="clusters: the sampled subtasks (spectral) or found (leiden)")
     n_samples: Series[int] = pa.Field(ge=2)
     n_subtasks: Series[int] = pa.Field(ge=2)
-    ari: Series[float] = pa.Field(ge=-1.0, le=1.0, description="ARI against the true subtasks, mean over seeds")
-    ari_lo: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True, description="bootstrap interval over samples")
-    ari_hi: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True)
+    ari: Series[float] = pa.Field(ge=-1.0, le=1.0, description="ARI against the true subtasks (mean: over models)")
+    ari_lo: Series[float] = pa.Field(nullable=True, description="bootstrap over samples (one model) or t-interval "
+                                     "over training seeds (mean)")
+    ari_hi: Series[float] = pa.Field(nullable=True)
+    ari_min: Series[float] = pa.Field(ge=-1.0, le=1.0, description="the smallest ARI over the models")
+    n_models: Series[int] = pa.Field(ge=1)
     label_ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
     control_ari: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True, description="on unlearned subtasks")
     purity_mean: Series[float] = pa.Field(ge=0.0, le=1.0)
     purity_min: Series[float] = pa.Field(ge=0.0, le=1.0)
+    knn_purity: Series[float] = pa.Field(ge=0.0, le=1.0, description="fraction of each sample's nearest "
+                                         "neighbours (benchmark.purity_neighbors) in its own subtask, mean")
     specialised: Series[float] = pa.Field(ge=0.0, le=1.0, nullable=True, description="fraction of used units "
                                           "whose ablation hurts one subtask far more than the others")
     units_used: Series[int] = pa.Field(ge=0)
@@ -376,7 +386,7 @@ class RepresentationAgreementTable(StrictTable):
         return bool((df["a"] != df["b"]).all() and not df.duplicated(["k", "seed", "a", "b"]).any())
 
 
-PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 1, ParityBenchmarkTable,
+PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 2, ParityBenchmarkTable,
                             "representation x training regime -> ARI against the true subtasks, with intervals, "
                             "baselines and per-unit specialisation")
 

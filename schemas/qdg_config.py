@@ -10,6 +10,7 @@ from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_val
 from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import MAX_TRAINING_STEPS, StrictModel, include_section, positive_distinct
 from schemas.lm import LMConfig
+from schemas.qdg_transform import Affinity, Clusterer, GraphOptions, Transform
 from schemas.sparse_parity import SparseParityConfig
 
 # parameters QDG leaves out by default: embeddings, the unembedding and layer norms (paper), by module type; see
@@ -128,7 +129,7 @@ class SpectralOptions(StrictModel):
 DENSE_BYTES_PER_ENTRY = 28
 
 
-class ClusteringConfig(SpectralOptions):
+class ClusteringConfig(SpectralOptions, GraphOptions):
     """Spectral clustering on the affinity A = 1 - arccos(C)/pi, for each k, seeded (the spectral settings are
     `SpectralOptions`' fields, at the same level of the config: `clustering.eigen_solver`)."""
 
@@ -170,6 +171,10 @@ class ClusteringConfig(SpectralOptions):
     def spectral(self) -> SpectralOptions:
         """The part of this config one (k, seed) clustering task depends on."""
         return SpectralOptions(**{name: getattr(self, name) for name in SpectralOptions.model_fields})
+
+    def graph(self) -> GraphOptions:
+        """The kNN graph's weighting and Leiden's resolution."""
+        return GraphOptions(**{name: getattr(self, name) for name in GraphOptions.model_fields})
 
 
 class ZipfConfig(StrictModel):
@@ -248,6 +253,9 @@ class QDGConfig(StrictModel):
     ablation_first_order: bool = Field(
         False, description="allow 'ablation' on a language model as the first-order estimate -a * dL/da of zeroing "
         "each MLP unit (exact ablation would take one forward pass per unit and token)")
+    transform: Transform = Field(Transform(), description="applied to every parameter-space representation "
+                                 "(gradient, abs_gradient, logit_gradient) before the projection: see "
+                                 "schemas.qdg_transform.Transform (default: the identity)")
     lm: LMConfig
     selection: SelectionConfig = SelectionConfig()
     gradients: GradientConfig = GradientConfig()
@@ -336,8 +344,15 @@ class ParityModelConfig(StrictModel):
 # - group_lasso: the study's model fine-tuned with a group-lasso penalty over hidden units (`group_lasso.*`)
 # - modular: the positive control, a hand-built MLP in which each learned subtask of the study's model has its own
 #   four gated hidden units (no training)
-Regime = Literal["study", "long", "group_lasso", "modular"]
-REGIMES: tuple[str, ...] = ("study", "long", "group_lasso", "modular")
+# - wide: the study's training at `wide.width` (1024: wider than the grid), from scratch
+Regime = Literal["study", "long", "wide", "group_lasso", "modular"]
+REGIMES: tuple[str, ...] = ("study", "long", "wide", "group_lasso", "modular")
+
+
+class WideTrainingConfig(StrictModel):
+    """The `wide` regime: the study's training (its steps, weight decay, batches) of a wider MLP."""
+
+    width: int = Field(1024, ge=1, description="hidden width (need not be a width of the grid)")
 
 
 class LongTrainingConfig(StrictModel):
@@ -383,6 +398,18 @@ class BenchmarkConfig(StrictModel):
                                      "damage over subtasks is at least this many times its second largest")
     specialised_min_nats: float = Field(0.01, gt=0, description="units whose largest mean ablation damage is below "
                                         "this (nats) do not matter and are not counted")
+    training_seeds: list[int] | None = Field(
+        None, description="train every trained regime once per seed (same recipe, own init, batches and samples): "
+        "the table's `mean` rows give the mean ARI over them with a t-interval (None = model.seed alone)")
+    purity_neighbors: int = Field(15, ge=1, description="the k of the k-NN purity: the fraction of a sample's k "
+                                  "nearest neighbours (cosine, itself excluded) that share its subtask")
+
+    @field_validator("training_seeds")
+    @classmethod
+    def _training_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(s < 0 for s in v) or len(set(v)) != len(v)):
+            raise ValueError(f"training_seeds must be distinct non-negative integers, at least one (got {v})")
+        return v
 
 
 class QDGSparseParityConfig(StrictModel):
@@ -393,7 +420,15 @@ class QDGSparseParityConfig(StrictModel):
         "default: all")
     regimes: list[Regime] = Field(["study", "modular"], description="how the looked-into model was trained, each its "
                                   "own cached model (see Regime); the first is the headline")
+    transforms: list[Transform] = Field(
+        [Transform()], description="transforms of the parameter-space representations, each with its own cached "
+        "blocks (the unit representations are clustered as they are)")
+    affinities: list[Affinity] = Field(["dense"], description="dense angular affinity and/or the kNN graph "
+                                       "(clustering.knn_neighbors, clustering.knn_weighting), each clustered")
+    clusterers: list[Clusterer] = Field(["spectral"], description="spectral at k = the number of subtasks, and/or "
+                                        "Leiden on the kNN graph (no k)")
     long: LongTrainingConfig = LongTrainingConfig()
+    wide: WideTrainingConfig = WideTrainingConfig()
     group_lasso: GroupLassoConfig = GroupLassoConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
@@ -418,7 +453,7 @@ class QDGSparseParityConfig(StrictModel):
         return include_section(data, "sparse_parity", "sparse_parity_config", context.get("config_dir"),
                                context.get("config_path"))
 
-    @field_validator("representations", "regimes")
+    @field_validator("representations", "regimes", "affinities", "clusterers")
     @classmethod
     def _distinct(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if not v or len(set(v)) != len(v):
@@ -434,4 +469,9 @@ class QDGSparseParityConfig(StrictModel):
         if trains_long and self.long.weight_decay * lr >= 1:
             raise ValueError(f"long.weight_decay must be below 1 / sparse_parity.grid.lr = {1 / lr:g} (got "
                              f"{self.long.weight_decay:g}: AdamW would wipe the weights every step)")
+        labels = [t.label() for t in self.transforms]
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"transforms must be a non-empty list without repeats (got {labels})")
+        if "leiden" in self.clusterers and "knn" not in self.affinities:
+            raise ValueError("clusterers: 'leiden' partitions the kNN graph: add 'knn' to affinities")
         return self

@@ -208,7 +208,9 @@ def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor,
     frozen = {n: p for n, p in params.items() if n not in trained}
 
     def loss_of(p, x, y):
-        logits = torch.func.functional_call(mlp, {**p, **frozen}, (x[None],))
+        # float64 cross-entropy: in float32 p_y rounds to 1 once the logit gap passes ~16.6 and the gradient w.r.t.
+        # the logits loses its (1 - p_y) part on one side (the row's direction is then wrong, not just its size)
+        logits = torch.func.functional_call(mlp, {**p, **frozen}, (x[None],)).double()
         loss = F.cross_entropy(logits, y[None])
         return loss, loss.detach()
 
@@ -221,8 +223,20 @@ def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor,
         if align_label_sign:
             flat = flat * (2 * label[i:i + chunk] - 1).to(flat.dtype)[:, None]
         rows.append(flat)
-        losses.append(loss)
+        losses.append(loss.float())
     return torch.cat(rows), torch.cat(losses)
+
+
+def flat_sizes(mlp: torch.nn.Sequential, names: list[str], n_tasks: int, include_control_weights: bool) -> list[int]:
+    """The number of columns each parameter of `names` has in a `flatten_gradients` row (the first layer's weight
+    without its control-bit columns unless include_control_weights)."""
+    params = dict(mlp.named_parameters())
+    sizes = []
+    for n in names:
+        shape = params[n].shape
+        sizes.append(shape[0] * (shape[1] - n_tasks) if n == "0.weight" and not include_control_weights
+                     else params[n].numel())
+    return sizes
 
 
 @dataclass

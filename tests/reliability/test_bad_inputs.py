@@ -249,9 +249,10 @@ CASES = [
          ["group_lasso.lam must be > 0"]),
     Case("qdg-sp-unknown-regime", lambda p: [*QDG_SP, "--set", "regimes=['study', 'longer']"],
          ["regimes.1", "longer"]),
-    Case("qdg-sp-modular-not-k3", lambda p: [*QDG_SP, "--set", "regimes=['study', 'modular']", "--set",
-                                             "sparse_parity.task.k=4"],
-         ["regimes", "'modular'", "k = 3"], preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-sp-transform-keeps-nothing", lambda p: [*QDG_SP, "--set", "transforms=[{keep=['3.weight']}]"],
+         ["transforms.0.keep", "matches none"], preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-sp-leiden-without-knn", lambda p: [*QDG_SP, "--set", "clusterers=['leiden']"],
+         ["clusterers", "add 'knn' to affinities"]),
     # qdg representations: a name that is none, and ablation on a language model without asking for the estimate
     Case("qdg-unknown-representation", lambda p: [*QDG, "--set", "representations=['gradient', 'gradients']"],
          ["representations.1", "'abs_gradient'"]),
