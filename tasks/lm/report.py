@@ -52,7 +52,7 @@ def distribution_figures(rep: Report, dist: dict, names: list[str]) -> None:
     edges = dist["bin_edges_bits"]
     centres = (edges[:-1] + edges[1:]) / 2
     cmap = colormaps["viridis"]
-    fig, axes = subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = subplots(1, 2, shape="row")
     for j, name in enumerate(names):
         c = cmap(j / max(1, len(names) - 1))
         axes[0].plot(centres, dist["density"][j], color=c, lw=1, label=name)
@@ -70,7 +70,7 @@ def distribution_figures(rep: Report, dist: dict, names: list[str]) -> None:
 
 def change_figure(rep: Report, loss: np.ndarray, names: list[str]) -> None:
     """Density of the per-token loss change (bits) between adjacent sizes (the notebook's 'changes in loss')."""
-    fig, ax = subplots(figsize=(5.5, 3.4))
+    fig, ax = subplots()
     cmap = colormaps["viridis"]
     bits = loss / np.log(2.0)
     for j in range(len(names) - 1):

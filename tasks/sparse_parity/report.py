@@ -185,7 +185,7 @@ def add_figures(rep: Report, runs: pd.DataFrame, fits: pd.DataFrame, emergence: 
 
 def step_figure(runs: pd.DataFrame, steps: pd.DataFrame, fit_cfg: FitConfig):
     """Final loss vs N per alpha, on linear loss, with the largest adjacent drop marked (the step test)."""
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     for i, r in enumerate(steps.itertuples()):
         pts = scaling_data(runs[runs.alpha == r.alpha], fit_cfg)["alpha_N"].sort_values("x")
         label = "uniform" if r.alpha == 0 else f"alpha={r.alpha:g}"
@@ -215,7 +215,7 @@ def step_text(steps: pd.DataFrame) -> str:
 
 def quanta_figure(runs: pd.DataFrame, quanta: pd.DataFrame, fit_cfg: FitConfig):
     """Subtasks learned vs N (fresh data, final) with n = N/C, and vs D (early stopping) with the fitted slope."""
-    fig, axes = subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = subplots(1, 2, shape="row")
     for i, (alpha, sub) in enumerate(runs.groupby("alpha")):
         q = quanta[quanta.alpha == alpha].set_index("quantity")
         last = final_rows(sub[sub.data_size == -1]).groupby("n_params").subtasks_learned.mean()
