@@ -37,6 +37,7 @@ STUDIES: dict[str, Study] = {
     "lm-losses": Study("lm-losses", "flows.lm_losses", "configs/lm/demo.toml"),
     "qdg": Study("qdg", "flows.qdg", "configs/qdg/demo.toml"),
     "qdg-sparse-parity": Study("qdg-sparse-parity", "flows.qdg_sparse_parity", "configs/qdg/sparse_parity_demo.toml"),
+    "qdg-calibration": Study("qdg-calibration", "flows.qdg_calibration", "configs/qdg/calibration.toml"),
 }
 
 

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from schemas.arrays import ArraySpec, GroupSpec, finite, in_range, monotone_nondecreasing
 from schemas.config import ReportConfig as BaseReportConfig
-from schemas.config import StrictModel, positive_distinct
+from schemas.config import MAX_TRAINING_STEPS, StrictModel, positive_distinct
 from schemas.registry import register
 from schemas.tables import StrictTable
 
@@ -54,7 +54,8 @@ class GridConfig(StrictModel):
 
     widths: list[int] = Field([10, 20, 40], description="hidden widths (one model each)")
     depth: int = Field(1, ge=1, le=8, description="number of hidden layers")
-    steps: int = Field(1000, ge=1, description="optimizer steps per model")
+    steps: int = Field(1000, ge=1, le=MAX_TRAINING_STEPS, description="optimizer steps per model (at most "
+                       "MAX_TRAINING_STEPS, 50 x the paper's 2e5)")
     batch_size: int = Field(20000, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default)")

@@ -52,7 +52,7 @@ def distribution_figures(rep: Report, dist: dict, names: list[str]) -> None:
     edges = dist["bin_edges_bits"]
     centres = (edges[:-1] + edges[1:]) / 2
     cmap = colormaps["viridis"]
-    fig, axes = subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = subplots(1, 2, shape="row")
     for j, name in enumerate(names):
         c = cmap(j / max(1, len(names) - 1))
         axes[0].plot(centres, dist["density"][j], color=c, lw=1, label=name)
@@ -70,7 +70,7 @@ def distribution_figures(rep: Report, dist: dict, names: list[str]) -> None:
 
 def change_figure(rep: Report, loss: np.ndarray, names: list[str]) -> None:
     """Density of the per-token loss change (bits) between adjacent sizes (the notebook's 'changes in loss')."""
-    fig, ax = subplots(figsize=(5.5, 3.4))
+    fig, ax = subplots()
     cmap = colormaps["viridis"]
     bits = loss / np.log(2.0)
     for j in range(len(names) - 1):
@@ -152,7 +152,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
     rep.table("alpha_n_fit", pd.DataFrame([fit]))
     ok = valid_rows(loss)
     if rcfg.plots:
-        fig, ax = subplots(figsize=(5, 3.6))
+        fig, ax = subplots()
         ax.loglog(ne, scaling.mean_loss, "o", label="mean loss")
         if np.isfinite(fit["value"]) and np.isfinite(fit["A"]):
             xs = np.geomspace(ne.min(), ne.max(), 50)
@@ -162,7 +162,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         ax.legend()
         rep.figure("mean_loss_vs_n", fig)
 
-        fig, ax = subplots(figsize=(5.5, 3.6))
+        fig, ax = subplots()
         sub = loss[ok]
         bins = np.linspace(0, max(1.0, float(np.nanpercentile(sub, 99.5)) if sub.size else 1.0), 60)
         cmap = colormaps["viridis"]
@@ -175,7 +175,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         ax.legend(fontsize=7)
         rep.figure("loss_distribution_by_size", fig)
 
-        fig, axes = subplots(1, 2, figsize=(9, 3.4), sharey=True)
+        fig, axes = subplots(1, 2, shape="row", sharey=True)
         for ax, which, title in ((axes[0], MONOGENIC, "monogenic"), (axes[1], POLYGENIC, "polygenic")):
             for i in pick_examples(classes["cls"], which, 20, cfg.seed):
                 ax.plot(ne, np.maximum(loss[i], 1e-4), alpha=0.6)

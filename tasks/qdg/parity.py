@@ -31,6 +31,7 @@ from storage import ArtifactRef, Store
 from tasks.caching import CACHE_POLICY, quanta_task
 from tasks.devices import resolve_device
 from tasks.qdg.gradients import GradientConfigError, normalise_rows, write_gradient_block
+from tasks.progress import Progress
 from tasks.qdg.projection import Projector
 from tasks.sparse_parity.data import Sampler, SparseParitySpec, encode, eval_set, load_spec, train_set
 from tasks.sparse_parity.model import init_mlp
@@ -72,10 +73,11 @@ def train_parity_mlp(spec: SparseParitySpec, width: int, seed: int, data_size: i
     data = train_set(spec, data_size, seed) if data_size > 0 else None
     steps = int(params["steps"])
     ev = eval_set(spec, params["eval_samples_per_task"], seed=spec.seed, device=device)
-    res = train_grid(spec, [width], [Group(seed=seed, data_size=data_size, data=data)], depth=params["depth"],
-                     steps=steps, batch_size=params["batch_size"], lr=params["lr"],
-                     weight_decay=params["weight_decay"], log_at=np.array([steps]), eval_data=ev, device=device,
-                     keep_states=True)
+    with Progress(f"qdg-parity-model-w{width}-s{seed}", total=steps, unit="step") as progress:  # a line every 10 s
+        res = train_grid(spec, [width], [Group(seed=seed, data_size=data_size, data=data)], depth=params["depth"],
+                         steps=steps, batch_size=params["batch_size"], lr=params["lr"],
+                         weight_decay=params["weight_decay"], log_at=np.array([steps]), eval_data=ev, device=device,
+                         keep_states=True, progress=progress)
     return res.states[0][0], np.asarray(res.loss_bits[0, 0, -1], dtype=np.float32)
 
 
@@ -206,7 +208,9 @@ def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor,
     frozen = {n: p for n, p in params.items() if n not in trained}
 
     def loss_of(p, x, y):
-        logits = torch.func.functional_call(mlp, {**p, **frozen}, (x[None],))
+        # float64 cross-entropy: in float32 p_y rounds to 1 once the logit gap passes ~16.6 and the gradient w.r.t.
+        # the logits loses its (1 - p_y) part on one side (the row's direction is then wrong, not just its size)
+        logits = torch.func.functional_call(mlp, {**p, **frozen}, (x[None],)).double()
         loss = F.cross_entropy(logits, y[None])
         return loss, loss.detach()
 
@@ -219,8 +223,20 @@ def parity_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor,
         if align_label_sign:
             flat = flat * (2 * label[i:i + chunk] - 1).to(flat.dtype)[:, None]
         rows.append(flat)
-        losses.append(loss)
+        losses.append(loss.float())
     return torch.cat(rows), torch.cat(losses)
+
+
+def flat_sizes(mlp: torch.nn.Sequential, names: list[str], n_tasks: int, include_control_weights: bool) -> list[int]:
+    """The number of columns each parameter of `names` has in a `flatten_gradients` row (the first layer's weight
+    without its control-bit columns unless include_control_weights)."""
+    params = dict(mlp.named_parameters())
+    sizes = []
+    for n in names:
+        shape = params[n].shape
+        sizes.append(shape[0] * (shape[1] - n_tasks) if n == "0.weight" and not include_control_weights
+                     else params[n].numel())
+    return sizes
 
 
 @dataclass

@@ -4,19 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fault_helpers import task_states
 from schemas.config import load_config
 from schemas.lm import LMConfig
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
-    """task run name -> state name, for one flow run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    return {tr.name: tr.state.name for tr in runs if tr.state is not None}
+    """task run name -> final state name, for one flow run."""
+    return task_states(flow_run_id)
 
 
 def _run(cfg, store_root):
