@@ -111,7 +111,7 @@ def dynamics_section(rep: Report, dyn: dict, plots: bool) -> None:
     rep.table("dynamics", table)
     if not plots:
         return
-    fig, axes = subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = subplots(1, 3, shape="row")
     axes[0].loglog(table.step, table.mean_loss, "o-", ms=3)
     if np.isfinite(fit["value"]):
         axes[0].loglog(table.step, fit["A"] * table.step.to_numpy(float) ** -fit["value"], "k--", lw=1,
