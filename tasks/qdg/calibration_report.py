@@ -74,8 +74,8 @@ def calibration_figure(rep: Report, summary: pd.DataFrame, n_clusters: int) -> N
             ax.errorbar(rows["planted"], np.clip(y, *lim), yerr=np.clip(np.nan_to_num(err), 0, 5), marker="o",
                         ms=3, capsize=2, lw=1, label=label)
         ari = summary[summary.separation == sep]["ari_at_K"].mean()
-        ax.set(xlim=lim, ylim=lim, xlabel="planted exponent e", ylabel="measured (mean, 95% of draws; clipped to the frame)",
-               title=f"separation {sep:g} (mean ARI at k = K: {ari:.2f})")
+        ax.set(xlim=lim, ylim=lim, xlabel="planted exponent e",
+               ylabel="measured (mean, 95% of draws; clipped to the frame)", title=f"separation {sep:g} (mean ARI at k = K: {ari:.2f})")
     axes[0][0].legend(fontsize=6, loc="upper left")
     rep.figure("calibration", fig)
 
@@ -85,8 +85,8 @@ def calibration_report(summary: pd.DataFrame, *, n_clusters: int, n_rows: int, c
     goal = goal_check(summary)
     lines = [f"Planted clusters: K = {n_clusters}, n = {n_rows} rows, sizes a multinomial sample with p_i ∝ i^-e. "
              f"Goal for `{ESTIMATOR}`: |bias| <= {GOAL_BIAS} for every e in [{GOAL_RANGE[0]}, {GOAL_RANGE[1]}] and "
-             f"its interval covering e in >= {GOAL_COVERAGE:.0%} of the draws, at a separation where the clustering at k = K has ARI >= "
-             f"{GOAL_ARI}."]
+             f"its interval covering e in >= {GOAL_COVERAGE:.0%} of the draws, at a separation where the clustering "
+             f"at k = K has ARI >= {GOAL_ARI}."]
     for g in goal.itertuples():
         lines.append(f"- separation {g.separation:g}: min ARI at k = K {g.ari_at_K_min:.2f} "
                      f"({'separable' if g.separable else 'not separable by that measure'}; the estimator's merged "
