@@ -31,6 +31,7 @@ from tasks.qdg.benchmark import benchmark_records, best_row, parity_benchmark
 from tasks.qdg.clustering import cluster_labels
 from tasks.qdg.communities import community_labels
 from tasks.qdg.dask_cluster import check_local_cluster
+from tasks.qdg.frequency import frequency_exponents, frequency_results
 from tasks.qdg.gradient_dims import check_projection, parity_gradient_dim
 from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
@@ -233,11 +234,24 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
                          labels=[runs[k][1]["labels"] for k in keys], store=store)
     bench_runs = benchmark_runs(models, spec, config=config, store=store, plan=plan)
     bench = benchmark_table(bench_runs, config=config, store=store)
+    frequency = frequency_stage(bench_runs, config=config, store=store)
     sims = {variant_name(*v): runs[(variant_name(*v), "learned")][1]["similarity"] for v in main}
     report = ground_truth_report(table, model, sims, learned, rcfg=config.report, store=store, key_prefix=key_prefix,
                                  benchmark=bench)
     return {"spec": spec, "model": model, "models": models, "runs": runs, "bench_runs": bench_runs,
-            "ground_truth": table, "benchmark": bench, "report": report}
+            "ground_truth": table, "benchmark": bench, "report": report, "frequency": frequency}
+
+
+def frequency_stage(bench_runs: dict, *, config: QDGSparseParityConfig, store: str) -> list:
+    """With model.sampling = "frequency": every benchmark run's size exponents against the known one (one cached
+    `qdg-frequency` task per run, dense affinity, clustering at the true k, first seed); else none."""
+    if config.model.sampling != "frequency":
+        return []
+    return [frequency_exponents.with_options(task_run_name=f"qdg-frequency-{regime}-s{seed}-{rep}-{label}")(
+                e["samples"], e["run"]["similarity"], e["run"]["truth"][0], regime=f"{regime}-s{seed}",
+                representation=f"{rep}:{label}", spectral=config.clustering.spectral(), seed=config.clustering.seeds[0],
+                level=config.benchmark.level, store=store)
+            for (regime, seed, rep, label), e in bench_runs.items()]
 
 
 @flow(name="qdg-sparse-parity", log_prints=True)
@@ -254,6 +268,7 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
     for (regime, seed), ref in refs["models"].items():
         artifacts[f"model_{regime}_s{seed}"] = ref
     artifacts["benchmark"] = refs["benchmark"]
+    artifacts.update({f"frequency_{i}": r for i, r in enumerate(refs["frequency"])})
     for (regime, seed, rep, label), e in refs["bench_runs"].items():
         artifacts[f"similarity_{regime}_s{seed}_{rep}_{label}"] = e["run"]["similarity"]
     return {"artifacts": artifacts, "results": results(Store(store), refs, config)}
@@ -266,7 +281,8 @@ def results(st: Store, refs: dict, config: QDGSparseParityConfig) -> dict:
     bench = st.read_table(refs["benchmark"])
     out.update(benchmark=benchmark_records(bench), best=best_row(bench), regimes=list(config.regimes),
                representations=list(config.representations), transforms=[t.label() for t in config.transforms],
-               affinities=list(config.affinities), clusterers=list(config.clusterers))
+               affinities=list(config.affinities), clusterers=list(config.clusterers),
+               frequency=frequency_results([st.read_table(r) for r in refs.get("frequency", [])]))
     return jsonable(out)
 
 

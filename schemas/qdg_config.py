@@ -336,6 +336,12 @@ class ParityModelConfig(StrictModel):
     unlearned_control: bool = Field(True, description="also cluster samples of subtasks the model has not learned "
                                     "(a control: expect a low ARI)")
     seed_samples: int = Field(0, ge=0)
+    sampling: Literal["equal", "frequency"] = Field(
+        "equal", description="equal: samples_per_subtask of every learned subtask (the ARI benchmark); frequency: "
+        "samples drawn from the task's own distribution restricted to the learned subtasks (subtask i with "
+        "probability ~ i^-(alpha+1)) until the rarest has min_per_subtask, so cluster sizes have a known exponent")
+    min_per_subtask: int = Field(10, ge=2, le=10000, description="frequency sampling: draw until the rarest learned "
+                                 "subtask has this many samples")
 
 
 # How the looked-into parity MLP was trained (qdg-sparse-parity's benchmark; each regime is its own cached model):
