@@ -33,6 +33,7 @@ from tasks.caching import quanta_task
 from tasks.progress import run_logger
 from tasks.qdg.clustering import affinity_from_cosine, labels_ari, spectral_labels
 from tasks.qdg.knn import knn_graph
+from tasks.qdg.size_exponent import size_exponent, size_exponent_table
 from tasks.qdg.zipf import cluster_sizes, zipf_table
 
 NULL_KINDS = ("gaussian", "permuted")
@@ -92,12 +93,17 @@ def null_affinity(rows: np.ndarray, method: str, neighbors: int):
 def clustering_statistics(affinity, n_clusters: Sequence[int], seeds: Sequence[int], spectral: SpectralOptions,
                           zcfg: ZipfConfig, alpha_n=None) -> dict[str, float]:
     """The QDG statistics of one affinity, computed as the pipeline computes them: spectral clustering for every
-    (k, seed), the Zipf table of the first seed's sizes (MLE without bootstrap), and the ARI between the first two
-    seeds per k. Keys: envelope_slope, slope_k{k}, exponent_mle_k{k}, stability_k{k}."""
+    (k, seed), the calibrated headline exponent (tasks.qdg.size_exponent, over-clustered at the largest k), the Zipf
+    table of the first seed's sizes (MLE without bootstrap), and the ARI between the first two seeds per k. Keys:
+    envelope_slope, headline_exponent, slope_k{k}, exponent_mle_k{k}, stability_k{k}."""
     n = affinity.shape[0]
     labels = {(k, s): spectral_labels(affinity.copy(), k, s, spectral) for k in n_clusters for s in seeds[:2]}
     sizes = {k: cluster_sizes(labels[(k, seeds[0])], k) for k in n_clusters}
-    table = zipf_table(sizes, n, alpha_n, zcfg.model_copy(update={"bootstrap": 0}))
+    k_over = max(n_clusters)
+    fit = size_exponent(affinity, n_clusters=[k_over], spectral=spectral, seed=seeds[0],
+                        labels=labels[(k_over, seeds[0])])
+    table = zipf_table(sizes, n, alpha_n, zcfg.model_copy(update={"bootstrap": 0}),
+                       size_exponent_table(fit, n))
     return statistics_of(table, {k: _ari(labels[(k, seeds[0])], labels[(k, seeds[1])])
                                  for k in n_clusters} if len(seeds) > 1 else {})
 
@@ -108,6 +114,9 @@ def statistics_of(zipf: pd.DataFrame, stability_by_k: Mapping[int, float]) -> di
     env = zipf[zipf.scope == "envelope"]
     if len(env):
         out["envelope_slope"] = float(env.slope.iloc[0])
+    head = zipf[zipf.scope == "headline"]
+    if len(head):  # stored as the slope -e of the calibrated exponent e
+        out["headline_exponent"] = -float(head.slope.iloc[0])
     for r in zipf[zipf.scope == "k"].itertuples():
         out[f"slope_k{r.k}"] = float(r.slope)
         out[f"exponent_mle_k{r.k}"] = float(r.exponent_mle)
@@ -260,10 +269,10 @@ def verdict(consistent: str, null: pd.DataFrame | None, representation: str,
             statistic: str = "envelope_slope") -> tuple[str, str]:
     """The three-valued `consistent` of a statistic and why: `indeterminate` when it is not distinguishable from
     every null kind (inside the range chance gives: no claim either way), else the paper's rule's yes / no
-    (`consistent`, from the Zipf table); n/a stays n/a. Without a null (null.draws = 0) the verdict is
+    (`consistent`, from the Zipf table); a statistic that cannot be compared (n/a) is indeterminate too. Without a null (null.draws = 0) the verdict is
     `indeterminate` too: nothing says the number is more than chance."""
     if consistent == "n/a":
-        return "n/a", "no slope or no alpha_N to compare"
+        return "indeterminate", f"the {statistic} has no finite interval, or there is no alpha_N to compare it with"
     if null is None or null.empty:
         return "indeterminate", "no null was drawn (null.draws = 0): nothing says this slope is more than chance"
     rows = null[(null.representation == representation) & (null.statistic == statistic)]
