@@ -6,7 +6,9 @@ on in its thread whatever the main thread does. So the stop does not go through 
 signal handler writes the signal's number to a pipe (`signal.set_wakeup_fd`, which stays set whichever Python
 handler is installed), and a watcher thread reading that pipe stops the run:
 
-1. one line on stderr (`error: stopped by SIGTERM ...`), and no more log output;
+1. one line on stderr (`error: stopped by SIGTERM ...`), and no more output from this process; the children ignore
+   Ctrl-C (SIGINT is blocked in every thread and child started in the block), so a repeated Ctrl-C to the process
+   group adds no traceback of a Dask worker that was still starting;
 2. every child process (the temporary Prefect server, Dask workers) gets SIGTERM, then SIGKILL after `GRACE_S`;
 3. the process exits with 128 + the signal's number, without waiting for the task threads.
 
@@ -53,6 +55,10 @@ def _stop(signum: int) -> None:
     with contextlib.suppress(Exception):
         print(f"error: stopped by {name}: the run did not finish; its finished tasks are cached, and the same "
               "command resumes from them", file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):  # nothing after the one line: no traceback of a thread the signal woke
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
+        os.dup2(devnull, sys.stdout.fileno())
     with contextlib.suppress(Exception):
         _stop_children()
     os._exit(128 + signum)
@@ -92,9 +98,15 @@ def stop_on_signals() -> Iterator[None]:
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     previous = {s: signal.signal(s, _note) for s in SIGNALS}
     threading.Thread(target=_watch, args=(read_fd,), daemon=True, name="stop-on-signals").start()
+    # SIGINT blocked in this thread from here on, so in every thread and child process started in the block (they
+    # inherit the mask): a Ctrl-C reaches the whole process group, and a Dask worker still importing would print a
+    # KeyboardInterrupt traceback after the one line; the watcher thread, started before, still takes it for the
+    # process, and `_stop` ends the children with SIGTERM
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         for s, handler in previous.items():
             signal.signal(s, handler)
         signal.set_wakeup_fd(previous_fd)

@@ -2,6 +2,8 @@
 
 corpus ─► tokenizer ─► tokens (eval; + train for a trained suite) ─► model suite (train each size / load by name)
        ─► one per-token loss column per model ─► tokens x models losses ─► decomposition (alpha_N, classes) ─► report
+                                                                        └► distributions (p(L), L·p(L), transitions,
+                                                                           alpha_N resampled over documents) ─┘
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from storage import Store
 from tasks.devices import resolve_device
 from tasks.lm.corpus import CorpusError, build_corpus, corpus_fingerprint, corpus_files
 from tasks.lm.decomposition import decompose
+from tasks.lm.distributions import loss_distributions
 from tasks.lm.losses import assemble_token_losses, token_loss_column
 from tasks.lm.model_source import ModelSource
 from tasks.lm.report import lm_report, study_results
@@ -29,7 +32,8 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
         tokenizer = train_tokenizer(docs, texts, cfg=config.tokenizer, store=store)
     else:
         tokenizer = pretrained_tokenizer(model=ModelSource.pretrained(suite.models[0], suite.revision), store=store)
-    eval_tokens = tokenize_split(docs, texts, tokenizer, split="eval", max_tokens=config.max_eval_tokens, store=store)
+    eval_tokens = tokenize_split(docs, texts, tokenizer, split="eval", max_tokens=config.max_eval_tokens,
+                                 max_doc_tokens=config.max_doc_tokens, store=store)
     scoring = dict(context_length=suite.context_length, batch_size=suite.eval_batch_size, device=suite.device,
                    dtype=suite.dtype, store=store)
     models, columns, train_tokens = [], [], None
@@ -46,11 +50,13 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
                                              model=ModelSource.pretrained(name, suite.revision), **scoring))
     losses = assemble_token_losses(columns, store=store)
     parts = decompose(losses, cfg=config.analysis, store=store)
-    report = lm_report(parts, losses, eval_tokens, tokenizer, cfg=config.analysis, rcfg=config.report, store=store,
-                       key_prefix=key_prefix)
+    dists = loss_distributions(losses, eval_tokens, cfg=config.analysis, store=store)
+    report = lm_report(parts, losses, eval_tokens, tokenizer, dists, cfg=config.analysis, rcfg=config.report,
+                       store=store, key_prefix=key_prefix)
     return {"documents": docs, "texts": texts, "tokenizer": tokenizer, "eval_tokens": eval_tokens,
             "train_tokens": train_tokens, "models": models, "loss_columns": columns, "token_losses": losses,
-            "scaling": parts["scaling"], "fits": parts["fits"], "token_classes": parts["classes"], "report": report}
+            "scaling": parts["scaling"], "fits": parts["fits"], "token_classes": parts["classes"], **dists,
+            "report": report}
 
 
 @flow(name="lm-losses", log_prints=True)

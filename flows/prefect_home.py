@@ -2,6 +2,7 @@
 
 `configure_prefect()` must run before `prefect` is first imported (Prefect reads its settings then): the CLI, the
 deployments and the test fixtures call it. It only sets environment defaults, so a user's own PREFECT_* variables win.
+It also calls `configure_numerics()`: the CPU arithmetic that makes float results the same on every machine.
 """
 from __future__ import annotations
 
@@ -15,7 +16,24 @@ def default_prefect_home() -> Path:
     return Path(os.environ.get("QUANTA_PREFECT_HOME") or PROJECT_ROOT / ".prefect")
 
 
+# MKL's conditional numerical reproducibility (CNR) branch for torch's CPU BLAS (torch's wheel links MKL). Unset,
+# MKL dispatches on the CPU and lets alignment and threading change reductions: the same tiny grid trained to other
+# losses (1.4e-3 apart) on an AMD EPYC (AVX-512) than on the Intel machine that recorded the golden losses. AVX2 is
+# the newest branch every x86 machine this project runs on supports (Intel and AMD, AVX2 or AVX-512), so one value
+# gives one code path everywhere; `make bench` measured it no slower on the training grid (BENCHMARKS.md).
+# docs/design.md, "Same inputs, same bits", says what this does and does not make reproducible.
+MKL_CNR_BRANCH = "AVX2"
+
+
+def configure_numerics() -> None:
+    """Pin MKL's code path (MKL_CBWR) unless the user set one. MKL reads it at its first call, so this must run
+    before any torch computation in the process; child processes (Dask workers, `quanta run` subprocesses) inherit
+    it."""
+    os.environ.setdefault("MKL_CBWR", MKL_CNR_BRANCH)
+
+
 def configure_prefect() -> None:
+    configure_numerics()
     home = default_prefect_home()
     defaults = {
         "PREFECT_HOME": str(home),

@@ -15,9 +15,11 @@ from prefect import flow
 
 from flows.lm_losses import lm_losses_pipeline
 from flows.lm_losses import preflight as lm_preflight
+from flows.qdg_null import null_stage
 from schemas import ConfigError
 from schemas.qdg import QDGConfig
 from schemas.qdg_config import DENSE_BYTES_PER_ENTRY, LM_UNIT_REPRESENTATIONS
+from schemas.qdg_transform import Transform
 from storage import Store
 from tasks.devices import resolve_device
 from tasks.lm.model_source import ModelSource
@@ -25,12 +27,14 @@ from tasks.qdg.clustering import cluster_labels, clustering_stability, projectio
 from tasks.qdg.dask_cluster import check_local_cluster
 from tasks.qdg.gradient_dims import check_projection, lm_gradient_dim
 from tasks.qdg.gradients import PARAMETER_OUTPUTS, gradient_block, gradient_block_plan
+from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.knn import knn_affinity
-from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, unit_representation,
-                                          units_block)
+from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, transformed_block,
+                                          unit_representation, units_block)
 from tasks.qdg.report import qdg_report, qdg_results
 from tasks.qdg.selection import select_tokens, selection_label
 from tasks.qdg.similarity import similarity_matrix
+from tasks.qdg.size_exponent import qdg_size_exponent
 from tasks.qdg.zipf import zipf_analysis
 
 
@@ -67,20 +71,29 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
         d, seed = cl.compare_projection_dims, cl.seeds[0]
         projected = parameter_blocks(selection, lm["eval_tokens"], model=model,
                                      cfg=config.gradients.model_copy(update={"projection_dims": d}), config=config,
-                                     store=store, representation=primary, name=f"jl{d}-")
+                                     store=store, representation=primary, name=f"jl{d}-",
+                                     transform=config.transform if primary in PARAMETER_OUTPUTS else Transform())
         paffinity = affinity_of(projected, config=config, store=store, name=f"{primary}-jl{d}")
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
             paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
         projection = projection_agreement(per[primary]["first"], plabels, projection_dims=d, store=store)
+    k_shown = config.report.k_shown or cl.n_clusters[-1]
+    nulled = config.null.representations or reps
+    null = null_stage({r: blocks[r] for r in nulled}, {r: per[r]["zipf"] for r in nulled},
+                      {r: per[r]["stability"] for r in nulled},
+                      {r: per[r]["labels"][(k_shown, cl.seeds[0])] for r in nulled},
+                      method=cl.method_for(config.selection.n_tokens), cl=cl, zcfg=config.zipf, ncfg=config.null,
+                      store=store)
     shown = {r: {"affinity": per[r]["affinity"], "block": blocks[r][0], "labels": per[r]["first"],
                  "stability": per[r]["stability"], "zipf": per[r]["zipf"]} for r in reps}
     report = qdg_report(selection, lm["eval_tokens"], lm["tokenizer"], lm["token_losses"], representations=shown,
                         primary=primary, agreement=agreement, rcfg=config.report, projection=projection,
-                        key_prefix=key_prefix, store=store)
+                        null=null, key_prefix=key_prefix, store=store)
     head = per[primary]
     return {"lm": lm, "selection": selection, "gradient_blocks": blocks[primary], "affinity": head["affinity"],
             "labels": head["labels"], "stability": head["stability"], "projection": projection, "zipf": head["zipf"],
-            "report": report, "primary": primary, "blocks": blocks, "representations": per, "agreement": agreement}
+            "report": report, "primary": primary, "blocks": blocks, "representations": per, "agreement": agreement,
+            "null": null}
 
 
 def tag(representation: str) -> str:
@@ -104,6 +117,14 @@ def representation_blocks(selection, tokens, *, model: ModelSource, config: QDGC
         out["abs_gradient"] = [abs_gradient_block.with_options(task_run_name=f"qdg-abs_gradient-{a}-{b}")(
                                    g, store=store)
                                for g, (a, b) in zip(grads, block_plan(config))]
+    t = config.transform
+    if not t.is_identity():  # config.transform on every parameter-space representation, each its own blocks
+        for r in [r for r in reps if r in PARAMETER_OUTPUTS]:
+            out[r] = ([transformed_block.with_options(task_run_name=f"qdg-{r}-{t.label()}-{a}-{b}")(
+                           g, transform=t, store=store) for g, (a, b) in zip(out[r], block_plan(config))]
+                      if cfg.projection_dims is None else
+                      parameter_blocks(selection, tokens, model=model, cfg=cfg, config=config, store=store,
+                                       representation=r, name=f"{t.label()}-", transform=t))
     units_wanted = [r for r in reps if r in LM_UNIT_REPRESENTATIONS]
     if units_wanted:
         suite = config.lm.suite
@@ -124,13 +145,14 @@ def block_plan(config: QDGConfig) -> list[tuple[int, int]]:
 
 
 def parameter_blocks(selection, tokens, *, model: ModelSource, cfg, config: QDGConfig, store: str, representation: str,
-                     name: str = "") -> list:
+                     name: str = "", transform: Transform = Transform()) -> list:
     """One cached gradient task per block of `gradients.block_rows` selected tokens."""
     suite = config.lm.suite
     label = "gradients" if representation == "gradient" else representation
     return [gradient_block.with_options(task_run_name=f"qdg-{label}-{name}{start}-{stop}")(
                 selection, tokens, model=model, start=start, stop=stop, cfg=cfg,
-                context_length=suite.context_length, dtype=suite.dtype, representation=representation, store=store)
+                context_length=suite.context_length, dtype=suite.dtype, representation=representation,
+                transform=transform, store=store)
             for start, stop in block_plan(config)]
 
 
@@ -145,8 +167,12 @@ def cluster_representation(blocks: list, *, representation: str, config: QDGConf
     stability = (clustering_stability.with_options(task_run_name=f"qdg-stability-{representation}")(
                      list(labels.values()), store=store) if len(cl.seeds) > 1 else None)
     first = [labels[(k, cl.seeds[0])] for k in cl.n_clusters]
+    k_over = max(cl.n_clusters)  # the calibrated estimator over-clusters at the largest k, then merges
+    headline = qdg_size_exponent.with_options(task_run_name=f"qdg-size-exponent-{representation}")(
+        affinity, labels[(k_over, cl.seeds[0])], k_over=k_over, spectral=cl.spectral(), seed=cl.seeds[0],
+        store=store)
     zipf = zipf_analysis.with_options(task_run_name=f"qdg-zipf-{representation}")(
-        first, fits, cfg=config.zipf, store=store)
+        first, fits, headline, cfg=config.zipf, store=store)
     return {"affinity": affinity, "labels": labels, "stability": stability, "first": first, "zipf": zipf}
 
 
@@ -156,8 +182,8 @@ def affinity_of(blocks: list, *, config: QDGConfig, store: str, name: str = "gra
     if cl.method_for(config.selection.n_tokens) == "dense":
         return similarity_matrix.with_options(task_run_name=f"qdg-similarity-{name}")(blocks, cfg=config.similarity,
                                                                                        store=store)
-    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(blocks, neighbors=cl.knn_neighbors,
-                                                                               cfg=config.similarity, store=store)
+    return knn_affinity.with_options(task_run_name=f"qdg-knn-affinity-{name}")(
+        blocks, neighbors=cl.knn_neighbors, cfg=config.similarity, weighting=cl.knn_weighting, store=store)
 
 
 @flow(name="qdg", log_prints=True)
@@ -169,7 +195,7 @@ def qdg_flow(config: QDGConfig, store: str | None = None) -> dict:
     lm = refs["lm"]
     artifacts = {f"lm_{k}": v for k, v in lm.items() if k in ("eval_tokens", "token_losses", "fits", "report")}
     artifacts.update({k: refs[k] for k in ("selection", "affinity", "zipf", "report")})
-    artifacts.update({k: refs[k] for k in ("stability", "projection") if refs[k] is not None})
+    artifacts.update({k: refs[k] for k in ("stability", "projection", "null") if refs[k] is not None})
     # the primary representation under the study's first names; every representation under its own
     artifacts.update({f"gradient_block_{i}": r for i, r in enumerate(refs["gradient_blocks"])})
     artifacts.update({f"labels_k{k}_s{s}": r for (k, s), r in refs["labels"].items()})
@@ -212,6 +238,8 @@ def check_qdg_projections(config: QDGConfig) -> None:
              if d is not None]
     if not asked:
         return
+    for dims, field in asked:  # the JL floor: a projection whose bound says nothing is refused (tasks.qdg.jl_floor)
+        check_jl_floor(dims, config.selection.n_tokens, field, "selected tokens")
     known = lm_gradient_dim(config.lm, config.selection.model, config.gradients)
     if known is None:
         return

@@ -22,9 +22,8 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SETTLE_TIMEOUT_S = 30.0
 
 
-def _read_task_states(client, flow_run_id) -> list[tuple[str, str, str]]:
-    """(task run name, state type, state name) of each task run of the flow run and of its subflows (transitively);
-    a task run the server has not yet given a state is shown as PENDING."""
+def _read_task_runs(client, flow_run_id) -> list:
+    """Every task run (Prefect `TaskRun`) of the flow run and of its subflows (transitively), sorted by name."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
     run_ids = [flow_run_id]
@@ -38,11 +37,17 @@ def _read_task_states(client, flow_run_id) -> list[tuple[str, str, str]]:
     while True:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
                                      limit=200, offset=offset)
-        out += [(tr.name, tr.state.type.name, tr.state.name) if tr.state is not None else (tr.name, "PENDING", "Pending")
-                for tr in runs]
+        out += runs
         if len(runs) < 200:
-            return sorted(out)
+            return sorted(out, key=lambda tr: (tr.name, str(tr.id)))
         offset += 200
+
+
+def _state_key(runs: list) -> list[tuple[str, str, str]]:
+    """(task run name, state type, state name) of each task run; one the server has not yet given a state is
+    PENDING."""
+    return [(tr.name, tr.state.type.name, tr.state.name) if tr.state is not None else (tr.name, "PENDING", "Pending")
+            for tr in runs]
 
 
 def _settle_seconds() -> float:
@@ -55,12 +60,13 @@ def _settle_seconds() -> float:
     return 0.3 if recorder.batch_size <= 1 else float(recorder.flush_interval) + 0.5
 
 
-def final_task_states(flow_run_id) -> list[tuple[str, str]]:
-    """(task run name, state name) of every task run of the flow run (and of its subflows), from the Prefect API,
-    once they are final. Task runs and their states reach the server as events, recorded asynchronously, so a read
-    right after the flow returns can miss the last task runs or show them still running: the events still queued
-    in this process are sent first, then the states are read until every one is final and they stay unchanged for
-    a moment (at most SETTLE_TIMEOUT_S)."""
+def final_task_runs(flow_run_id) -> list:
+    """Every task run (Prefect `TaskRun`, with its final `state`: name, type, message) of the flow run and of its
+    subflows, from the Prefect API, once they are final. Task runs and their states reach the server as events,
+    recorded asynchronously, so a read right after the flow returns can miss the last task runs or show them still
+    running: the events still queued in this process are sent first, then the runs are read until every state is
+    final and they stay unchanged for a moment (at most SETTLE_TIMEOUT_S). Tests read task runs only through this
+    (tests/test_layout.py checks it)."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -71,14 +77,20 @@ def final_task_states(flow_run_id) -> list[tuple[str, str]]:
     settle = _settle_seconds()
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     with get_client(sync_client=True) as client:
-        states = _read_task_states(client, flow_run_id)
+        runs = _read_task_runs(client, flow_run_id)
         while time.monotonic() < deadline:
             time.sleep(settle)
-            again = _read_task_states(client, flow_run_id)
-            if again == states and all(kind in FINAL_STATES for _, kind, _ in states):
+            again = _read_task_runs(client, flow_run_id)
+            if _state_key(again) == _state_key(runs) and all(kind in FINAL_STATES for _, kind, _ in _state_key(runs)):
                 break
-            states = again
-    return [(name, state) for name, _, state in states]
+            runs = again
+    return runs
+
+
+def final_task_states(flow_run_id) -> list[tuple[str, str]]:
+    """(task run name, state name) of every task run of the flow run and of its subflows once final (see
+    final_task_runs)."""
+    return [(name, state) for name, _, state in _state_key(final_task_runs(flow_run_id))]
 
 
 def task_state_counts(flow_run_id) -> dict[str, int]:

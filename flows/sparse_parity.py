@@ -1,7 +1,8 @@
 """The sparse-parity scaling study as a Prefect flow (paper Section 3).
 
 spec ─► [train set per D] ─► train shards (batched widths x stacked groups) ─► curves (Zarr)
-    └► runs table, emergence table ─► fits (alpha_N, alpha_S, alpha_D vs theory) ─► report
+    └► runs table, emergence table ─► fits (alpha_N, alpha_S, alpha_D vs theory), step test, quanta
+                                                 counts (subtasks learned vs N and D, parameters per quantum) ─► report
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from prefect import flow
 from schemas.sparse_parity import SparseParityConfig
 from storage import Store
 from tasks.devices import resolve_device
-from tasks.sparse_parity.analysis import build_emergence_table, build_fits, build_runs_table, study_results
+from tasks.sparse_parity.analysis import (build_emergence_table, build_fits, build_runs_table, build_step_test,
+                                          study_results)
 from tasks.sparse_parity.data import build_spec, build_train_set
+from tasks.sparse_parity.quanta import build_quanta_counts
 from tasks.sparse_parity.report import build_sparse_parity_report
 from tasks.sparse_parity.train import check_memory, finite_data_groups, train_shard, training_plan
 
@@ -31,9 +34,12 @@ def sparse_parity_pipeline(config: SparseParityConfig, store: str, key_prefix: s
     runs = build_runs_table(curves, threshold_bits=threshold, store=store)
     emergence = build_emergence_table(curves, spec, threshold_bits=threshold, store=store)
     fits = build_fits(runs, fit_cfg=config.fit, store=store)
-    report = build_sparse_parity_report(runs, fits, emergence, curves, fit_cfg=config.fit, report_cfg=config.report,
-                                        store=store, key_prefix=key_prefix)
-    return {"spec": spec, "curves": curves, "runs": runs, "emergence": emergence, "fits": fits, "report": report}
+    steps = build_step_test(runs, n_min=config.fit.n_min, n_max=config.fit.n_max, store=store)
+    quanta = build_quanta_counts(runs, level=config.fit.level, d_width=config.fit.d_width, store=store)
+    report = build_sparse_parity_report(runs, fits, emergence, curves, steps, quanta, fit_cfg=config.fit,
+                                        report_cfg=config.report, store=store, key_prefix=key_prefix)
+    return {"spec": spec, "curves": curves, "runs": runs, "emergence": emergence, "fits": fits, "step_test": steps,
+            "quanta": quanta, "report": report}
 
 
 @flow(name="sparse-parity", log_prints=True)

@@ -5,12 +5,13 @@ with a message naming the field.
 """
 from __future__ import annotations
 
+import json
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from schemas.errors import ConfigError
 
@@ -19,6 +20,9 @@ from schemas.errors import ConfigError
 # serialise an integer past 64 bits (every later read of that run fails); 2**53 - 1 also survives a JSON round trip
 # through a float (the Prefect UI's forms)
 MAX_CONFIG_INT = 2**53 - 1
+# the most optimizer steps any training field takes: 50 x the paper's longest sparse-parity training (2e5 steps), and
+# ~3 h at this project's CPU rate for the tiny MLPs (~1,000 steps/s); beyond it a run is a typo, not a study
+MAX_TRAINING_STEPS = 10_000_000
 
 
 def _too_large_int(value: Any) -> int | None:
@@ -31,12 +35,44 @@ def _too_large_int(value: Any) -> int | None:
     return next((bad for v in items if (bad := _too_large_int(v)) is not None), None)
 
 
+def _holds_bool(value: Any) -> bool:
+    """Whether `value` is a bool, or a list / tuple / dict holding one (at any depth)."""
+    if isinstance(value, bool):
+        return True
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return any(_holds_bool(v) for v in items)
+
+
+def _leaf_types(annotation: Any) -> set:
+    args = typing.get_args(annotation)
+    if not args or typing.get_origin(annotation) is typing.Literal:
+        return {annotation}
+    return set().union(*(_leaf_types(a) for a in args))
+
+
+def _numeric_without_bool(annotation: Any) -> bool:
+    """Whether an annotation takes numbers (int, float and their subclasses such as ByteSize) but no bool."""
+    leaves = _leaf_types(annotation)
+    if bool in leaves or Any in leaves or any(typing.get_origin(t) is typing.Literal for t in leaves):
+        return False
+    return any(isinstance(t, type) and issubclass(t, (int, float)) for t in leaves)
+
+
 class StrictModel(BaseModel):
     """Base for config sections: unknown keys are errors, values are validated on assignment too, every float is
-    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late) and every integer,
-    in every field, is at most MAX_CONFIG_INT in magnitude."""
+    finite (`inf` and `nan` are rejected: a TOML `lr = inf` would otherwise train and fail late), every integer,
+    in every field, is at most MAX_CONFIG_INT in magnitude, and a bool is never read as a number (`true` is not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `true` as 1 for an int field (`projection_dims = true` projected to one dim)
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _holds_bool(v) and _numeric_without_bool(field.annotation):
+            raise ValueError("a bool (true / false) is not a number: give the number itself")
+        return v
 
     @field_validator("*", mode="after")
     @classmethod
@@ -48,6 +84,46 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+# the largest config file read: the paper configs are ~2 KB, and a config becomes a flow run's parameters, which the
+# Prefect server refuses past MAX_PARAMETER_BYTES; a bigger file is a mistake (a data file given as --config)
+MAX_CONFIG_FILE_BYTES = 1 << 20
+# Prefect's server refuses a flow run whose parameters, as JSON, pass `server.api.max_parameter_size` (524,288 bytes
+# by default): the config is checked against it, less room for the store URL, before the server starts
+MAX_PARAMETER_BYTES = 524_288 - 8_192
+
+
+def read_toml(path: Path, what: str = "config file") -> dict:
+    """The TOML table in `path`, or a ConfigError naming the file: missing, a directory, larger than
+    MAX_CONFIG_FILE_BYTES, not UTF-8, not TOML, or nested too deeply for the parser."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"{what} {path} is {size:,} bytes; a config is at most {MAX_CONFIG_FILE_BYTES:,} "
+                              "bytes (is it the right file?)")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}): TOML files "
+                          "are UTF-8; re-save it as UTF-8") from None
+    return _parse_toml(text, f"{what} {path}")
+
+
+def _parse_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: arrays or tables nested too deeply for the TOML parser") from None
 
 
 def positive_distinct(name: str, values: list[int], empty_hint: str = "") -> list[int]:
@@ -67,7 +143,8 @@ class ReportConfig(StrictModel):
 
     title: str = "quanta report"
     plots: bool = Field(True, description="draw plots (PNG in the store, embedded in the Prefect artifact)")
-    dpi: int = Field(80, ge=30, le=300)
+    dpi: int | None = Field(None, ge=30, le=300, description="PNG resolution; default: the report policy's "
+                            "(tasks.reporting.DPI, legible in the Prefect UI)")
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -79,7 +156,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
+        # a validator's message that already shows the value ("(got 0)") is not followed by it again
+        shown = "" if isinstance(value, dict) or "(got " in msg else f" (got {_short(value)})"
         parts.append(f"{loc}: {msg}{shown}" if loc else msg)
     return f"invalid config {source}: " + "; ".join(parts)
 
@@ -101,6 +179,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}=...: the value's arrays or tables are nested too deeply for the TOML "
+                          "parser") from None
     return path, value
 
 
@@ -179,8 +260,8 @@ def _check_include_cycle(first: Path, path_key: str, including: Path | None) -> 
     while current not in chain:
         chain.append(current)
         try:
-            nxt = tomllib.loads(current.read_text()).get(path_key)
-        except (OSError, tomllib.TOMLDecodeError):
+            nxt = read_toml(current).get(path_key)
+        except ConfigError:
             return  # reported where it is read
         if nxt is None:
             return
@@ -203,10 +284,7 @@ def include_section(data: Any, section: str, path_key: str, config_dir: Path | N
     data = dict(data)
     found = _find_included(data.pop(path_key), path_key, config_dir)
     _check_include_cycle(found, path_key, including)
-    try:
-        included = tomllib.loads(found.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path_key}: {found} is not valid TOML: {e}") from None
+    included = read_toml(found, f"{path_key}: config file")
     data[section] = deep_merge(included, data.get(section) or {})
     return data
 
@@ -219,19 +297,37 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         if path is None:
             data = {}
         else:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file not found: {p}")
-            try:
-                data = tomllib.loads(p.read_text())
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+            data = read_toml(Path(path))
     data = apply_overrides(data, overrides, model)
     context = {"config_dir": Path(path).resolve().parent, "config_path": Path(path)} if path is not None else {}
     try:
-        return model.model_validate(data, context=context)
+        config = model.model_validate(data, context=context)
     except ValidationError as e:
         whole = [x["ctx"]["error"] for x in e.errors() if isinstance((x.get("ctx") or {}).get("error"), ConfigError)]
-        if whole:  # an error about the config files themselves (an include cycle): its own line
+        if whole:  # an error about the config files themselves (an include cycle, an unreadable include): its own line
             raise whole[0] from None
         raise ConfigError(format_validation_error(e, source)) from None
+    except RecursionError:  # values nested deeper than validation recurses (a deep array given to a list field)
+        raise ConfigError(f"invalid config {source}: values nested too deeply") from None
+    check_parameter_size(config, source)
+    return config
+
+
+def check_parameter_size(config: BaseModel, source: str) -> None:
+    """ConfigError when the config, as the flow run's JSON parameters, is past MAX_PARAMETER_BYTES (the Prefect server
+    would refuse the run after it started), naming its largest value."""
+    dumped = config.model_dump(mode="json")
+    size = len(json.dumps(dumped, separators=(",", ":")).encode())
+    if size <= MAX_PARAMETER_BYTES:
+        return
+    where, biggest = _largest_value(dumped)
+    raise ConfigError(f"invalid config {source}: it is {size:,} bytes as a flow run's parameters, the Prefect server "
+                      f"takes at most {MAX_PARAMETER_BYTES:,}; the largest value is {where} ({biggest:,} bytes)")
+
+
+def _largest_value(data: Any, where: str = "") -> tuple[str, int]:
+    """(dotted path, JSON bytes) of the largest leaf value (or list) in a dumped config."""
+    if isinstance(data, dict) and data:
+        return max((_largest_value(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()),
+                   key=lambda t: t[1])
+    return where or "<config>", len(json.dumps(data, separators=(",", ":")).encode())

@@ -46,7 +46,8 @@ class CorpusConfig(StrictModel):
     max_doc_chars: int | None = Field(None, ge=1, description="each document truncated to this many characters")
     min_doc_chars: int = Field(1, ge=1, description="shorter documents are dropped")
     dedup: bool = Field(True, description="drop exact duplicate documents (same content hash)")
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of documents in the eval split")
+    eval_fraction: float = Field(0.1, gt=0, le=1, description="fraction of documents in the eval split (1 = every "
+                                 "document, in the source's order: a pretrained suite only, which trains on nothing)")
     seed: int = Field(0, ge=0, description="seed of the train/eval split")
 
     @model_validator(mode="after")
@@ -145,13 +146,20 @@ class AnalysisConfig(StrictModel):
 
     mono_high: float = Field(5.0, gt=0, description="monogenic: loss above this (nats) before the drop")
     mono_low: float = Field(0.3, gt=0, description="monogenic: loss below this (nats) from the drop on")
-    poly_slope: float = Field(-0.3, lt=0, description="polygenic: log-log slope of loss vs N below this")
-    poly_r2: float = Field(0.98, gt=0, le=1, description="polygenic: R^2 of the log-log fit above this")
+    poly_statistic: Literal["paper", "loglog"] = Field(
+        "paper", description="polygenic curve fit: paper = loss in nats regressed on ln N (the paper code's, "
+        "notebooks/diverse-scaling-examples.ipynb); loglog = ln loss on ln N (a power law's straight line)")
+    poly_slope: float = Field(-0.3, lt=0, description="polygenic: slope of the poly_statistic fit below this")
+    poly_r2: float = Field(0.98, gt=0, le=1, description="polygenic: R^2 of the poly_statistic fit above this")
     fit_method: Literal["huber", "ols"] = Field("huber", description="alpha_N fit: huber (E + A N^-a) or log-log OLS")
     fit_offset: bool = Field(False, description="huber: fit the irreducible loss E (needs >= 4 models)")
+    fit_max_params: float | None = Field(None, gt=0, description="largest non-embedding parameter count in the "
+                                         "alpha_N fit (None = every model; the paper fits up to pythia-2.7b)")
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples for the alpha_N CI")
     level: float = Field(0.95, gt=0, lt=1)
     seed: int = Field(0, ge=0)
+    learned_bits: float = Field(0.3, gt=0, description="sharp transitions: a token counts as learned by a model "
+                                "below this loss in bits (ten-million-scaling-curves.ipynb: 0.3 on curves in bits)")
     n_examples: int = Field(5, ge=0, description="examples of each class in the report")
     context_tokens: int = Field(24, ge=1, description="tokens of context shown with each example")
 
@@ -174,6 +182,15 @@ class LMConfig(StrictModel):
     report: ReportConfig = ReportConfig()
     max_eval_tokens: int | None = Field(None, ge=2, description="eval split cut to about this many tokens "
                                         "(whole documents; None = all)")
+    max_doc_tokens: int | None = Field(None, ge=2, description="each eval document cut to its first this many "
+                                       "tokens before scoring (the paper: 1024; None = every token, in windows)")
+
+    @model_validator(mode="after")
+    def _eval_everything(self):
+        if self.corpus.eval_fraction >= 1 and self.suite.kind == "trained":
+            raise ValueError(f"corpus.eval_fraction must be < 1 for a trained suite, which trains on the rest "
+                             f"(got {self.corpus.eval_fraction})")
+        return self
 
 
 # -------------------------------------------------------------------------------------------- artifacts
@@ -312,6 +329,60 @@ TOKEN_CLASSES = register(
     ),
     "per-token curve classes (0 none, 1 monogenic, 2 polygenic), drop index, log-log slope and R^2",
 )
+
+# the paper's histogram of per-token losses (ten-million-scaling-curves.ipynb, Figure 3): 1000 bins on [0, 18] bits
+LOSS_HIST_BINS = 1000
+LOSS_HIST_MAX_BITS = 18.0
+
+
+def _distribution_checks(arrays, attrs):
+    edges = np.asarray(arrays["bin_edges_bits"][...])
+    if edges.shape[0] != arrays["density"].shape[1] + 1:
+        return "bin_edges_bits", f"must have bins + 1 = {arrays['density'].shape[1] + 1} entries", int(edges.shape[0])
+    if len(list(attrs["models"])) != arrays["density"].shape[0]:
+        return "attrs.models", f"must name the {arrays['density'].shape[0]} model rows", len(list(attrs["models"]))
+    return None
+
+
+LOSS_DISTRIBUTION = register(
+    "lm.loss_distribution", "zarr", 1,
+    GroupSpec(
+        arrays={
+            "bin_edges_bits": ArraySpec("float64", ("edge",), (finite_or_nan(), in_range(0.0),
+                                                               monotone_nondecreasing()), whole=True),
+            "density": ArraySpec("float64", ("model", "bin"), (finite_or_nan(), in_range(0.0))),
+            "integrand": ArraySpec("float64", ("model", "bin"), (finite_or_nan(), in_range(0.0))),
+            "mean_loss_bits": ArraySpec("float64", ("model",), (finite_or_nan(), in_range(0.0))),
+            "fraction_beyond": ArraySpec("float64", ("model",), (finite_or_nan(), in_range(0.0, 1.0))),
+        },
+        required_attrs=("models", "n_tokens"),
+        group_checks=(_distribution_checks,),
+    ),
+    "p(L) per model (density over loss in bits, the paper's bins) and the mean-loss integrand L p(L)",
+)
+
+
+class TransitionsTable(StrictTable):
+    """Sharp transitions between adjacent sizes (ten-million-scaling-curves.ipynb): per model, the tokens it is the
+    first to learn (< learned_bits), how many stay learned under every larger model, and the loss change to the
+    next model."""
+
+    model: Series[str]
+    next_model: Series[str] = pa.Field(description="the next larger model ('' for the largest)")
+    first_learned: Series[int] = pa.Field(ge=0)
+    stay_learned: Series[int] = pa.Field(ge=0)
+    stay_fraction: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    change_mean: Series[float] = pa.Field(nullable=True, description="loss(next) - loss(this), bits, mean")
+    change_median: Series[float] = pa.Field(nullable=True)
+    change_q05: Series[float] = pa.Field(nullable=True)
+    change_q95: Series[float] = pa.Field(nullable=True)
+    improved_fraction: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+
+
+TRANSITIONS = register("lm.transitions", "parquet", 1, TransitionsTable,
+                       "tokens learned at one size and kept at the next; loss changes between adjacent sizes")
+ALPHA_N_RESAMPLED = register("lm.alpha_n_resampled", "parquet", 1, LMFitsTable,
+                             "alpha_N (log-log OLS) with intervals from resampling documents, and models too")
 
 __all__ = ["LMConfig", "CorpusConfig", "TokenizerConfig", "SuiteConfig", "ModelSize", "AnalysisConfig",
            "ReportConfig", "SPECIAL_TOKENS", "MIN_VOCAB"]

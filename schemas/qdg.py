@@ -19,7 +19,7 @@ from schemas.arrays import ArraySpec, GroupSpec, finite, in_range
 from schemas.registry import register
 from schemas.qdg_config import (DEFAULT_EXCLUDED_MODULES, PARAMETER_SPACE_REPRESENTATIONS,  # noqa: F401
                                  REGIMES, REPRESENTATIONS, BenchmarkConfig, ClusteringConfig, GradientConfig,
-                                 GroupLassoConfig, LongTrainingConfig, ParityModelConfig, QDGConfig,
+                                 GroupLassoConfig, LongTrainingConfig, NullConfig, ParityModelConfig, QDGConfig,
                                  QDGSparseParityConfig, Regime, ReportConfig, Representation, SelectionConfig,
                                  SimilarityConfig, SpectralOptions, ZipfConfig)
 from schemas.tables import StrictTable
@@ -300,22 +300,32 @@ PARITY_SAMPLES = register(
 )
 
 class ParityBenchmarkTable(StrictTable):
-    """The known-quanta benchmark (qdg-sparse-parity): one row per (regime, representation or baseline); see
-    tasks.qdg.benchmark for each column's definition."""
+    """The known-quanta benchmark (qdg-sparse-parity): one row per (regime, training seed, representation or
+    baseline, transform, affinity, clusterer), and per training-seed group a `mean` row; see tasks.qdg.benchmark for
+    each column's definition."""
 
     regime: Series[str] = pa.Field(isin=list(REGIMES))
+    training_seed: Series[int] = pa.Field(ge=-1, description="the model's training seed (-1: a mean row)")
     representation: Series[str] = pa.Field(isin=[*REPRESENTATIONS, "control_bits", "task_bits", "random"])
-    kind: Series[str] = pa.Field(isin=["representation", "baseline"])
-    k: Series[int] = pa.Field(ge=2, description="clusters = sampled subtasks")
+    transform: Series[str] = pa.Field(description="Transform.label() ('none' = the representation itself)")
+    affinity: Series[str] = pa.Field(isin=["dense", "knn"])
+    clusterer: Series[str] = pa.Field(isin=["spectral", "leiden"])
+    kind: Series[str] = pa.Field(isin=["representation", "baseline", "mean"])
+    k: Series[int] = pa.Field(ge=1, description="clusters: the sampled subtasks (spectral) or found (leiden)")
     n_samples: Series[int] = pa.Field(ge=2)
     n_subtasks: Series[int] = pa.Field(ge=2)
-    ari: Series[float] = pa.Field(ge=-1.0, le=1.0, description="ARI against the true subtasks, mean over seeds")
-    ari_lo: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True, description="bootstrap interval over samples")
-    ari_hi: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True)
+    ari: Series[float] = pa.Field(ge=-1.0, le=1.0, description="ARI against the true subtasks (mean: over models)")
+    ari_lo: Series[float] = pa.Field(nullable=True, description="bootstrap over samples (one model) or t-interval "
+                                     "over training seeds (mean)")
+    ari_hi: Series[float] = pa.Field(nullable=True)
+    ari_min: Series[float] = pa.Field(ge=-1.0, le=1.0, description="the smallest ARI over the models")
+    n_models: Series[int] = pa.Field(ge=1)
     label_ari: Series[float] = pa.Field(ge=-1.0, le=1.0)
     control_ari: Series[float] = pa.Field(ge=-1.0, le=1.0, nullable=True, description="on unlearned subtasks")
     purity_mean: Series[float] = pa.Field(ge=0.0, le=1.0)
     purity_min: Series[float] = pa.Field(ge=0.0, le=1.0)
+    knn_purity: Series[float] = pa.Field(ge=0.0, le=1.0, description="fraction of each sample's nearest "
+                                         "neighbours (benchmark.purity_neighbors) in its own subtask, mean")
     specialised: Series[float] = pa.Field(ge=0.0, le=1.0, nullable=True, description="fraction of used units "
                                           "whose ablation hurts one subtask far more than the others")
     units_used: Series[int] = pa.Field(ge=0)
@@ -376,13 +386,62 @@ class RepresentationAgreementTable(StrictTable):
         return bool((df["a"] != df["b"]).all() and not df.duplicated(["k", "seed", "a", "b"]).any())
 
 
-PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 1, ParityBenchmarkTable,
+PARITY_BENCHMARK = register("qdg.parity_benchmark", "parquet", 2, ParityBenchmarkTable,
                             "representation x training regime -> ARI against the true subtasks, with intervals, "
                             "baselines and per-unit specialisation")
 
 
 REPRESENTATION_ARI = register("qdg.representation_ari", "parquet", 1, RepresentationAgreementTable,
                               "ARI between the clusterings of two representations, per k")
+
+class NullDrawTable(StrictTable):
+    """One draw of a QDG null: each statistic the pipeline computes, on structure-free rows (tasks/qdg/null.py)."""
+
+    statistic: Series[str] = pa.Field(unique=True, description="envelope_slope, slope_k{k}, exponent_mle_k{k}, "
+                                      "stability_k{k}")
+    value: Series[float] = pa.Field(nullable=True, description="NaN: not measurable on this draw")
+
+
+NULL_DRAW = register("qdg.null_draw", "parquet", 1, NullDrawTable, "the QDG statistics of one draw of a null")
+
+
+class NullTable(StrictTable):
+    """Every measured QDG statistic beside its null: mean and central range of the draws, empirical p-value."""
+
+    representation: Series[str] = pa.Field(description="a representation, or 'a vs b' for an agreement")
+    null: Series[str] = pa.Field(isin=["gaussian", "permuted", "permutation"])
+    statistic: Series[str]
+    measured: Series[float] = pa.Field(nullable=True)
+    null_mean: Series[float] = pa.Field(nullable=True)
+    null_lo: Series[float] = pa.Field(nullable=True)
+    null_hi: Series[float] = pa.Field(nullable=True)
+    p: Series[float] = pa.Field(nullable=True, ge=0, le=1, description="two-sided empirical p-value")
+    distinguishable: Series[str] = pa.Field(isin=["yes", "no", "n/a"])
+    draws: Series[int] = pa.Field(ge=0)
+
+
+class FrequencyTable(StrictTable):
+    """Size exponents of one frequency-sampled qdg-sparse-parity run against the known one (tasks/qdg/frequency.py)."""
+
+    regime: Series[str]
+    representation: Series[str]
+    estimator: Series[str] = pa.Field(isin=["merged_finite_zipf", "rank_slope", "powerlaw_mle", "true_labels"])
+    measured: Series[float] = pa.Field(nullable=True)
+    ci_lo: Series[float] = pa.Field(nullable=True)
+    ci_hi: Series[float] = pa.Field(nullable=True)
+    k: Series[int] = pa.Field(ge=0)
+    note: Series[str]
+    true_exponent: Series[float] = pa.Field(gt=0)
+    covers: Series[bool]
+    n: Series[int] = pa.Field(ge=2)
+    level: Series[float] = pa.Field(gt=0, lt=1)
+
+
+FREQUENCY = register("qdg.frequency", "parquet", 1, FrequencyTable,
+                     "size exponents of frequency-sampled subtasks against the true one")
+
+
+NULL = register("qdg.null", "parquet", 1, NullTable, "measured QDG statistics beside their nulls")
 
 __all__ = ["QDGConfig", "QDGSparseParityConfig", "SelectionConfig", "GradientConfig", "SimilarityConfig",
            "ClusteringConfig", "SpectralOptions", "ZipfConfig", "ReportConfig", "ParityModelConfig"]

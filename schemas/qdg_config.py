@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 
 from schemas.config import ReportConfig as BaseReportConfig
-from schemas.config import StrictModel, include_section, positive_distinct
+from schemas.config import MAX_TRAINING_STEPS, StrictModel, include_section, positive_distinct
 from schemas.lm import LMConfig
+from schemas.qdg_transform import Affinity, Clusterer, GraphOptions, Transform
 from schemas.sparse_parity import SparseParityConfig
 
 # parameters QDG leaves out by default: embeddings, the unembedding and layer norms (paper), by module type; see
@@ -128,7 +129,7 @@ class SpectralOptions(StrictModel):
 DENSE_BYTES_PER_ENTRY = 28
 
 
-class ClusteringConfig(SpectralOptions):
+class ClusteringConfig(SpectralOptions, GraphOptions):
     """Spectral clustering on the affinity A = 1 - arccos(C)/pi, for each k, seeded (the spectral settings are
     `SpectralOptions`' fields, at the same level of the config: `clustering.eigen_solver`)."""
 
@@ -171,6 +172,10 @@ class ClusteringConfig(SpectralOptions):
         """The part of this config one (k, seed) clustering task depends on."""
         return SpectralOptions(**{name: getattr(self, name) for name in SpectralOptions.model_fields})
 
+    def graph(self) -> GraphOptions:
+        """The kNN graph's weighting and Leiden's resolution."""
+        return GraphOptions(**{name: getattr(self, name) for name in GraphOptions.model_fields})
+
 
 class ZipfConfig(StrictModel):
     """Rank-frequency analysis of cluster sizes (paper: slope -1.24 vs -(alpha_N + 1) = -1.083)."""
@@ -189,6 +194,31 @@ class ZipfConfig(StrictModel):
             raise ValueError(f"rank_max must be >= rank_min + 2 (three points for a slope; got rank_min = "
                              f"{self.rank_min}, rank_max = {self.rank_max})")
         return self
+
+
+class NullConfig(StrictModel):
+    """The null beside every QDG statistic: the same pipeline on structure-free inputs (tasks/qdg/null.py)."""
+
+    draws: int = Field(20, ge=0, le=1000, description="draws of each null kind per representation, each its own "
+                       "cached task (0 = no null; a p-value below 1 - level needs >= 1/(1 - level) - 1 draws: 19 at "
+                       "0.95)")
+    kinds: list[Literal["gaussian", "permuted"]] = Field(
+        ["gaussian", "permuted"], description="gaussian: isotropic Gaussian rows of the representation's dimension; "
+        "permuted: the representation with each column permuted across rows")
+    level: float = Field(0.95, gt=0, lt=1, description="the null's central range and the p-value threshold (1 - level)")
+    seed: int = Field(0, ge=0, description="seed of the null draws (independent of every other seed)")
+    representations: list[Representation] | None = Field(
+        None, description="the representations that get a null (None = every one clustered); a representation "
+        "without one has consistent = indeterminate")
+    permutation_draws: int = Field(200, ge=0, le=100000, description="label permutations for the null of the ARI "
+                                   "between representations")
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"null.kinds must not repeat (got {v})")
+        return v
 
 
 class ReportConfig(BaseReportConfig):
@@ -223,12 +253,16 @@ class QDGConfig(StrictModel):
     ablation_first_order: bool = Field(
         False, description="allow 'ablation' on a language model as the first-order estimate -a * dL/da of zeroing "
         "each MLP unit (exact ablation would take one forward pass per unit and token)")
+    transform: Transform = Field(Transform(), description="applied to every parameter-space representation "
+                                 "(gradient, abs_gradient, logit_gradient) before the projection: see "
+                                 "schemas.qdg_transform.Transform (default: the identity)")
     lm: LMConfig
     selection: SelectionConfig = SelectionConfig()
     gradients: GradientConfig = GradientConfig()
     similarity: SimilarityConfig = SimilarityConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     zipf: ZipfConfig = ZipfConfig()
+    null: NullConfig = NullConfig()
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="before")
@@ -267,6 +301,10 @@ class QDGConfig(StrictModel):
     @model_validator(mode="after")
     def _cross(self):
         self._check_representations()
+        if self.null.representations is not None and not set(self.null.representations) <= set(
+                self.chosen_representations()):
+            raise ValueError(f"null.representations {self.null.representations} must be among representations "
+                             f"{self.chosen_representations()}")
         if self.report.k_shown is not None and self.report.k_shown not in self.clustering.n_clusters:
             raise ValueError(f"report.k_shown {self.report.k_shown} is not one of clustering.n_clusters "
                              f"{self.clustering.n_clusters}")
@@ -298,6 +336,12 @@ class ParityModelConfig(StrictModel):
     unlearned_control: bool = Field(True, description="also cluster samples of subtasks the model has not learned "
                                     "(a control: expect a low ARI)")
     seed_samples: int = Field(0, ge=0)
+    sampling: Literal["equal", "frequency"] = Field(
+        "equal", description="equal: samples_per_subtask of every learned subtask (the ARI benchmark); frequency: "
+        "samples drawn from the task's own distribution restricted to the learned subtasks (subtask i with "
+        "probability ~ i^-(alpha+1)) until the rarest has min_per_subtask, so cluster sizes have a known exponent")
+    min_per_subtask: int = Field(10, ge=2, le=10000, description="frequency sampling: draw until the rarest learned "
+                                 "subtask has this many samples")
 
 
 # How the looked-into parity MLP was trained (qdg-sparse-parity's benchmark; each regime is its own cached model):
@@ -306,24 +350,36 @@ class ParityModelConfig(StrictModel):
 # - group_lasso: the study's model fine-tuned with a group-lasso penalty over hidden units (`group_lasso.*`)
 # - modular: the positive control, a hand-built MLP in which each learned subtask of the study's model has its own
 #   four gated hidden units (no training)
-Regime = Literal["study", "long", "group_lasso", "modular"]
-REGIMES: tuple[str, ...] = ("study", "long", "group_lasso", "modular")
+# - wide: the study's training at `wide.width` (1024: wider than the grid), from scratch
+Regime = Literal["study", "long", "wide", "group_lasso", "modular"]
+REGIMES: tuple[str, ...] = ("study", "long", "wide", "group_lasso", "modular")
+
+
+class WideTrainingConfig(StrictModel):
+    """The `wide` regime: the study's training (its steps, weight decay, batches) of a wider MLP."""
+
+    width: int = Field(1024, ge=1, description="hidden width (need not be a width of the grid)")
 
 
 class LongTrainingConfig(StrictModel):
     """The `long` regime: the study's training from scratch, longer and with more weight decay."""
 
-    steps: int = Field(10000, ge=1, description="training steps (the study's grid.steps in the `study` regime)")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    steps: int = Field(10000, ge=1, le=MAX_TRAINING_STEPS, description="training steps (the study's grid.steps in "
+                       "the `study` regime; at most MAX_TRAINING_STEPS, 50 x the paper's longest training)")
+    weight_decay: float = Field(0.1, ge=0, le=10, description="AdamW weight decay (at most 10, and below 1 / "
+                                "sparse_parity.grid.lr: AdamW scales the weights by 1 - lr x weight_decay each step, "
+                                "so at lr x weight_decay >= 1 they are wiped every step)")
 
 
 class GroupLassoConfig(StrictModel):
     """The `group_lasso` regime (narrow-AI recipe): fine-tune the `start` model with cross-entropy on fresh samples
     plus lam * sum over hidden units j of sqrt(||W1[j, :]||^2 + ||W2[:, j]||^2) (incoming and outgoing weights)."""
 
-    lam: float = Field(1e-4, description="penalty strength lambda (> 0; on the demo model 1e-3 already unlearns "
-                       "all but 3 of its 11 subtasks)")
-    steps: int = Field(2000, ge=1, description="fine-tuning steps")
+    lam: float = Field(1e-4, le=1.0, description="penalty strength lambda (> 0; on the demo model 1e-3 already "
+                       "unlearns all but 3 of its 11 subtasks; at most 1, 1,000 times that: past it the penalty alone "
+                       "decides and every unit is pushed to zero)")
+    steps: int = Field(2000, ge=1, le=MAX_TRAINING_STEPS, description="fine-tuning steps (at most "
+                       "MAX_TRAINING_STEPS)")
     lr: float | None = Field(None, gt=0, description="AdamW learning rate (None = the "
                              "grid's lr)")
     start: Literal["study", "long"] = Field("study", description="the regime whose model is fine-tuned")
@@ -348,6 +404,18 @@ class BenchmarkConfig(StrictModel):
                                      "damage over subtasks is at least this many times its second largest")
     specialised_min_nats: float = Field(0.01, gt=0, description="units whose largest mean ablation damage is below "
                                         "this (nats) do not matter and are not counted")
+    training_seeds: list[int] | None = Field(
+        None, description="train every trained regime once per seed (same recipe, own init, batches and samples): "
+        "the table's `mean` rows give the mean ARI over them with a t-interval (None = model.seed alone)")
+    purity_neighbors: int = Field(15, ge=1, description="the k of the k-NN purity: the fraction of a sample's k "
+                                  "nearest neighbours (cosine, itself excluded) that share its subtask")
+
+    @field_validator("training_seeds")
+    @classmethod
+    def _training_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(s < 0 for s in v) or len(set(v)) != len(v)):
+            raise ValueError(f"training_seeds must be distinct non-negative integers, at least one (got {v})")
+        return v
 
 
 class QDGSparseParityConfig(StrictModel):
@@ -358,7 +426,15 @@ class QDGSparseParityConfig(StrictModel):
         "default: all")
     regimes: list[Regime] = Field(["study", "modular"], description="how the looked-into model was trained, each its "
                                   "own cached model (see Regime); the first is the headline")
+    transforms: list[Transform] = Field(
+        [Transform()], description="transforms of the parameter-space representations, each with its own cached "
+        "blocks (the unit representations are clustered as they are)")
+    affinities: list[Affinity] = Field(["dense"], description="dense angular affinity and/or the kNN graph "
+                                       "(clustering.knn_neighbors, clustering.knn_weighting), each clustered")
+    clusterers: list[Clusterer] = Field(["spectral"], description="spectral at k = the number of subtasks, and/or "
+                                        "Leiden on the kNN graph (no k)")
     long: LongTrainingConfig = LongTrainingConfig()
+    wide: WideTrainingConfig = WideTrainingConfig()
     group_lasso: GroupLassoConfig = GroupLassoConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
@@ -383,7 +459,7 @@ class QDGSparseParityConfig(StrictModel):
         return include_section(data, "sparse_parity", "sparse_parity_config", context.get("config_dir"),
                                context.get("config_path"))
 
-    @field_validator("representations", "regimes")
+    @field_validator("representations", "regimes", "affinities", "clusterers")
     @classmethod
     def _distinct(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if not v or len(set(v)) != len(v):
@@ -394,4 +470,14 @@ class QDGSparseParityConfig(StrictModel):
     def _regimes(self):
         if self.regimes[0] == "modular":
             raise ValueError("regimes: the first regime is the headline and must be a trained model, not 'modular'")
+        lr = self.sparse_parity.grid.lr
+        trains_long = "long" in self.regimes or ("group_lasso" in self.regimes and self.group_lasso.start == "long")
+        if trains_long and self.long.weight_decay * lr >= 1:
+            raise ValueError(f"long.weight_decay must be below 1 / sparse_parity.grid.lr = {1 / lr:g} (got "
+                             f"{self.long.weight_decay:g}: AdamW would wipe the weights every step)")
+        labels = [t.label() for t in self.transforms]
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"transforms must be a non-empty list without repeats (got {labels})")
+        if "leiden" in self.clusterers and "knn" not in self.affinities:
+            raise ValueError("clusterers: 'leiden' partitions the kNN graph: add 'knn' to affinities")
         return self

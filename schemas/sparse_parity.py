@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from schemas.arrays import ArraySpec, GroupSpec, finite, in_range, monotone_nondecreasing
 from schemas.config import ReportConfig as BaseReportConfig
-from schemas.config import StrictModel, positive_distinct
+from schemas.config import MAX_TRAINING_STEPS, StrictModel, positive_distinct
 from schemas.registry import register
 from schemas.tables import StrictTable
 
@@ -23,7 +23,11 @@ class TaskConfig(StrictModel):
     n_tasks: int = Field(500, ge=1, description="number of subtasks (control bits)")
     n_bits: int = Field(100, ge=1, description="number of task bits n")
     k: int = Field(3, ge=1, description="size of each subtask's parity subset")
-    alpha: float = Field(0.4, gt=0, description="the paper's alpha: subtask i has frequency ~ i^-(alpha+1)")
+    frequencies: Literal["zipf", "uniform"] = Field(
+        "zipf", description="zipf: p_i ~ i^-(alpha+1); uniform: p_i = 1/n_tasks, the paper's control "
+        "(experiments/P-scaling-uniform-0, scripts/sparse-parity-v4-uniform.py), which needs alpha = 0")
+    alpha: float = Field(0.4, ge=0, description="the paper's alpha: subtask i has frequency ~ i^-(alpha+1) (> 0); "
+                         "0 with frequencies = 'uniform'")
     seed: int = Field(0, ge=0, description="seed of the subsets S_i")
 
     @model_validator(mode="after")
@@ -32,13 +36,27 @@ class TaskConfig(StrictModel):
             raise ValueError(f"k must be <= n_bits (k={self.k}, n_bits={self.n_bits})")
         return self
 
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_fits_frequencies(cls, v: float, info):
+        # alpha = 0 in this project's convention would be p_i ~ 1/i, not uniform: the control is its own setting
+        freq = info.data.get("frequencies", "zipf")
+        if freq == "uniform" and v != 0:
+            raise ValueError(f"alpha must be 0 with frequencies = 'uniform' (uniform frequencies have no power law; "
+                             f"got alpha = {v})")
+        if freq == "zipf" and v <= 0:
+            raise ValueError(f"alpha must be > 0 for Zipf frequencies (got {v}); for uniform frequencies set "
+                             "frequencies = 'uniform' and alpha = 0")
+        return v
+
 
 class GridConfig(StrictModel):
     """The training grid: every (data size, seed) group trains all `widths` side by side on shared batches."""
 
     widths: list[int] = Field([10, 20, 40], description="hidden widths (one model each)")
     depth: int = Field(1, ge=1, le=8, description="number of hidden layers")
-    steps: int = Field(1000, ge=1, description="optimizer steps per model")
+    steps: int = Field(1000, ge=1, le=MAX_TRAINING_STEPS, description="optimizer steps per model (at most "
+                       "MAX_TRAINING_STEPS, 50 x the paper's 2e5)")
     batch_size: int = Field(20000, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default)")
@@ -219,7 +237,7 @@ class RunsTable(StrictTable):
     n_params: Series[int] = pa.Field(ge=1)
     data_size: Series[int] = pa.Field(ge=-1)
     seed: Series[int] = pa.Field(ge=0)
-    alpha: Series[float] = pa.Field(gt=0)
+    alpha: Series[float] = pa.Field(ge=0, description="0 = uniform frequencies (task.frequencies = 'uniform')")
     step: Series[int] = pa.Field(ge=1)
     mean_loss: Series[float] = pa.Field(ge=0, nullable=False, description="Zipf-weighted test loss, bits")
     subtasks_learned: Series[int] = pa.Field(ge=0)
@@ -232,7 +250,7 @@ class FitsTable(StrictTable):
     """One row per fitted exponent, beside its theory value."""
 
     quantity: Series[str] = pa.Field(isin=["alpha_N", "alpha_S", "alpha_D"])
-    alpha: Series[float] = pa.Field(gt=0, description="the task's alpha")
+    alpha: Series[float] = pa.Field(ge=0, description="the task's alpha (0 = uniform frequencies: no power law)")
     value: Series[float] = pa.Field(nullable=True)
     ci_lo: Series[float] = pa.Field(nullable=True)
     ci_hi: Series[float] = pa.Field(nullable=True)
@@ -253,13 +271,55 @@ class EmergenceTable(StrictTable):
     width: Series[int] = pa.Field(ge=1)
     data_size: Series[int] = pa.Field(ge=-1)
     seed: Series[int] = pa.Field(ge=0)
-    alpha: Series[float] = pa.Field(gt=0)
+    alpha: Series[float] = pa.Field(ge=0)
     task_rank: Series[int] = pa.Field(ge=1, description="1 = most frequent subtask")
     frequency: Series[float] = pa.Field(gt=0, le=1)
     learned_step: Series[float] = pa.Field(nullable=True, description="NaN = never learned")
 
 
 EMERGENCE = register("sparse_parity.emergence", "parquet", 1, EmergenceTable, "steps-to-learn per subtask")
+
+
+class StepTestTable(StrictTable):
+    """Does the final loss fall with N in one step or as a power law? Per alpha: the largest drop of the final
+    mean loss between adjacent model sizes as a fraction of the whole drop, beside the same statistic of the
+    log-log power law fitted to the same points (its null: a power law spreads the drop over the sizes)."""
+
+    alpha: Series[float] = pa.Field(ge=0, description="0 = uniform frequencies")
+    n_points: Series[int] = pa.Field(ge=0)
+    step_fraction: Series[float] = pa.Field(nullable=True, description="largest adjacent drop / total drop")
+    n_before: Series[float] = pa.Field(nullable=True, description="parameters of the model before the step")
+    n_after: Series[float] = pa.Field(nullable=True, description="parameters of the model after the step")
+    powerlaw_step_fraction: Series[float] = pa.Field(nullable=True, description="the statistic of the fitted "
+                                                     "log-log power law at the same N")
+    one_step: Series[pd.BooleanDtype] = pa.Field(nullable=True, description="step_fraction > 0.5 and > "
+                                                 "powerlaw_step_fraction: most of the drop between two adjacent "
+                                                 "sizes, more than the power law puts there (NA: no null)")
+    note: Series[str]
+
+
+STEP_TEST = register("sparse_parity.step_test", "parquet", 1, StepTestTable,
+                     "one step or a power law: the largest drop of final loss between adjacent sizes")
+
+
+class QuantaTable(StrictTable):
+    """Counting quanta, per alpha: slope of subtasks learned vs N (theory 1: n = N/C), C = parameters per learned
+    subtask, slope of subtasks learned vs D at early stopping (paper Figure 9; theory 1/(alpha+1))."""
+
+    alpha: Series[float] = pa.Field(ge=0, description="0 = uniform frequencies")
+    quantity: Series[str] = pa.Field(isin=["subtasks_vs_N", "params_per_quantum", "subtasks_vs_D"])
+    value: Series[float] = pa.Field(nullable=True)
+    ci_lo: Series[float] = pa.Field(nullable=True)
+    ci_hi: Series[float] = pa.Field(nullable=True)
+    theory: Series[float] = pa.Field(nullable=True)
+    consistent: Series[pd.BooleanDtype] = pa.Field(nullable=True)
+    n_points: Series[int] = pa.Field(ge=0)
+    method: Series[str]
+    note: Series[str]
+
+
+QUANTA = register("sparse_parity.quanta", "parquet", 1, QuantaTable,
+                  "subtasks learned vs N and D, parameters per quantum, beside theory")
 
 
 class SweepConfig(StrictModel):
@@ -282,3 +342,10 @@ class AlphaSweepConfig(SparseParityConfig):
     """The sparse-parity study once per alpha (task.alpha is replaced by each of sweep.alphas)."""
 
     sweep: SweepConfig
+
+    @model_validator(mode="after")
+    def _zipf(self):
+        if self.task.frequencies != "zipf":
+            raise ValueError("task.frequencies must be 'zipf' in an alpha sweep (each alpha is a Zipf exponent; run "
+                             "the uniform control as a sparse-parity study)")
+        return self

@@ -135,6 +135,35 @@ def add_producer(fs, path: str, record: dict) -> None:
         _atomic_write(fs, path, json.dumps(existing, indent=2, sort_keys=True))
 
 
+def is_relative_uri(uri: str) -> bool:
+    """Whether a uri in a lineage record is relative to its store's root (`<kind>/<hash prefix>.<ext>`)."""
+    return "://" not in uri and not uri.startswith("/")
+
+
+def _map_uris(record: dict, change) -> dict:
+    """The record with `change` applied to its `uri` and to each of its inputs' uris."""
+    out = dict(record)
+    if "uri" in out:
+        out["uri"] = change(out["uri"])
+    if isinstance(out.get("inputs"), list):
+        out["inputs"] = [dict(i, uri=change(i.get("uri"))) if isinstance(i, dict) else i for i in out["inputs"]]
+    return out
+
+
+def relative_to_root(record: dict, root_url: str) -> dict:
+    """The record as written into its store: its `uri` and its inputs' uris under `root_url` made relative to it, so
+    that a copied or moved store (`cp -a A B`) names its own artifacts, not A's."""
+    prefix = root_url.rstrip("/") + "/"
+    return _map_uris(record, lambda u: u[len(prefix):] if isinstance(u, str) and u.startswith(prefix) else u)
+
+
+def resolved_at_root(record: dict, root_url: str) -> dict:
+    """The record as read from the store at `root_url`: relative uris joined to it (records written before uris were
+    relative keep their absolute ones)."""
+    root = root_url.rstrip("/")
+    return _map_uris(record, lambda u: f"{root}/{u}" if isinstance(u, str) and u and is_relative_uri(u) else u)
+
+
 _HEX = re.compile(r"^[0-9a-f]{1,64}$")
 
 

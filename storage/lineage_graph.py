@@ -1,5 +1,6 @@
 """The lineage graph of a store: which artifact was computed from which, walked up (producers) or down
-(dependents) from an artifact, a flow run or a report, and drawn as text, JSON, Mermaid or Graphviz DOT.
+(dependents) from an artifact, a flow run or a report, drawn as text, JSON, Mermaid or Graphviz DOT, and collapsed
+by kind (`LineageGraph.by_kind`) for a view a person can follow.
 
 Records are the store's lineage records (`Store.lineage_index()`, or read one at a time with `Store.lineage`):
 dicts with `kind`, `content_hash`, `uri`, `producer`, `flow_run_id`, `inputs` ([{kind, content_hash, uri}]), ...
@@ -7,6 +8,7 @@ An edge runs from an input to the artifact computed from it. Nothing here import
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -179,10 +181,10 @@ class LineageGraph:
                 "nodes": [{**self.nodes[h], "role": self.roles.get(h)} for h in self.ordered()],
                 "edges": [{"input": a, "output": b} for a, b in self.edges]}
 
-    def to_mermaid(self, detail: bool = True) -> str:
+    def to_mermaid(self, detail: bool = True, direction: str | None = None) -> str:
         """A Mermaid flowchart, left to right (top to bottom past 10 artifacts, where a wide graph would be drawn
-        too small to read); `detail` adds the producer task to each node."""
-        lines = ["flowchart LR" if len(self.nodes) <= 10 else "flowchart TB"]
+        too small to read; or `direction`, "LR" / "TB"); `detail` adds the producer task to each node."""
+        lines = [f"flowchart {direction or ('LR' if len(self.nodes) <= 10 else 'TB')}"]
         for h in self.ordered():
             lines.append(f'  {_node_id(h)}["{_label(self.nodes[h], detail, "<br/>")}"]')
         for a, b in self.edges:
@@ -195,6 +197,28 @@ class LineageGraph:
                 lines.append(f"  classDef {role} {style}")
                 lines.append(f"  class {','.join(members)} {role}")
         return "\n".join(lines)
+
+    def by_kind(self) -> "LineageGraph":
+        """The graph collapsed by kind: one node per artifact kind (`lm.token_losses ×4`), an edge where any artifact
+        of one kind was an input of one of another; what a person can follow when the full graph has dozens of
+        artifacts. A node keeps its members' role where they all share one. Edges within a kind are dropped."""
+        members: dict[str, list[str]] = {}
+        for h in self.ordered():
+            members.setdefault(str(self.nodes[h].get("kind")), []).append(h)
+        gid = {kind: hashlib.sha256(f"kind:{kind}".encode()).hexdigest() for kind in members}
+        kind_of = {h: str(r.get("kind")) for h, r in self.nodes.items()}
+        nodes, roles = {}, {}
+        for kind, hs in members.items():
+            inputs = sorted({kind_of[i["content_hash"]] for h in hs for i in self.nodes[h].get("inputs", [])
+                             if i["content_hash"] in self.nodes} - {kind})
+            producers = list(dict.fromkeys(str(self.nodes[h].get("producer")) for h in hs))
+            nodes[gid[kind]] = {"kind": kind, "content_hash": gid[kind], "count": len(hs), "members": hs,
+                                "producer": ", ".join(producers[:2]) + (", ..." if len(producers) > 2 else ""),
+                                "inputs": [{"kind": k, "content_hash": gid[k]} for k in inputs]}
+            shared = {self.roles.get(h) for h in hs}
+            if len(shared) == 1 and None not in shared:
+                roles[gid[kind]] = shared.pop()
+        return LineageGraph(nodes=nodes, roles=roles, title=self.title)
 
     def to_dot(self) -> str:
         """A Graphviz digraph (`dot -Tsvg`)."""
@@ -235,7 +259,10 @@ def _node_id(h: str) -> str:
 
 
 def _label(r: dict, detail: bool, br: str) -> str:
-    text = f"{r.get('kind')}{br}{r['content_hash'][:12]}"
+    if r.get("count", 1) > 1:  # a node of a graph collapsed by kind (`by_kind`)
+        text = f"{r.get('kind')} ×{r['count']}"
+    else:
+        text = f"{r.get('kind')}{br}{(r.get('members') or [r['content_hash']])[0][:12]}"
     if detail:
         text += f"{br}by {r.get('producer')}"
     # Mermaid labels are quoted: no double quotes, no markup characters from task names

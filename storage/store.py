@@ -39,6 +39,7 @@ from storage import lineage as lineage_mod
 from storage.hashing import hash_arrays, hash_arrow_table, hash_dir, table_to_arrow
 from storage.locks import artifact_lock_path, file_lock, owner_tag
 from storage.refs import ArtifactRef
+from storage.root_check import local_root_problem
 from storage.settings import default_store_root
 from storage.staging import stage_dir
 
@@ -63,6 +64,9 @@ class Store:
 
     def __init__(self, root: str | os.PathLike | None = None):
         root = str(root) if root is not None else default_store_root()
+        if not root.strip():  # `--store "$UNSET"`: not the working directory
+            raise StoreError(f"store path {root!r} is empty: give a directory or fsspec URL with --store or "
+                             "$QUANTA_STORE")
         try:
             self.fs, path = fsspec.core.url_to_fs(root)
         except (ValueError, ImportError) as e:  # an unknown protocol, or its filesystem package is not installed
@@ -71,9 +75,13 @@ class Store:
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else f"{self._proto()}://{self.root}"
 
-    def check_root(self) -> None:
-        """StoreError when this root cannot hold a store: it, or the nearest existing directory above it, is a file
-        (checked before any work, so a run with a mistyped --store fails in one line, not in its first write)."""
+    def check_root(self, *, writing: bool = True) -> None:
+        """StoreError when this root cannot hold a store: it, or the nearest existing directory above it, is a file;
+        locally also a path too long for the filesystem, a symlink loop or a dangling symlink on the way, and (when
+        `writing`) a place where no directory can be made, such as /proc. Checked before any work, so a run with a
+        mistyped --store fails in one line, not in its first write."""
+        if self.is_local:
+            local_root_problem(self.root, writing=writing)
         path = self.root
         while path and not self.fs.exists(path):
             parent = self.fs._parent(path)
@@ -157,7 +165,7 @@ class Store:
                 self.fs.mv(tmp_path, final, recursive=True)
             record = dict(record, uri=ref.uri, content_hash=content_hash, schema_version=schema.version,
                           manifest=integrity.take_manifest(self.fs, final, self.is_local))
-            lineage_mod.write_record(self.fs, lineage_path, record)
+            lineage_mod.write_record(self.fs, lineage_path, lineage_mod.relative_to_root(record, self.url))
         return ref
 
     def _tmp(self, fmt: str) -> str:
@@ -398,14 +406,24 @@ class Store:
         there is none (or no store here)."""
         if not self.exists():
             raise KeyError(f"no artifact with content hash {content_hash!r}: no quanta store at {self.url}")
-        return lineage_mod.read_record(self.fs, self._join("_lineage"), content_hash)
+        return self.resolve_record(lineage_mod.read_record(self.fs, self._join("_lineage"), content_hash))
 
     def lineage_index(self, skipped: list[str] | None = None) -> list[dict]:
         """Every readable lineage record ([] where no store exists: nothing is created); unreadable ones are skipped
         with a warning that names them (and listed in `skipped`)."""
         if not self.exists():
             return []
-        return lineage_mod.all_records(self.fs, self._join("_lineage"), skipped)
+        return [self.resolve_record(r) for r in lineage_mod.all_records(self.fs, self._join("_lineage"), skipped)]
+
+    def resolve_record(self, record: dict) -> dict:
+        """A lineage record of this store as read: uris relative to the root (how they are written) joined to it."""
+        return lineage_mod.resolved_at_root(record, self.url)
+
+    def foreign_records(self, records: list[dict]) -> list[dict]:
+        """Records (as read) whose artifact uri is not under this root: written by an older quanta into a store that
+        was then copied or moved here, so they name the original's files."""
+        prefix = self.url.rstrip("/") + "/"
+        return [r for r in records if r.get("uri") and not str(r["uri"]).startswith(prefix)]
 
     def clean_debris(self) -> list[str]:
         """Remove what killed writers left behind (storage.debris); local stores only. Returns the removed paths."""

@@ -115,14 +115,21 @@ def verify_store(store: Store, repair: bool = False) -> VerifyReport:
     lineage_dir = store._join("_lineage")
     recorded: set[str] = set()
     unreadable: set[str] = set()
+    artifacts = _artifact_paths(store)
     for rec_path in sorted(lineage_mod.record_names(store.fs, lineage_dir)):
         try:
-            record = lineage_mod.load_record(store.fs, rec_path)
+            record = store.resolve_record(lineage_mod.load_record(store.fs, rec_path))
         except lineage_mod.UnreadableRecordError as e:
             unreadable.add(rec_path)
-            finding = Finding("record", str(e), uri=rec_path)
+            # its artifact (named by the record's file name) is reported with it, once, not also as a write that
+            # never finished; --repair quarantines both, so the next run recomputes it
+            chash = rec_path.rsplit("/", 1)[-1].removesuffix(".json")
+            kind, data = artifacts.get(chash[:24], (None, None))
+            finding = Finding("record", str(e) + ("; its artifact cannot be trusted without it" if data else ""),
+                              kind, chash if kind else None, store._url(data) if data else rec_path)
+            recorded.add(chash[:24])
             if repair:
-                finding.quarantined_to = _quarantine(store, stamp, [rec_path])
+                finding.quarantined_to = _quarantine(store, stamp, [rec_path, *([data] if data else [])])
             report.bad.append(finding)
             continue
         chash, kind = record["content_hash"], record.get("kind")
@@ -138,7 +145,7 @@ def verify_store(store: Store, repair: bool = False) -> VerifyReport:
                 if _check_record(store, record) is not None:
                     finding.quarantined_to = _quarantine(store, stamp, [store._path(record["uri"]), rec_path])
         report.bad.append(finding)
-    for prefix, (kind, path) in sorted(_artifact_paths(store).items()):
+    for prefix, (kind, path) in sorted(artifacts.items()):
         if prefix in recorded:
             continue
         with store.artifact_lock(prefix):  # a live writer publishes under this lock: wait for it, then look again

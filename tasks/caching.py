@@ -266,13 +266,17 @@ class VerifiedCache(CachePolicy):
         from prefect.results import get_result_store
 
         store = get_result_store()
+        stale = []  # an artifact damaged again after a heal makes each successor stale too: one warning for all
         for _ in range(self.max_heals):
             reason = _stale_reason(store, key)
             if reason is None:
-                return key
-            get_run_logger(task_ctx).warning("%s: not trusting its cached result: %s; recomputing", task_ctx.task.name,
-                                             reason)
+                break
+            stale.append(reason)
             key = hashlib.sha256(f"{key}:healed".encode()).hexdigest()
+        if stale:
+            again = f" (and {len(stale) - 1} earlier recomputation(s) of it)" if len(stale) > 1 else ""
+            get_run_logger(task_ctx).warning("%s: not trusting its cached result: %s%s; recomputing",
+                                             task_ctx.task.name, stale[0], again)
         return key
 
 

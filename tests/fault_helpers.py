@@ -12,6 +12,13 @@ def task_states(flow_run_id: str) -> dict[str, str]:
     return dict(final_task_states(flow_run_id))
 
 
+def task_runs(flow_run_id: str) -> dict:
+    """Task run name -> final Prefect `State` (type, name, message) of one flow run (and its subflows)."""
+    from flows.running import final_task_runs
+
+    return {tr.name: tr.state for tr in final_task_runs(flow_run_id)}
+
+
 def states_of(states: dict[str, str], prefix: str) -> list[str]:
     return sorted(v for k, v in states.items() if k.startswith(prefix))
 

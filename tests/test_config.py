@@ -65,7 +65,8 @@ def test_shipped_configs_are_valid(project_root):
         assert cfg.grid.widths
     paper = load_config(SparseParityConfig, project_root / "configs/sparse_parity/paper.toml")
     assert (paper.task.n_tasks, paper.task.n_bits, paper.task.k, paper.task.alpha) == (500, 100, 3, 0.4)
-    assert len(paper.grid.widths) == 30 and paper.grid.widths[0] == 10 and paper.grid.widths[-1] == 500
+    # the widths P-scaling-15 computes: int(2 ** linspace(log2 10, log2 500, 30)), whose int() makes the first 9
+    assert len(paper.grid.widths) == 30 and paper.grid.widths[0] == 9 and paper.grid.widths[-1] == 500
     assert paper.grid.batch_size == 20000 and paper.grid.steps == 200_000 and paper.grid.lr == 1e-3
 
 

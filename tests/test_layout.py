@@ -89,3 +89,16 @@ print(json.dumps({{"env": sorted(k for k in os.environ if os.environ.get(k) != b
     assert out["precision"] == "highest"
     assert out["cwd_files"] == [], f"importing created files: {out['cwd_files']}"
     assert not qhome.exists(), "importing created the project's Prefect home"
+
+
+def test_tests_read_task_runs_only_once_they_are_final():
+    """Task runs reach the Prefect server as events, recorded asynchronously: a test that reads them right after a
+    flow returns can miss the last ones (CI saw `KeyError: 'lm-train-L1-d8'`). Tests read them through
+    flows.running.final_task_runs / final_task_states (or tests/fault_helpers.py over them); a direct
+    `read_task_runs` call is allowed only on a line that says it is a live read of a flow still running."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if "read_task_runs(" in line and "live read" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not offenders, "read task runs through flows.running.final_task_runs:\n" + "\n".join(offenders)

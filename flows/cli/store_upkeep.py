@@ -45,7 +45,7 @@ def cmd_ls(args) -> int:
     from storage.upkeep import human_bytes, inventory, totals_by_kind
 
     st = Store(args.store)
-    st.check_root()
+    st.check_root(writing=False)
     inv = inventory(st)
     if args.kind:
         inv = inv[inv.kind.isin(args.kind)].reset_index(drop=True)
@@ -87,8 +87,14 @@ def cmd_gc(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     st = Store(args.store)
-    st.check_root()
+    st.check_root(writing=not args.dry_run)
     records = st.lineage_index()
+    foreign = st.foreign_records(records)
+    if foreign:  # a store copied by an older quanta: its records name the original's files, which gc would delete
+        print(f"error: store {st.url}: {len(foreign)} lineage record(s) name artifacts outside it (e.g. "
+              f"{foreign[0]['uri']}): it was copied or moved from another store by a quanta that wrote absolute uris; "
+              "gc refuses it (run gc on the original store)", file=sys.stderr)
+        return 2
     runs = runs_from_records(records)
     result_dirs = []
     if not args.records_only:

@@ -30,6 +30,7 @@ def cmd_verify(args) -> int:
     from storage.verify import verify_store
 
     store = Store(args.store)
+    store.check_root(writing=args.repair)
     report = verify_store(store, repair=args.repair)
     if args.json:
         print(json.dumps(report.to_dict()))

@@ -214,7 +214,10 @@ def read_corpus(cfg: CorpusConfig) -> tuple[list[Document], CorpusStats]:
 
 
 def split_documents(n_docs: int, eval_fraction: float, seed: int) -> np.ndarray:
-    """A seeded split by document: array of 'train'/'eval' of length n_docs, at least one of each when n>=2."""
+    """A seeded split by document: array of 'train'/'eval' of length n_docs, at least one of each when n>=2;
+    eval_fraction = 1 puts every document in 'eval' (a pretrained suite scoring a corpus in its own order)."""
+    if eval_fraction >= 1:
+        return np.full(n_docs, "eval", dtype=object)
     if n_docs < 2:
         raise CorpusError(f"need at least 2 documents for a train/eval split, got {n_docs}")
     n_eval = min(n_docs - 1, max(1, int(round(eval_fraction * n_docs))))

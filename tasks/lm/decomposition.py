@@ -5,8 +5,11 @@
 - each token's loss curve (loss vs N, models ordered by N) classified as
   * monogenic: loss > `mono_high` for every model before some size and < `mono_low` for every model from that
     size on (a sharp drop at one scale; paper: 5 and 0.3 nats);
-  * polygenic: not monogenic, and the log-log slope of loss vs N is below `poly_slope` with R^2 above
-    `poly_r2` (a smooth power-law improvement; paper: -0.3 and 0.98);
+  * polygenic: not monogenic, and the least-squares slope of the curve is below `poly_slope` with R^2 above
+    `poly_r2` (paper: -0.3 and 0.98). `poly_statistic` says which curve: "paper" regresses the loss in nats on
+    ln N, as the paper code does (notebooks/diverse-scaling-examples.ipynb: LinearRegression of the loss on
+    log(no_emb_params)), "loglog" regresses ln loss on ln N (a power law is a straight line there; the project's
+    earlier statistic). The two call different tokens polygenic: both counts are recorded;
   * neither (class 0), also for tokens without a prediction.
 """
 from __future__ import annotations
@@ -30,13 +33,20 @@ def valid_rows(loss: np.ndarray) -> np.ndarray:
     return np.isfinite(loss).all(axis=1)
 
 
+POLY_STATISTICS = ("paper", "loglog")
+
+
 def classify_curves(loss: np.ndarray, n_params: np.ndarray, mono_high: float = 5.0, mono_low: float = 0.3,
-                    poly_slope: float = -0.3, poly_r2: float = 0.98) -> dict[str, np.ndarray]:
+                    poly_slope: float = -0.3, poly_r2: float = 0.98,
+                    poly_statistic: str = "paper") -> dict[str, np.ndarray]:
     """Classify per-token curves. loss: (tokens, models) nats, models ordered by increasing `n_params`.
 
     Returns {"cls": int8 (tokens,) 0/1/2, "drop_model": int16 index of the first 'learned' model of a monogenic
-    curve (-1 otherwise), "slope": float32 log-log slope, "r2": float32} (slope/r2 NaN for invalid rows or
-    fewer than 3 models; polygenic needs >= 3 models, monogenic >= 2)."""
+    curve (-1 otherwise), "slope": float32 slope of the `poly_statistic` fit (paper: nats per unit of ln N;
+    loglog: d ln L / d ln N), "r2": float32 its R^2} (slope/r2 NaN for invalid rows or fewer than 3 models;
+    polygenic needs >= 3 models, monogenic >= 2)."""
+    if poly_statistic not in POLY_STATISTICS:
+        raise ValueError(f"poly_statistic must be one of {POLY_STATISTICS} (got {poly_statistic!r})")
     loss = np.asarray(loss, dtype=np.float64)
     n_tok, m = loss.shape
     n_params = np.asarray(n_params, dtype=np.float64)
@@ -62,7 +72,8 @@ def classify_curves(loss: np.ndarray, n_params: np.ndarray, mono_high: float = 5
     if m >= 3:
         lx = np.log(n_params)
         lx = lx - lx.mean()
-        ly = np.log(np.maximum(np.where(ok[:, None], loss, 1.0), _EPS))
+        filled = np.where(ok[:, None], loss, 1.0)
+        ly = filled if poly_statistic == "paper" else np.log(np.maximum(filled, _EPS))
         ym = ly.mean(axis=1, keepdims=True)
         sxx = float((lx ** 2).sum())
         b = ((ly - ym) * lx).sum(axis=1) / sxx
@@ -95,10 +106,14 @@ def scaling_table(loss: np.ndarray, names: list[str], n_params: np.ndarray, n_no
 
 def fit_alpha_n(n: np.ndarray, mean_loss: np.ndarray, cfg: AnalysisConfig) -> dict:
     """alpha_N of mean loss vs non-embedding N with the project's fitter: Huber fit of E + A N^-a (E fixed at 0
-    unless `fit_offset`), bootstrap CI; or the paper's log-log OLS. Falls back to what the number of models
-    allows (two models: the two-point slope, no CI; one: nothing)."""
+    unless `fit_offset`), bootstrap CI; or the paper's log-log OLS. Only models up to `fit_max_params` enter
+    (the paper fits pythia-19m .. 2.7b of its suite). Falls back to what the number of models allows (two
+    models: the two-point slope, no CI; one: nothing)."""
     n = np.asarray(n, dtype=np.float64)
     y = np.asarray(mean_loss, dtype=np.float64)
+    if cfg.fit_max_params is not None:
+        keep = n <= cfg.fit_max_params
+        n, y = n[keep], y[keep]
     k = len(np.unique(n))
     row = {"quantity": "alpha_N", "value": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "E": math.nan,
            "A": math.nan, "n_points": int(len(n)), "method": "none", "note": ""}
@@ -129,12 +144,19 @@ def decompose(token_losses: ArtifactRef, *, cfg: AnalysisConfig, store: str) -> 
     loss, ne = arrays["loss"], arrays["n_params_nonembed"]
     table = scaling_table(loss, list(attrs["models"]), arrays["n_params"], ne)
     fit = fit_alpha_n(ne, table.mean_loss.to_numpy(), cfg)
-    classes = classify_curves(loss, ne, cfg.mono_high, cfg.mono_low, cfg.poly_slope, cfg.poly_r2)
+    by_statistic = {stat: classify_curves(loss, ne, cfg.mono_high, cfg.mono_low, cfg.poly_slope, cfg.poly_r2, stat)
+                    for stat in POLY_STATISTICS}
+    classes = by_statistic[cfg.poly_statistic]
     params = {"analysis": cfg.model_dump(mode="json")}
     scaling_ref = st.write_table("lm.scaling", table, inputs=[token_losses])
     fits_ref = st.write_table("lm.fits", pd.DataFrame([fit]), inputs=[scaling_ref], params=params)
     cls_attrs = {"mono_high": cfg.mono_high, "mono_low": cfg.mono_low, "poly_slope": cfg.poly_slope,
-                 "poly_r2": cfg.poly_r2, "n_valid": int(valid_rows(loss).sum()), "models": list(attrs["models"])}
+                 "poly_r2": cfg.poly_r2, "poly_statistic": cfg.poly_statistic,
+                 "n_valid": int(valid_rows(loss).sum()), "models": list(attrs["models"]),
+                 # how many tokens each statistic calls monogenic / polygenic (the report's comparison)
+                 "counts_by_statistic": {stat: {"monogenic": int((c["cls"] == MONOGENIC).sum()),
+                                                "polygenic": int((c["cls"] == POLYGENIC).sum())}
+                                         for stat, c in by_statistic.items()}}
     classes_ref = st.write_zarr("lm.token_classes", classes, cls_attrs, inputs=[token_losses], params=params)
     return {"scaling": scaling_ref, "fits": fits_ref, "classes": classes_ref}
 

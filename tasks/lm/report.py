@@ -13,6 +13,8 @@ from tasks.lm.decomposition import MONOGENIC, POLYGENIC, class_fractions, valid_
 from tasks.lm.tokenizer import load_tokenizer, token_context
 from tasks.reporting import Report, md_escape, publish, subplots
 
+POLY_LABEL = {"paper": "loss-on-ln N", "loglog": "log-log"}
+
 
 def pick_examples(cls: np.ndarray, which: int, k: int, seed: int) -> np.ndarray:
     idx = np.flatnonzero(cls == which)
@@ -37,9 +39,69 @@ def examples_table(which: int, idx: np.ndarray, loss: np.ndarray, classes: dict,
     return pd.DataFrame(rows)
 
 
+def statistic_counts_table(cls_attrs: dict) -> pd.DataFrame:
+    """How many tokens each polygenic statistic calls monogenic / polygenic (the decomposition records both)."""
+    counts = cls_attrs.get("counts_by_statistic", {})
+    return pd.DataFrame([{"poly_statistic": stat, "used": stat == cls_attrs.get("poly_statistic"),
+                          "monogenic": c["monogenic"], "polygenic": c["polygenic"]} for stat, c in counts.items()],
+                        columns=["poly_statistic", "used", "monogenic", "polygenic"])
+
+
+def distribution_figures(rep: Report, dist: dict, names: list[str]) -> None:
+    """p(L) on the paper's axes (log loss in bits) and the integrand L·p(L) (linear), one line per model."""
+    edges = dist["bin_edges_bits"]
+    centres = (edges[:-1] + edges[1:]) / 2
+    cmap = colormaps["viridis"]
+    fig, axes = subplots(1, 2, shape="row")
+    for j, name in enumerate(names):
+        c = cmap(j / max(1, len(names) - 1))
+        axes[0].plot(centres, dist["density"][j], color=c, lw=1, label=name)
+        axes[1].plot(centres, dist["integrand"][j], color=c, lw=1, label=name)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("test cross-entropy L (bits)")
+    axes[0].set_ylabel("probability density p(L)")
+    axes[0].set_title("distribution p(L)")
+    axes[1].set_xlabel("test cross-entropy L (bits)")
+    axes[1].set_ylabel("mean-loss integrand L·p(L)")
+    axes[1].set_title("integrand L·p(L) (area = mean loss)")
+    axes[1].legend(fontsize=7)
+    rep.figure("loss_distribution_paper_axes", fig)
+
+
+def change_figure(rep: Report, loss: np.ndarray, names: list[str]) -> None:
+    """Density of the per-token loss change (bits) between adjacent sizes (the notebook's 'changes in loss')."""
+    fig, ax = subplots()
+    cmap = colormaps["viridis"]
+    bits = loss / np.log(2.0)
+    for j in range(len(names) - 1):
+        ax.hist(bits[:, j + 1] - bits[:, j], bins=np.linspace(-10, 10, 200), histtype="step", density=True,
+                color=cmap(j / max(1, len(names) - 2)), label=f"{names[j]} -> {names[j + 1]}")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("change in loss to the next size (bits)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=6)
+    rep.figure("loss_change_adjacent_sizes", fig)
+
+
+def distribution_sections(rep: Report, extra: dict, loss: np.ndarray, names: list[str], cfg: AnalysisConfig,
+                          plots: bool) -> None:
+    trans, resampled = extra["transitions"], extra["alpha_n_resampled"]
+    rep.text("## Loss distribution and sharp transitions\n\nThe paper's Figure 3 axes: p(L) over per-token loss "
+             "in bits (1000 bins on [0, 18] bits) and the integrand L·p(L), whose area is the mean loss. Tokens "
+             f"first learned (< {cfg.learned_bits} bits) by each model, and how many stay learned under every "
+             "larger one; the loss change between adjacent sizes.")
+    if plots:
+        distribution_figures(rep, extra["loss_distribution"], names)
+        change_figure(rep, loss, names)
+    rep.table("transitions", trans)
+    rep.text("alpha_N by log-log OLS with intervals from resampling whole documents (the scored tokens), and "
+             "documents and models together:")
+    rep.table("alpha_n_resampled", resampled)
+
+
 def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes: dict, cls_attrs: dict, tokenizer,
                     ids: np.ndarray, offsets: np.ndarray, cfg: AnalysisConfig, rcfg: ReportConfig,
-                    corpus_note: str = "") -> tuple[Report, dict]:
+                    corpus_note: str = "", extra: dict | None = None) -> tuple[Report, dict]:
     names = scaling.model.tolist()
     ne = scaling.n_params_nonembed.to_numpy(dtype=float)
     n_valid = int(cls_attrs["n_valid"])
@@ -50,13 +112,15 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
              f"**alpha_N = {fit['value']:.4g}** (CI {ci}; {fit['method']}{'; ' + fit['note'] if fit['note'] else ''}); "
              f"paper (Pythia on The Pile): 0.083.\n\n"
              f"Monogenic tokens (loss > {cfg.mono_high} then < {cfg.mono_low} nats): "
-             f"**{fr['monogenic_fraction']:.4%}**; polygenic (log-log slope < {cfg.poly_slope}, "
-             f"R² > {cfg.poly_r2}): **{fr['polygenic_fraction']:.4%}**.")
+             f"**{fr['monogenic_fraction']:.4%}**; polygenic ({POLY_LABEL[cfg.poly_statistic]} slope < "
+             f"{cfg.poly_slope}, R² > {cfg.poly_r2}): **{fr['polygenic_fraction']:.4%}**. Each statistic's "
+             "counts (`paper`: loss in nats on ln N, the paper code's; `loglog`: ln loss on ln N):")
+    rep.table("classes_by_statistic", statistic_counts_table(cls_attrs))
     rep.table("scaling", scaling)
     rep.table("alpha_n_fit", pd.DataFrame([fit]))
     ok = valid_rows(loss)
     if rcfg.plots:
-        fig, ax = subplots(figsize=(5, 3.6))
+        fig, ax = subplots()
         ax.loglog(ne, scaling.mean_loss, "o", label="mean loss")
         if np.isfinite(fit["value"]) and np.isfinite(fit["A"]):
             xs = np.geomspace(ne.min(), ne.max(), 50)
@@ -66,7 +130,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         ax.legend()
         rep.figure("mean_loss_vs_n", fig)
 
-        fig, ax = subplots(figsize=(5.5, 3.6))
+        fig, ax = subplots()
         sub = loss[ok]
         bins = np.linspace(0, max(1.0, float(np.nanpercentile(sub, 99.5)) if sub.size else 1.0), 60)
         cmap = colormaps["viridis"]
@@ -79,7 +143,7 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         ax.legend(fontsize=7)
         rep.figure("loss_distribution_by_size", fig)
 
-        fig, axes = subplots(1, 2, figsize=(9, 3.4), sharey=True)
+        fig, axes = subplots(1, 2, shape="row", sharey=True)
         for ax, which, title in ((axes[0], MONOGENIC, "monogenic"), (axes[1], POLYGENIC, "polygenic")):
             for i in pick_examples(classes["cls"], which, 20, cfg.seed):
                 ax.plot(ne, np.maximum(loss[i], 1e-4), alpha=0.6)
@@ -89,6 +153,8 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
             ax.set_xlabel("non-embedding parameters N")
         axes[0].set_ylabel("loss (nats)")
         rep.figure("example_curves", fig)
+    if extra is not None:
+        distribution_sections(rep, extra, loss[ok], names, cfg, rcfg.plots)
     for which, name in ((MONOGENIC, "monogenic_examples"), (POLYGENIC, "polygenic_examples")):
         idx = pick_examples(classes["cls"], which, cfg.n_examples, cfg.seed)
         if len(idx):
@@ -101,8 +167,8 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
 
 @quanta_task(name="lm-report")
 def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, tokens: ArtifactRef,
-              tokenizer: ArtifactRef, *, cfg: AnalysisConfig, rcfg: ReportConfig, store: str,
-              key_prefix: str = "lm-losses") -> ArtifactRef:
+              tokenizer: ArtifactRef, distributions: dict[str, ArtifactRef], *, cfg: AnalysisConfig,
+              rcfg: ReportConfig, store: str, key_prefix: str = "lm-losses") -> ArtifactRef:
     """The study's report (markdown with plots, tables) in the store and as keyed Prefect artifacts."""
     st = Store(store)
     scaling = st.read_table(decomposition["scaling"])
@@ -111,9 +177,13 @@ def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, 
     larr, _ = st.read_zarr(token_losses)
     tarr, _ = st.read_zarr(tokens)
     tok = load_tokenizer(st.local_dir(tokenizer))
+    extra = {"loss_distribution": st.read_zarr(distributions["loss_distribution"])[0],
+             "transitions": st.read_table(distributions["transitions"]),
+             "alpha_n_resampled": st.read_table(distributions["alpha_n_resampled"])}
     rep, _ = build_lm_report(scaling, fit, larr["loss"], classes, cls_attrs, tok, tarr["ids"], tarr["offsets"],
-                             cfg, rcfg)
-    return publish(rep, st, key_prefix, inputs=[*decomposition.values(), token_losses, tokens, tokenizer],
+                             cfg, rcfg, extra=extra)
+    return publish(rep, st, key_prefix, inputs=[*decomposition.values(), token_losses, tokens, tokenizer,
+                                                *distributions.values()],
                    params={"analysis": cfg.model_dump(mode="json")})
 
 
@@ -126,6 +196,9 @@ def study_results(st: Store, refs: dict) -> dict:
     n_valid = int(cls_group.attrs["n_valid"])
     tokens = st.open_zarr(refs["eval_tokens"])
     ml = scaling.mean_loss.to_numpy()
+    trans = st.read_table(refs["transitions"])
+    resampled = st.read_table(refs["alpha_n_resampled"]).set_index("quantity")
+    dist = st.open_zarr(refs["loss_distribution"])
     res = {
         "alpha_N": float(fit.value),
         "alpha_N_ci": [float(fit.ci_lo), float(fit.ci_hi)],
@@ -141,6 +214,13 @@ def study_results(st: Store, refs: dict) -> dict:
         "mean_loss": {m: float(v) for m, v in zip(scaling.model, ml)},
         "mean_loss_decreasing": bool(len(ml) > 1 and (np.diff(ml) < 0).all()),
         **class_fractions(cls, n_valid, len(scaling)),
+        "poly_statistic": str(cls_group.attrs["poly_statistic"]),
+        "classes_by_statistic": dict(cls_group.attrs["counts_by_statistic"]),
+        "alpha_N_ci_documents": [float(resampled.loc["alpha_N (resampled documents)", c]) for c in ("ci_lo", "ci_hi")],
+        "alpha_N_ci_documents_and_models": [float(resampled.loc["alpha_N (resampled documents and models)", c])
+                                            for c in ("ci_lo", "ci_hi")],
+        "mean_loss_bits": dict(zip(scaling.model, (float(v) for v in np.asarray(dist["mean_loss_bits"][...])))),
+        "stay_learned_fraction": {r.model: float(r.stay_fraction) for r in trans.itertuples() if r.next_model},
         "report_dir": refs["report"].uri,
     }
     return jsonable(res)

@@ -61,12 +61,16 @@ def token_context(tokenizer, ids: np.ndarray, offsets: np.ndarray, pos: int, n_c
     return decode(tokenizer, ids[start:pos]), decode(tokenizer, ids[pos:pos + 1])
 
 
-def tokens_arrays(token_lists: list[list[int]], doc_ids, max_tokens: int | None = None) -> dict[str, np.ndarray]:
-    """Flat ids + offsets (+ doc ids). With `max_tokens`, documents are kept in order until the cap, the last
-    one cut (never to fewer than 2 tokens; shorter remainders are dropped)."""
+def tokens_arrays(token_lists: list[list[int]], doc_ids, max_tokens: int | None = None,
+                  max_doc_tokens: int | None = None) -> dict[str, np.ndarray]:
+    """Flat ids + offsets (+ doc ids). With `max_doc_tokens`, each document is first cut to its first that many
+    tokens (the paper: 1024, `truncation=True`). With `max_tokens`, documents are kept in order until the cap, the
+    last one cut (never to fewer than 2 tokens; shorter remainders are dropped)."""
     lists, ids_kept = [], []
     total = 0
     for d, toks in zip(doc_ids, token_lists):
+        if max_doc_tokens is not None:
+            toks = toks[:max_doc_tokens]
         if max_tokens is not None and total + len(toks) > max_tokens:
             toks = toks[:max_tokens - total]
             if len(toks) >= 2:
@@ -115,15 +119,15 @@ def pretrained_tokenizer(*, model: ModelSource, store: str) -> ArtifactRef:
 
 @quanta_task(name="lm-tokenize", task_run_name="lm-tokenize-{split}")
 def tokenize_split(documents: ArtifactRef, texts: ArtifactRef, tokenizer: ArtifactRef, *, split: str,
-                   max_tokens: int | None, store: str) -> ArtifactRef:
+                   max_tokens: int | None, max_doc_tokens: int | None = None, store: str) -> ArtifactRef:
     """Tokens of one split as `lm.tokens`: ids (int32), offsets (int64, n_docs+1), doc_id; attrs vocab_size."""
     st = Store(store)
     tok = load_tokenizer(st.local_dir(tokenizer))
     df = load_texts(st, documents, texts, split)
     if df.empty:
         raise ValueError(f"split {split!r} has no documents")
-    arrays = tokens_arrays(encode_documents(tok, df.text.tolist()), df.doc_id.tolist(), max_tokens)
+    arrays = tokens_arrays(encode_documents(tok, df.text.tolist()), df.doc_id.tolist(), max_tokens, max_doc_tokens)
     attrs = {"vocab_size": vocab_size_of(tok), "split": split, "eos_token_id": tok.eos_token_id}
     print(f"tokens[{split}]: {arrays['ids'].size} tokens in {arrays['doc_id'].size} documents")
     return st.write_zarr("lm.tokens", arrays, attrs, inputs=[documents, texts, tokenizer],
-                         params={"split": split, "max_tokens": max_tokens})
+                         params={"split": split, "max_tokens": max_tokens, "max_doc_tokens": max_doc_tokens})

@@ -61,7 +61,7 @@ def goal_check(summary: pd.DataFrame, estimator: str = ESTIMATOR) -> pd.DataFram
 
 def calibration_figure(rep: Report, summary: pd.DataFrame, n_clusters: int) -> None:
     seps = sorted(summary["separation"].unique())
-    fig, axes = subplots(1, len(seps), figsize=(4.2 * len(seps), 4.0), squeeze=False)
+    fig, axes = subplots(1, len(seps), shape="row", squeeze=False)
     lim = [min(0.8, summary["planted"].min() - 0.1), max(2.6, summary["planted"].max() + 0.3)]
     for ax, sep in zip(axes[0], seps):
         ax.plot(lim, lim, color="0.6", lw=1, ls="--", label="measured = planted")
@@ -75,7 +75,8 @@ def calibration_figure(rep: Report, summary: pd.DataFrame, n_clusters: int) -> N
                         ms=3, capsize=2, lw=1, label=label)
         ari = summary[summary.separation == sep]["ari_at_K"].mean()
         ax.set(xlim=lim, ylim=lim, xlabel="planted exponent e",
-               ylabel="measured (mean, 95% of draws; clipped to the frame)", title=f"separation {sep:g} (mean ARI at k = K: {ari:.2f})")
+               ylabel="measured (mean, 95% of draws; clipped to the frame)",
+               title=f"separation {sep:g} (mean ARI at k = K: {ari:.2f})")
     axes[0][0].legend(fontsize=6, loc="upper left")
     rep.figure("calibration", fig)
 

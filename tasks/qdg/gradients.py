@@ -32,6 +32,7 @@ from torch import nn
 
 from schemas.errors import UserInputError
 from schemas.qdg import GradientConfig
+from schemas.qdg_transform import Transform
 from storage import ArtifactRef, Store
 from tasks.caching import LOCKING, ProjectCode, VerifiedCache, quanta_task
 from tasks.devices import resolve_device
@@ -39,6 +40,7 @@ from tasks.lm.model_source import ModelSource
 from tasks.progress import Progress
 from tasks.qdg.projection import Projector
 from tasks.qdg.selection import effective_context, token_windows, window_batch
+from tasks.qdg.transforms import transform_rows, transformed_layout
 
 IN_MEMORY_BLOCK_BYTES = 256 << 20  # a block's output rows are buffered in memory up to this size, else written row by row
 
@@ -149,7 +151,7 @@ class TokenGradients:
         else:
             full = torch.func.functional_call(self.model, {**params, **self.frozen}, (), kwargs).logits[0]
             logits = torch.gather(full, 0, (pos - 1)[:, None].expand(-1, full.shape[-1]))
-        logits = logits.float()
+        logits = logits.double()  # float64 loss: in float32 softmax saturates once the logit gap passes ~16.6
         z = torch.gather(logits, 1, target[:, None])[:, 0]
         losses = torch.logsumexp(logits, -1) - z
         return (losses if self.output == "loss" else z), losses.detach()
@@ -306,14 +308,15 @@ PARAMETER_OUTPUTS = {"gradient": ("loss", False), "abs_gradient": ("loss", True)
 @quanta_task(name="qdg-gradient-block", task_run_name="qdg-gradients-{start}-{stop}", cache_policy=BlockCache(**LOCKING))
 def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, *, model: ModelSource, start: int, stop: int,
                    cfg: GradientConfig, context_length: int, dtype: str, representation: str = "gradient",
-                   store: str) -> ArtifactRef:
+                   transform: Transform = Transform(), store: str) -> ArtifactRef:
     """The `qdg.gradient_block` of selection rows [start, stop) of one parameter-space `representation`
     (PARAMETER_OUTPUTS: "gradient" = the loss gradient; "abs_gradient" = its element-wise absolute value, taken
     before the projection; "logit_gradient" = the gradient of the target token's logit): per-token gradients of a
     trained suite model or a pretrained causal LM (`model`, a tasks.lm.model_source.ModelSource), with the context
     the losses were computed with (`context_length`, capped by the model's positions). Rows of "g" are unit vectors (projected to
     cfg.projection_dims first, if set); "norm" is the L2 norm of the full, unprojected gradient; "loss" the loss
-    (nats) of the gradient's own forward pass."""
+    (nats) of the gradient's own forward pass. `transform` (tasks.qdg.transforms) is applied to each raw row
+    before the projection."""
     if representation not in PARAMETER_OUTPUTS:
         raise ValueError(f"gradient blocks compute {sorted(PARAMETER_OUTPUTS)}, not {representation!r}")
     output, take_abs = PARAMETER_OUTPUTS[representation]
@@ -328,14 +331,16 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, *, model: ModelS
     ctx = effective_context(lm, context_length)
     arrays, _ = st.read_zarr(tokens)
     grads = TokenGradients(lm, names, ctx, cfg.positions_per_backward, output=output)
-    projector = (Projector(grads.dim, cfg.projection_dims, cfg.projection_seed, device)
+    kept_names, kept_sizes = transformed_layout(names, grads.sizes, transform)
+    projector = (Projector(sum(kept_sizes), cfg.projection_dims, cfg.projection_seed, device)
                  if cfg.projection_dims is not None else None)
-    dim = cfg.projection_dims if projector is not None else grads.dim
+    dim = cfg.projection_dims if projector is not None else sum(kept_sizes)
     token_index = rows["token_index"].to_numpy(dtype=np.int64)
 
     def compute(emit):
         def on_batch(local, raw, losses):
-            unit, norms = normalise_rows(raw.abs_() if take_abs else raw, projector)
+            raw = transform_rows(raw.abs_() if take_abs else raw, names, grads.sizes, transform)
+            unit, norms = normalise_rows(raw, projector)
             emit(local, unit, norms, losses)
 
         with Progress(f"qdg-gradients-{start}-{stop}", len(rows), unit="token") as progress:
@@ -343,9 +348,10 @@ def gradient_block(selection: ArtifactRef, tokens: ArtifactRef, *, model: ModelS
 
     attrs = {"model": label, "representation": representation, "dim": int(dim), "gradient_dim": grads.dim,
              "projection": projector.attrs if projector is not None else "none",
-             "parameters": names, "context_length": ctx, "rows": [int(start), int(stop)], "dtype": dtype,
+             "parameters": kept_names, "parameter_sizes": kept_sizes, "transform": transform.label(),
+             "context_length": ctx, "rows": [int(start), int(stop)], "dtype": dtype,
              "norm": "L2 norm of the full unprojected gradient", "loss_unit": "nats"}
     return write_gradient_block(st, compute, rows["row"].to_numpy(), int(dim), attrs,
                                 [selection, tokens] + model.inputs,
                                 params={**model.params(), "start": start, "stop": stop, **cfg.model_dump(), "device": str(device),
-                                        "representation": representation})
+                                        "representation": representation, "transform": transform.model_dump()})

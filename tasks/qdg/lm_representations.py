@@ -21,7 +21,9 @@ Read from it (task `qdg-unit-representation`, each a `qdg.gradient_block`, never
 
 abs_gradient from an unprojected gradient block (task `qdg-abs-gradient`): |g / ||g||| already has norm 1 and equals
 |g| / || |g| ||, so it is exact and costs one read; with a projection |g| must be taken before it, and
-`gradient_block(representation="abs_gradient")` recomputes the gradients instead.
+`gradient_block(representation="abs_gradient")` recomputes the gradients instead. The same holds for every
+`Transform` (task `qdg-transformed-block`): each step is invariant to the row's scale, so an unprojected block's
+transform is read from its unit rows; with a projection `gradient_block(transform=...)` applies it before projecting.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from schemas.errors import UserInputError
+from schemas.qdg_transform import Transform
 from storage import ArtifactRef, Store
 from tasks.caching import LOCKING, quanta_task
 from tasks.devices import resolve_device
@@ -42,6 +45,7 @@ from tasks.progress import Progress
 from tasks.qdg.clustering import labels_ari
 from tasks.qdg.gradients import BlockCache, normalise_rows, write_gradient_block
 from tasks.qdg.selection import effective_context, token_windows, window_batch
+from tasks.qdg.transforms import transform_rows, transformed_layout
 
 UNIT_REPRESENTATIONS = ("activations", "attribution", "ablation")
 
@@ -228,6 +232,36 @@ def abs_gradient_block(gradient_block: ArtifactRef, *, store: str) -> ArtifactRe
     return write_gradient_block(st, compute, np.asarray(group["row"][...]), dim,
                                 {**attrs, "representation": "abs_gradient"}, [gradient_block],
                                 params={"representation": "abs_gradient", "from": gradient_block.content_hash})
+
+
+@quanta_task(name="qdg-transformed-block")
+def transformed_block(gradient_block: ArtifactRef, *, transform: Transform, store: str) -> ArtifactRef:
+    """A `Transform` of an unprojected parameter-space `qdg.gradient_block` (gradient, abs_gradient or
+    logit_gradient), from its unit rows: the transformed rows L2-normalised, the same norms and losses."""
+    st = Store(store)
+    group = st.open_zarr(gradient_block)
+    attrs = {k: v for k, v in group.attrs.asdict().items() if k != "quanta"}
+    if attrs.get("projection") != "none" or "parameter_sizes" not in attrs:
+        raise ValueError(f"a transform is read from an unprojected parameter-space gradient block (got projection "
+                         f"{attrs.get('projection')!r}, parameter sizes {attrs.get('parameter_sizes')!r})")
+    names, sizes = list(attrs["parameters"]), [int(v) for v in attrs["parameter_sizes"]]
+    kept_names, kept_sizes = transformed_layout(names, sizes, transform)
+    g, dim = group["g"], int(sum(kept_sizes))
+    norm, loss = np.asarray(group["norm"][...]), np.asarray(group["loss"][...])
+    step = max(1, (64 << 20) // (4 * int(g.shape[1])))
+
+    def compute(emit):
+        for i in range(0, g.shape[0], step):
+            raw = transform_rows(torch.from_numpy(np.asarray(g[i:i + step], dtype=np.float32)), names, sizes,
+                                 transform)
+            unit, _ = normalise_rows(raw.clone() if transform.is_identity() else raw)
+            local = np.arange(i, i + len(unit))
+            emit(local, unit, torch.from_numpy(norm[local]), torch.from_numpy(loss[local]))
+
+    return write_gradient_block(st, compute, np.asarray(group["row"][...]), dim,
+                                {**attrs, "dim": dim, "parameters": kept_names, "parameter_sizes": kept_sizes,
+                                 "transform": transform.label()}, [gradient_block],
+                                params={"transform": transform.model_dump(), "from": gradient_block.content_hash})
 
 
 def agreement_table(labels: dict[str, list[pd.DataFrame]]) -> pd.DataFrame:

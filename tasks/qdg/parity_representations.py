@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from schemas.qdg import GradientConfig
+from schemas.qdg_transform import Transform
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.qdg.gradients import normalise_rows, write_gradient_block
-from tasks.qdg.parity import flatten_gradients, load_block_inputs, parity_gradients
+from tasks.qdg.parity import flat_sizes, flatten_gradients, load_block_inputs, parity_gradients
 from tasks.qdg.projection import Projector
+from tasks.qdg.transforms import transform_rows
 from tasks.sparse_parity.data import encode
 
 PARAMETER_ROWS = ("gradient", "abs_gradient", "logit_gradient")  # dims = parameters (projectable)
@@ -85,19 +87,21 @@ def logit_gradients(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor, 
 
 def parity_representation(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor, bits: torch.Tensor,
                           label: torch.Tensor, representation: str, names: list[str],
-                          include_control_weights: bool, align_label_sign: bool = False) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
-    """(raw rows (n, dim) float32 before normalisation, per-sample loss (n,) nats) of one representation."""
+                          include_control_weights: bool, align_label_sign: bool = False,
+                          transform: Transform = Transform()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw rows (n, dim) float32 before normalisation, per-sample loss (n,) nats) of one representation; a
+    parameter-space one with `transform` applied (tasks.qdg.transforms; unit representations take the identity)."""
+    if representation in PARAMETER_ROWS:
+        raw, loss = parameter_rows(mlp, n_tasks, task, bits, label, representation, names, include_control_weights,
+                                   align_label_sign)
+        return transform_rows(raw, names, flat_sizes(mlp, names, n_tasks, include_control_weights), transform), loss
+    if not transform.is_identity():
+        raise ValueError(f"transform {transform.label()!r} applies to the parameter-space representations "
+                         f"{PARAMETER_ROWS}, not to {representation!r}")
     with torch.no_grad():
         x = encode(task, bits, n_tasks).to(mlp[0].weight.dtype)
         a, d, v = hidden_and_gap(mlp, x)
-        loss = F.softplus((1 - 2 * label).to(d.dtype) * d)
-    if representation in ("gradient", "abs_gradient"):
-        raw, loss = parity_gradients(mlp, n_tasks, task, bits, label, names, include_control_weights,
-                                     align_label_sign and representation == "gradient")
-        return (raw.abs() if representation == "abs_gradient" else raw), loss
-    if representation == "logit_gradient":
-        return logit_gradients(mlp, n_tasks, task, bits, names, include_control_weights).float(), loss
+        loss = F.softplus((1 - 2 * label).to(torch.float64) * d.double()).float()
     with torch.no_grad():
         if representation == "activations":
             return a.float(), loss
@@ -108,24 +112,39 @@ def parity_representation(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Te
     raise ValueError(f"unknown representation {representation!r}")
 
 
+def parameter_rows(mlp: torch.nn.Sequential, n_tasks: int, task: torch.Tensor, bits: torch.Tensor,
+                   label: torch.Tensor, representation: str, names: list[str], include_control_weights: bool,
+                   align_label_sign: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw rows, losses) of gradient, abs_gradient or logit_gradient (the losses in float64, then float32)."""
+    if representation == "logit_gradient":
+        with torch.no_grad():
+            _, d, _ = hidden_and_gap(mlp, encode(task, bits, n_tasks).to(mlp[0].weight.dtype))
+            loss = F.softplus((1 - 2 * label).to(torch.float64) * d.double()).float()
+        return logit_gradients(mlp, n_tasks, task, bits, names, include_control_weights).float(), loss
+    raw, loss = parity_gradients(mlp, n_tasks, task, bits, label, names, include_control_weights,
+                                 align_label_sign and representation == "gradient")
+    return (raw.abs() if representation == "abs_gradient" else raw), loss
+
+
 @quanta_task(name="qdg-parity-representation-block",
              task_run_name="qdg-parity-{representation}-{start}-{stop}")
 def parity_representation_block(samples: ArtifactRef, model: ArtifactRef, *, start: int, stop: int,
                                 representation: str, cfg: GradientConfig, include_control_weights: bool,
-                                align_label_sign: bool, store: str) -> ArtifactRef:
+                                align_label_sign: bool, transform: Transform = Transform(),
+                                store: str) -> ArtifactRef:
     """The `qdg.gradient_block` of one representation for sample rows [start, stop): unit rows (parameter-space ones
     JL-projected first if cfg.projection_dims), "norm" the raw row's L2 norm, "loss" the sample's loss (nats)."""
     st = Store(store)
     b = load_block_inputs(st, samples, model, start, stop, cfg, "representation block")
     names, device, model_attrs = b.names, b.device, b.model_attrs
     raw, losses = parity_representation(b.mlp, b.n_tasks, b.task, b.bits, b.label, representation, names,
-                                        include_control_weights, align_label_sign)
+                                        include_control_weights, align_label_sign, transform)
     projector = (Projector(raw.shape[1], cfg.projection_dims, cfg.projection_seed, device)
                  if cfg.projection_dims is not None and representation in PARAMETER_ROWS else None)
     unit, norms = normalise_rows(raw, projector)
     dim = int(unit.shape[1])
     out_attrs = {"model": f"sparse-parity MLP width {model_attrs['width']} seed {model_attrs['seed']}",
-                 "representation": representation, "dim": dim, "gradient_dim": int(raw.shape[1]),
+                 "representation": representation, "transform": transform.label(), "dim": dim, "gradient_dim": int(raw.shape[1]),
                  "projection": projector.attrs if projector is not None else "none",
                  "parameters": names if representation in PARAMETER_ROWS else "hidden units",
                  "include_control_weights": include_control_weights, "align_label_sign": align_label_sign,
@@ -136,5 +155,5 @@ def parity_representation_block(samples: ArtifactRef, model: ArtifactRef, *, sta
 
     return write_gradient_block(st, compute, np.arange(start, stop), dim, out_attrs, [samples, model],
                                 params={"start": start, "stop": stop, "representation": representation,
-                                        **cfg.model_dump(), "include_control_weights": include_control_weights,
+                                        "transform": transform.model_dump(), **cfg.model_dump(), "include_control_weights": include_control_weights,
                                         "align_label_sign": align_label_sign})

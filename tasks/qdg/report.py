@@ -13,8 +13,9 @@ from schemas.qdg import ReportConfig, ZipfConfig
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.lm.tokenizer import decode, load_tokenizer, token_context
-from tasks.qdg.zipf import size_envelope, sizes_from_labels
-from tasks.reporting import Report, md_escape, publish, subplots
+from tasks.qdg.null import null_results, null_shown, verdict
+from tasks.qdg.zipf import headline_exponent, size_envelope, sizes_from_labels
+from tasks.reporting import Report, inline_code, publish, subplots
 
 CONSISTENT_RULE = ("consistent iff the rank-frequency slope's confidence interval (OLS t-interval) overlaps the "
                    "interval of -(alpha_N + 1) from the lm-losses fit (or contains -(alpha_N + 1) when alpha_N has "
@@ -41,7 +42,7 @@ def heatmap_rows(labels: np.ndarray, max_rows: int) -> np.ndarray:
 
 
 def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf: pd.DataFrame):
-    fig, ax = subplots(figsize=(5.6, 4.0))
+    fig, ax = subplots()
     for k in sorted(sizes_by_k):
         s = sizes_by_k[k][sizes_by_k[k] > 0] / n_tokens
         ax.plot(np.arange(1, len(s) + 1), s, lw=0.9, alpha=0.6, label=f"k = {k}")
@@ -64,7 +65,7 @@ def rank_frequency_figure(sizes_by_k: dict[int, np.ndarray], n_tokens: int, zipf
 
 
 def similarity_heatmap(c_sub: np.ndarray, labels_sub: np.ndarray, title: str):
-    fig, ax = subplots(figsize=(4.6, 4.0))
+    fig, ax = subplots(shape="heatmap")
     im = ax.imshow(c_sub, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     edges = np.flatnonzero(np.diff(labels_sub)) + 0.5
     if len(edges) <= 40:  # cluster boundaries, where they can still be told apart
@@ -141,7 +142,7 @@ def rank_frequency_axes(fig, ax, ylabel: str, title: str):
 
 
 def cluster_losses_figure(df: pd.DataFrame):
-    fig, ax = subplots(figsize=(5.2, 3.6))
+    fig, ax = subplots()
     for c, g in df.groupby("cluster", sort=True):
         ax.plot(g.n_params_nonembed, g.mean_loss, marker="o", ms=3, lw=1, label=f"cluster {c} ({g['size'].iloc[0]})")
     ax.set_xscale("log")
@@ -179,7 +180,7 @@ WHAT = {"gradient": "per-token loss gradients (the paper's method)",
 
 
 def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str, pd.DataFrame | None],
-                           dims: dict[str, int]) -> pd.DataFrame:
+                           dims: dict[str, int], null: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per representation: dims, the envelope slope with its interval against -(alpha_N + 1), and the
     mean seed-stability ARI."""
     rows = []
@@ -188,14 +189,15 @@ def representation_summary(zipfs: dict[str, pd.DataFrame], stabilities: dict[str
         st = stabilities.get(rep)
         rows.append({"representation": rep, "dims": dims[rep], "slope": e.slope,
                      "slope CI": _interval(e.slope_ci_lo, e.slope_ci_hi), "predicted": e.predicted_slope,
-                     "predicted CI": _interval(e.predicted_ci_lo, e.predicted_ci_hi), "consistent": e.consistent,
+                     "predicted CI": _interval(e.predicted_ci_lo, e.predicted_ci_hi),
+                     "consistent": verdict(e.consistent, null, rep)[0],
                      "seed ARI": float(st.ari.mean()) if st is not None and len(st) else np.nan})
     return pd.DataFrame(rows, columns=["representation", "dims", "slope", "slope CI", "predicted", "predicted CI",
                                        "consistent", "seed ARI"])
 
 
 def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predicted: float):
-    fig, ax = subplots(figsize=(5.6, 4.0))
+    fig, ax = subplots()
     for rep, (by_k, n) in sizes.items():
         env = size_envelope(by_k, n)
         env = env[env > 0]
@@ -207,20 +209,37 @@ def envelopes_figure(sizes: dict[str, tuple[dict[int, np.ndarray], int]], predic
                                "Cluster-size envelopes by representation")
 
 
-def _examples(rep: Report, name: str, ex: pd.DataFrame, rcfg: ReportConfig, title: str) -> None:
-    shown = ex.assign(context=ex.context.map(md_escape), token=ex.token.map(lambda s: md_escape(s, 40)),
-                      predicted=ex.predicted.map(lambda s: md_escape(s, 40)))
-    rep.table(name, shown, max_rows=rcfg.clusters_shown * rcfg.examples_per_cluster)
+# an example's line on the page: the last EXAMPLE_CONTEXT_CHARS characters of its context, its token cut to
+# EXAMPLE_TOKEN_CHARS, its loss: ~80 characters, one line of the UI's column
+EXAMPLE_CONTEXT_CHARS, EXAMPLE_TOKEN_CHARS = 56, 16
+
+
+def examples_markdown(ex: pd.DataFrame, n_tokens: int) -> str:
+    """One short block per cluster, to fit the page's column: its size and share of the `n_tokens` clustered, then
+    each example as its context (in code) with the target token marked (bold code) and its loss."""
+    out = []
+    for c, group in ex.groupby("cluster", sort=True):
+        size = int(group["size"].iloc[0])
+        out += [f"**Cluster {c}**: {size} tokens, {size / n_tokens:.1%} of the {n_tokens} clustered", ""]
+        out += [f"- `{inline_code(r.context, EXAMPLE_CONTEXT_CHARS)}` **`{inline_code(r.token, EXAMPLE_TOKEN_CHARS)}`**"
+                f" {r.loss:.2g} nats" for r in group.itertuples()]
+        out.append("")
+    return "\n".join(out)
+
+
+def _examples(rep: Report, name: str, ex: pd.DataFrame, title: str, n_tokens: int) -> None:
+    rep.text(examples_markdown(ex, n_tokens))
+    rep.table_link(name, ex, "Each example with its row, whole context, token, the selection model's prediction "
+                   "and loss (nats):")
     page = name.replace("cluster_examples", "clusters") + ".html"
-    rep.attach(page, examples_html(ex, title), link=f"The same examples as a page, token highlighted ({page}, beside "
-               "report.md in the store's report directory)")
+    rep.attach(page, examples_html(ex, title), link="The same examples as a standalone page, token highlighted")
 
 
 # ---------------------------------------------------------------------------------------------- the builder
 def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef,
                      token_losses: ArtifactRef, *, representations: dict[str, dict], primary: str,
                      agreement: ArtifactRef | None, rcfg: ReportConfig,
-                     projection: ArtifactRef | None = None) -> tuple[Report, int]:
+                     projection: ArtifactRef | None = None, null: ArtifactRef | None = None) -> tuple[Report, int]:
     """The study's report (not yet published) and the cluster count it shows. `representations`: {name:
     {"affinity", "block" (any block: its attrs give the dims and projection), "labels" (one `qdg.labels` per cluster
     count, the first seed's), "stability" (or None), "zipf"}}; `primary` is the headline; `agreement` the
@@ -242,6 +261,9 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
     selected_by = (st.lineage(selection.content_hash) or {}).get("params", {}).get("model_label", "?")
     rep = Report(rcfg.title, dpi=rcfg.dpi)
     env = zdf[zdf.scope == "envelope"].iloc[0]
+    ndf = st.read_table(null) if null is not None else None
+    verdict_, why = headline_verdict(zdf, ndf, primary)
+    rep.text(f"**consistent: {verdict_}** — {why}.")
     rep.text(
         f"{n} tokens (selected by model `{selected_by}`); headline representation **{primary}**: {WHAT[primary]}, "
         f"{battrs[primary]['gradient_dim']:,} dimensions"
@@ -249,7 +271,15 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
         + f"; spectral clustering into k = {', '.join(map(str, sorted(tables[primary])))} clusters.\n\n"
         f"**Envelope slope** {env.slope:.3g} [{env.slope_ci_lo:.3g}, {env.slope_ci_hi:.3g}] vs **predicted** "
         f"-(alpha_N + 1) = {env.predicted_slope:.3g} [{env.predicted_ci_lo:.3g}, {env.predicted_ci_hi:.3g}] "
-        f"(paper: -1.24 vs -1.083): consistent = **{env.consistent}**. Rule: {CONSISTENT_RULE}.")
+        f"(paper: -1.24 vs -1.083): by the paper's rule alone, consistent = **{env.consistent}**. Rule: "
+        f"{CONSISTENT_RULE}.")
+    if ndf is not None and len(ndf):
+        rep.text("## Against chance\n\nThe same pipeline (same n, k list, affinity and clustering) on rows with no "
+                 "structure: isotropic Gaussian rows of the representation's dimension (gaussian) and the "
+                 "representation with each column permuted across rows (permuted); 95% range of the draws, two-sided "
+                 "empirical p-value. A statistic inside its null's range says nothing about the data.")
+        rep.table("null_summary", null_shown(ndf, ("envelope_slope", "slope_k", "ari_")), max_rows=200)
+        rep.table("null", ndf, show=False)
     if rcfg.plots:
         rep.figure("rank_frequency", rank_frequency_figure(sizes_p, n, zdf))
     rep.table("zipf", zdf, show=False)  # every column: zipf.csv and the qdg-zipf table artifact
@@ -258,7 +288,7 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
         rep.text("## Representations\n\nEach representation clustered alike; the rank-frequency envelope's slope "
                  "(OLS t-interval) against -(alpha_N + 1), and the mean ARI between clustering seeds:")
         dims = {r: int(a["dim"]) for r, a in battrs.items()}
-        rep.table("representations", representation_summary(zipfs, stabilities, dims))
+        rep.table("representations", representation_summary(zipfs, stabilities, dims, ndf))
         for r, z in zipfs.items():
             if r != primary:
                 rep.table(f"zipf_{r}", z, show=False)
@@ -288,8 +318,8 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
         ex = cluster_examples(sel, labels_of[r], tok, ids, offsets, rcfg)
         if len(ex):
             rep.text(f"## The {rcfg.clusters_shown} largest clusters of {r} (k = {k})")
-            _examples(rep, "cluster_examples" if r == primary else f"cluster_examples_{r}", ex, rcfg,
-                      f"{rcfg.title}: the largest clusters of {r} (k = {k})")
+            _examples(rep, "cluster_examples" if r == primary else f"cluster_examples_{r}", ex,
+                      f"{rcfg.title}: the largest clusters of {r} (k = {k})", len(labels_of[r]))
     larr, lattrs = st.read_zarr(token_losses)
     cl = cluster_losses(sel, lab, np.asarray(larr["loss"]), list(lattrs["models"]),
                         np.asarray(larr["n_params_nonembed"]), rcfg.clusters_shown)
@@ -306,20 +336,32 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
 @quanta_task(name="qdg-report")
 def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactRef, token_losses: ArtifactRef,
                *, representations: dict[str, dict], primary: str, agreement: ArtifactRef | None, rcfg: ReportConfig,
-               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None) -> ArtifactRef:
+               store: str, key_prefix: str = "qdg", projection: ArtifactRef | None = None,
+               null: ArtifactRef | None = None) -> ArtifactRef:
     """The study's report (build_qdg_report), published with its inputs as lineage."""
     st = Store(store)
     rep, k = build_qdg_report(st, selection, tokens, tokenizer, token_losses, representations=representations,
-                              primary=primary, agreement=agreement, rcfg=rcfg, projection=projection)
+                              primary=primary, agreement=agreement, rcfg=rcfg, projection=projection, null=null)
     inputs = [selection, tokens, tokenizer, token_losses,
               *(x for v in representations.values() for x in (v["affinity"], v["block"], *v["labels"], v["zipf"],
                                                                v["stability"]) if x is not None),
-              *(x for x in (agreement, projection) if x is not None)]
+              *(x for x in (agreement, projection, null) if x is not None)]
     return publish(rep, st, key_prefix, inputs=inputs, params={"report": rcfg.model_dump(mode="json"), "k_shown": k,
                                                                "primary": primary})
 
 
 # ---------------------------------------------------------------------------------------------- results
+def headline_verdict(zdf: pd.DataFrame, ndf: pd.DataFrame | None, representation: str) -> tuple[str, str]:
+    """`consistent` of the study: on the calibrated headline exponent when the Zipf table has one (against its
+    null), else on the paper's envelope slope."""
+    head = zdf[zdf.scope == "headline"]
+    if len(head):
+        value, why = verdict(head.consistent.iloc[0], ndf, representation, "headline_exponent")
+        return value, f"headline exponent ({head.note.iloc[0].split(';')[0]}): {why}"
+    env = zdf[zdf.scope == "envelope"].iloc[0]
+    return verdict(env.consistent, ndf, representation)
+
+
 def _f(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
@@ -347,6 +389,7 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         projection = {"dims": int(pdf.projection_dims.iloc[0]),
                       "ari": {str(r.k): float(r.ari) for r in pdf.itertuples()}}
     alpha = _f(env.alpha_N)
+    ndf = st.read_table(refs["null"]) if refs.get("null") is not None else None
     reps = {}
     for rep, per in refs.get("representations", {}).items():
         z = st.read_table(per["zipf"])
@@ -354,15 +397,18 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         battrs_r = st.open_zarr(refs["blocks"][rep][0], validate=False, verify_hash=False).attrs
         sdf = st.read_table(per["stability"]) if per["stability"] is not None else None
         reps[rep] = {"dim": int(battrs_r["dim"]), "envelope_slope": _f(e.slope),
-                     "envelope_slope_ci": [_f(e.slope_ci_lo), _f(e.slope_ci_hi)], "consistent": e.consistent,
+                     "envelope_slope_ci": [_f(e.slope_ci_lo), _f(e.slope_ci_hi)],
+                     "consistent": verdict(e.consistent, ndf, rep)[0], "consistent_paper_rule": e.consistent,
                      "slope_by_k": {str(r.k): _f(r.slope) for r in z[z.scope == "k"].itertuples()},
                      "stability_ari": {} if sdf is None else {str(k): float(g.ari.mean()) for k, g in sdf.groupby("k")}}
     agreement = []
     if refs.get("agreement") is not None:
         agreement = [{"k": int(r.k), "a": r.a, "b": r.b, "ari": float(r.ari)}
                      for r in st.read_table(refs["agreement"]).itertuples()]
+    primary = refs.get("primary", "gradient")
+    verdict_, why = headline_verdict(zdf, ndf, primary)
     res = {
-        "representation": refs.get("primary", "gradient"),
+        "representation": primary,
         "n_tokens": int(env.n_tokens),
         "gradient_dim": int(battrs["gradient_dim"]),
         "projection": "none" if proj == "none" else int(proj["dims"]),
@@ -376,8 +422,13 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         "predicted_exponent_ci": [None if env.predicted_ci_hi is None else _f(-env.predicted_ci_hi),
                                   None if env.predicted_ci_lo is None else _f(-env.predicted_ci_lo)],
         "predicted_slope": _f(env.predicted_slope),
-        "consistent": env.consistent,
-        "consistent_rule": CONSISTENT_RULE,
+        "consistent": verdict_,
+        "consistent_why": why,
+        "consistent_paper_rule": env.consistent,
+        "consistent_rule": "indeterminate when the envelope slope is inside the range of any null; else the "
+                           "paper's rule: " + CONSISTENT_RULE,
+        "null": null_results(ndf),
+        "headline_exponent": headline_exponent(zdf),
         "stability_ari": stability,
         "projection_ari": projection,
         "representations": reps,

@@ -143,6 +143,10 @@ def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
         for q, pts in scaling_data(sub, cfg).items():
             row = dict(quantity=q, alpha=float(alpha), theory=theory[q], n_points=int(len(pts)),
                        method=cfg.method, value=math.nan, ci_lo=math.nan, ci_hi=math.nan, consistent=None, note="")
+            if alpha == 0:  # uniform frequencies (the config allows alpha = 0 only with them)
+                row.update(theory=math.nan, method="none", note=UNIFORM_NOTE)
+                rows.append(row)
+                continue
             try:
                 value, ci, method, fit = fit_exponent(pts.x.values.astype(float), pts.mean_loss.values, cfg)
                 chk = theory_check(q, value, ci, theory[q], level=cfg.level)
@@ -154,6 +158,54 @@ def fit_exponents(runs: pd.DataFrame, cfg: FitConfig) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["quantity", "alpha", "value", "ci_lo", "ci_hi", "theory", "consistent",
                                      "n_points", "method", "note"])
     df["consistent"] = df["consistent"].astype("boolean")
+    return df
+
+
+UNIFORM_NOTE = ("no power law: uniform subtask frequencies (alpha = 0, the paper's P-scaling-uniform-0 control); "
+                "the quantization model predicts every subtask learned at one size, the loss falling in one step; "
+                "see the step test")
+ONE_STEP_FRACTION = 0.5  # fixed before any run: a step holds most of the whole drop
+
+
+def step_fraction(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(largest drop between adjacent x / total drop first -> last, x before it, x after it); NaN when the
+    loss does not fall overall. x ascending."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    total = y[0] - y[-1]
+    if len(y) < 2 or not total > 0:
+        return math.nan, math.nan, math.nan
+    drops = y[:-1] - y[1:]
+    j = int(np.argmax(drops))
+    return float(drops[j] / total), float(x[j]), float(x[j + 1])
+
+
+def step_test(runs: pd.DataFrame, n_min: float | None = None, n_max: float | None = None) -> pd.DataFrame:
+    """Per alpha: does the final loss (the alpha_N points, in the fit's N window) fall in one step between
+    adjacent sizes? The statistic beside its null, the same statistic of the log-log power law fitted to the same
+    points."""
+    cfg = FitConfig(n_min=n_min, n_max=n_max)
+    rows = []
+    for alpha, sub in runs.groupby("alpha"):
+        pts = scaling_data(sub, cfg)["alpha_N"].sort_values("x")
+        x, y = pts.x.to_numpy(dtype=float), pts.mean_loss.to_numpy(dtype=float)
+        frac, before, after = step_fraction(x, y) if len(pts) >= 2 else (math.nan,) * 3
+        row = {"alpha": float(alpha), "n_points": int(len(pts)), "step_fraction": frac, "n_before": before,
+               "n_after": after, "powerlaw_step_fraction": math.nan, "one_step": None, "note": ""}
+        if math.isnan(frac):
+            row["note"] = "the final loss does not fall with N" if len(pts) >= 2 else "fewer than 2 sizes"
+        try:
+            f = fit_loglog_ols(x, np.maximum(y, 1e-12))
+            null = step_fraction(x, np.exp(f.intercept) * x ** f.slope)[0]
+            row["powerlaw_step_fraction"] = null
+            if not math.isnan(frac) and not math.isnan(null):
+                # one step: most of the drop at one size, and more of it than the power law puts there
+                row["one_step"] = bool(frac > ONE_STEP_FRACTION and frac > null and not np.isclose(frac, null))
+        except FitError as e:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + f"no power-law null: {e}"
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=["alpha", "n_points", "step_fraction", "n_before", "n_after",
+                                     "powerlaw_step_fraction", "one_step", "note"])
+    df["one_step"] = df["one_step"].astype("boolean")
     return df
 
 
@@ -235,6 +287,12 @@ def study_results(st: Store, refs: dict, alpha: float) -> dict:
     last = final_rows(runs)
     res["final_loss_by_width"] = {str(int(w)): float(v) for w, v in
                                   last[last.data_size == last.data_size.min()].groupby("width").mean_loss.mean().items()}
+    steps = st.read_table(refs["step_test"])
+    res["step_test"] = steps.to_dict(orient="records")
+    for r in st.read_table(refs["quanta"]).itertuples():  # counting quanta: n vs N, C, n vs D (Figure 9)
+        res[r.quantity] = r.value
+        res[f"{r.quantity}_ci"] = [r.ci_lo, r.ci_hi]
+        res[f"{r.quantity}_theory"] = r.theory
     res["report_dir"] = refs["report"].uri
     return jsonable(res)
 
@@ -259,6 +317,15 @@ def build_emergence_table(curves_refs: list[ArtifactRef], spec_ref: ArtifactRef,
     df = emergence_table(_load_curves(st, curves_refs), probs, threshold_bits)
     return st.write_table("sparse_parity.emergence", df, inputs=[*curves_refs, spec_ref],
                           params={"threshold_bits": threshold_bits})
+
+
+@quanta_task(name="step-test")
+def build_step_test(runs_ref: ArtifactRef, *, n_min: float | None, n_max: float | None, store: str) -> ArtifactRef:
+    """One step or a power law (the uniform-frequency control's question), for every alpha of the runs; keyed on
+    the alpha_N window only, so other fit settings leave it `Cached`."""
+    st = Store(store)
+    df = step_test(st.read_table(runs_ref), n_min, n_max)
+    return st.write_table("sparse_parity.step_test", df, inputs=[runs_ref], params={"n_min": n_min, "n_max": n_max})
 
 
 @quanta_task(name="fit-exponents")

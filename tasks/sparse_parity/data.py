@@ -57,11 +57,19 @@ def zipf_probs(n_tasks: int, alpha: float) -> np.ndarray:
     return w / w.sum()
 
 
+def subtask_probs(cfg: TaskConfig) -> np.ndarray:
+    """The subtask frequencies of a config: Zipf (`zipf_probs`) or uniform, 1/n_tasks each (the paper's control,
+    scripts/sparse-parity-v4-uniform.py)."""
+    if cfg.frequencies == "uniform":
+        return np.full(cfg.n_tasks, 1.0 / cfg.n_tasks)
+    return zipf_probs(cfg.n_tasks, cfg.alpha)
+
+
 def make_spec(cfg: TaskConfig) -> SparseParitySpec:
     rng = np.random.default_rng(cfg.seed)
     subsets = np.stack([np.sort(rng.choice(cfg.n_bits, size=cfg.k, replace=False)) for _ in range(cfg.n_tasks)])
     return SparseParitySpec(cfg.n_tasks, cfg.n_bits, cfg.k, cfg.alpha, cfg.seed, subsets.astype(np.int64),
-                            zipf_probs(cfg.n_tasks, cfg.alpha))
+                            subtask_probs(cfg))
 
 
 def spec_from_arrays(arrays: dict, attrs: dict) -> SparseParitySpec:

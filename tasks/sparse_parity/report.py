@@ -11,7 +11,7 @@ from schemas.jsonable import jsonable
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.stats import FitError
-from tasks.reporting import Report, publish, subplots
+from tasks.reporting import Report, publish, subplots, value_colorbar
 from tasks.sparse_parity.analysis import (exponent_rule, final_rows, fit_exponent, early_stopping, emergence_slope,
                                           scaling_data, theory_checks, width_to_learn)
 from tasks.stats.theory import describe_rule
@@ -65,7 +65,7 @@ def fresh_or_largest(sub: pd.DataFrame) -> pd.DataFrame:
 
 def loss_vs_n_figure(sub: pd.DataFrame, data: dict, fits: pd.DataFrame, fit_cfg: FitConfig, alpha: float):
     """Final mean loss vs parameters, per seed, with the alpha_N fit."""
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     last = final_rows(fresh_or_largest(sub))
     ax.scatter(last.n_params, last.mean_loss, s=14, c="C0", alpha=0.6, label="final loss (per seed)")
     _fit_line(ax, data["alpha_N"], fit_cfg, "alpha_N", fits, alpha)
@@ -77,23 +77,24 @@ def loss_vs_n_figure(sub: pd.DataFrame, data: dict, fits: pd.DataFrame, fit_cfg:
 
 def loss_vs_steps_figure(sub: pd.DataFrame, data: dict, fits: pd.DataFrame, fit_cfg: FitConfig, alpha: float):
     """Mean loss vs step for each width (light = wide), with the alpha_S fit."""
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     base = fresh_or_largest(sub)
     cmap = colormaps["viridis"]
     widths = sorted(base.width.unique())
-    for i, w in enumerate(widths):
+    bar = value_colorbar(fig, ax, cmap, min(widths), max(widths), "width (hidden units)", log=True)
+    for w in widths:
         g = base[base.width == w].groupby("step").mean_loss.mean()
-        ax.plot(g.index, g.values, color=cmap(i / max(1, len(widths) - 1)), lw=1)
+        ax.plot(g.index, g.values, color=bar.cmap(bar.norm(w)), lw=1)
     _fit_line(ax, data["alpha_S"], fit_cfg, "alpha_S", fits, alpha)
     ax.set(xscale="log", yscale="log", xlabel="step", ylabel="mean test loss (bits)",
-           title="Loss vs steps, widths light = wide")
+           title="Loss vs steps, one line per width")
     _legend(ax, 7)
     return fig
 
 
 def loss_vs_d_figure(data: dict, fits: pd.DataFrame, fit_cfg: FitConfig, alpha: float):
     """Early-stopped loss vs training-set size, with the alpha_D fit."""
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     ax.scatter(data["alpha_D"].x, data["alpha_D"].mean_loss, s=16)
     _fit_line(ax, data["alpha_D"], fit_cfg, "alpha_D", fits, alpha)
     ax.set(xscale="log", yscale="log", xlabel="training samples D", ylabel="min test loss (bits)",
@@ -108,14 +109,15 @@ def emergence_figure(curves: list[dict]):
     c = next((c for c in curves if (c["data_size"] == -1).any()), curves[0])
     m = int(np.argmax(np.where(c["data_size"] == c["data_size"].max() if not (c["data_size"] == -1).any()
                                else c["data_size"] == -1, c["width"], -1)))
-    fig, ax = subplots(figsize=(5.5, 3.6))
+    fig, ax = subplots()
     T = c["loss_bits"].shape[-1]
     cmap = colormaps["plasma"]
     for t in range(T):
         ax.plot(c["steps"], c["loss_bits"][m, :, t], color=cmap(t / max(1, T - 1)), lw=0.7, alpha=0.8)
+    value_colorbar(fig, ax, cmap, 1, max(2, T), "subtask frequency rank (1 = most frequent)")
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.set(xscale="log", xlabel="step", ylabel="subtask test loss (bits)",
-           title=f"Emergence: width {int(c['width'][m])}, colour = frequency rank (dark = frequent)")
+           title=f"Emergence: width {int(c['width'][m])}, one line per subtask")
     return fig
 
 
@@ -124,8 +126,9 @@ def steps_to_learn_figure(emergence: pd.DataFrame, slope: dict):
     e = emergence.dropna(subset=["learned_step"])
     if not len(e):
         return None
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     ax.scatter(e.frequency, e.learned_step, s=8, alpha=0.5, c=np.log(e.width), cmap="viridis")
+    value_colorbar(fig, ax, "viridis", e.width.min(), e.width.max(), "width (hidden units)", log=True)
     ref = e[e.width == e.width.max()]
     if not np.isnan(slope["slope"]) and len(ref):
         xs = np.geomspace(e.frequency.min(), e.frequency.max(), 50)
@@ -142,7 +145,7 @@ def width_to_learn_figure(emergence: pd.DataFrame):
     wl = width_to_learn(emergence)
     if not len(wl):
         return None
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     ax.scatter(wl.frequency, wl.min_width_learned, s=12)
     ax.set(xscale="log", yscale="log", xlabel="subtask frequency p_i", ylabel="smallest width that learned it",
            title="Width needed to learn a subtask vs its frequency")
@@ -151,7 +154,7 @@ def width_to_learn_figure(emergence: pd.DataFrame):
 
 def subtasks_learned_figure(runs: pd.DataFrame):
     """Subtasks learned vs parameters, per alpha and training-set size."""
-    fig, ax = subplots(figsize=(5, 3.6))
+    fig, ax = subplots()
     for (alpha, d), g in final_rows(runs).groupby(["alpha", "data_size"]):
         gg = g.groupby("n_params").subtasks_learned.mean()
         ax.plot(gg.index, gg.values, marker="o", ms=3, label=f"alpha={alpha:g}, D={'fresh' if d < 0 else d}")
@@ -180,13 +183,92 @@ def add_figures(rep: Report, runs: pd.DataFrame, fits: pd.DataFrame, emergence: 
     rep.figure("subtasks_learned_vs_N", subtasks_learned_figure(runs))
 
 
+def step_figure(runs: pd.DataFrame, steps: pd.DataFrame, fit_cfg: FitConfig):
+    """Final loss vs N per alpha, on linear loss, with the largest adjacent drop marked (the step test)."""
+    fig, ax = subplots()
+    for i, r in enumerate(steps.itertuples()):
+        pts = scaling_data(runs[runs.alpha == r.alpha], fit_cfg)["alpha_N"].sort_values("x")
+        label = "uniform" if r.alpha == 0 else f"alpha={r.alpha:g}"
+        ax.plot(pts.x, pts.mean_loss, "o-", ms=3, color=f"C{i}", label=f"{label}: step {r.step_fraction:.2f}")
+        if np.isfinite(r.n_before):
+            ax.axvspan(r.n_before, r.n_after, color=f"C{i}", alpha=0.12)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final mean test loss (bits)",
+           title="One step or a power law (shaded: the largest adjacent drop)")
+    _legend(ax, 7)
+    return fig
+
+
+def step_text(steps: pd.DataFrame) -> str:
+    lines = ["Step test: the largest drop of the final loss between adjacent sizes as a fraction of the whole drop, "
+             "beside the same statistic of the log-log power law fitted to the same points (its null); one step "
+             "when the fraction exceeds 0.5 and the power law's."]
+    for r in steps.itertuples():
+        name = "uniform frequencies" if r.alpha == 0 else f"alpha={r.alpha:g}"
+        if np.isfinite(r.step_fraction):
+            lines.append(f"- {name}: **{r.step_fraction:.2f}** of the drop between N = {r.n_before:.0f} and "
+                         f"{r.n_after:.0f} (power law at the same N: {r.powerlaw_step_fraction:.2f}): "
+                         f"{'one step' if r.one_step else 'not one step'}")
+        else:
+            lines.append(f"- {name}: {r.note}")
+    return "\n".join(lines)
+
+
+def quanta_figure(runs: pd.DataFrame, quanta: pd.DataFrame, fit_cfg: FitConfig):
+    """Subtasks learned vs N (fresh data, final) with n = N/C, and vs D (early stopping) with the fitted slope."""
+    fig, axes = subplots(1, 2, shape="row")
+    for i, (alpha, sub) in enumerate(runs.groupby("alpha")):
+        q = quanta[quanta.alpha == alpha].set_index("quantity")
+        last = final_rows(sub[sub.data_size == -1]).groupby("n_params").subtasks_learned.mean()
+        last = last[last > 0]  # log axes: models that learned nothing are not drawn (nor fitted)
+        if len(last):
+            axes[0].plot(last.index, last.values, "o", ms=3, color=f"C{i}", label=f"alpha={alpha:g}")
+        if len(last) and "params_per_quantum" in q.index and np.isfinite(q.loc["params_per_quantum", "value"]):
+            c = q.loc["params_per_quantum", "value"]
+            axes[0].plot(last.index, last.index / c, "--", color=f"C{i}", lw=1, label=f"N / C, C = {c:.3g}")
+        es = early_stopping(sub)
+        if len(es):
+            width = fit_cfg.d_width or int(es.width.max())
+            d = es[es.width == width].groupby("data_size").subtasks_learned.mean()
+            d = d[d > 0]
+            label = f"alpha={alpha:g}"
+            if "subtasks_vs_D" in q.index and np.isfinite(q.loc["subtasks_vs_D", "value"]):
+                qd = q.loc["subtasks_vs_D"]
+                label += f": slope {qd['value']:.2f} (theory {qd['theory']:.2f})"
+            if len(d):
+                axes[1].plot(d.index, d.values, "o-", ms=3, color=f"C{i}", label=label)
+    axes[0].set(xlabel="parameters N", ylabel="subtasks learned (final)", title="Quanta per parameter: n = N / C")
+    axes[1].set(xlabel="training samples D", ylabel="subtasks learned (early stopping)",
+                title="Subtasks learned vs D (paper Figure 9)")
+    for ax in axes:
+        if ax.lines:
+            ax.set(xscale="log", yscale="log")
+        else:
+            ax.text(0.5, 0.5, "no model learned a subtask", ha="center", transform=ax.transAxes)
+        _legend(ax, 7)
+    return fig
+
+
 def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame, curves: list[dict],
-                 fit_cfg: FitConfig, cfg: ReportConfig) -> Report:
-    """The sparse-parity report: exponents vs theory, theory checks, plots, and the tables behind them."""
+                 fit_cfg: FitConfig, cfg: ReportConfig, steps: pd.DataFrame | None = None,
+                 quanta: pd.DataFrame | None = None) -> Report:
+    """The sparse-parity report: exponents vs theory, theory checks, the step test, plots, and the tables behind
+    them."""
     rep = Report(cfg.title, dpi=cfg.dpi)
     slope = emergence_slope(emergence, fit_cfg.level)
     rep.text(exponents_text(fits, slope, fit_cfg))
     rep.table("fits", fits)
+    if steps is not None:
+        rep.text(step_text(steps))
+        rep.table("step_test", steps)
+        if cfg.plots:
+            rep.figure("step_test", step_figure(runs, steps, fit_cfg))
+    if quanta is not None:
+        rep.text("Counting quanta: the slope of subtasks learned vs N (theory 1: n = N/C), C = parameters per "
+                 "learned subtask (geometric mean of N/n, t-interval), and the slope of subtasks learned vs D with "
+                 "early stopping (paper Figure 9; theory 1/(alpha+1)); log-log OLS, t-intervals.")
+        rep.table("quanta", quanta)
+        if cfg.plots:
+            rep.figure("quanta_counts", quanta_figure(runs, quanta, fit_cfg))
     checks = theory_checks(fits, fit_cfg.level)
     if len(checks):
         rules = "; ".join(f"{r}: {describe_rule(r, fit_cfg.level)}" for r in checks["rule"].unique())
@@ -208,13 +290,14 @@ def build_report(runs: pd.DataFrame, fits: pd.DataFrame, emergence: pd.DataFrame
 
 @quanta_task(name="sparse-parity-report")
 def build_sparse_parity_report(runs_ref: ArtifactRef, fits_ref: ArtifactRef, emergence_ref: ArtifactRef,
-                               curves_refs: list[ArtifactRef], *, fit_cfg: FitConfig, report_cfg: ReportConfig,
-                               store: str, key_prefix: str = "sparse-parity") -> ArtifactRef:
+                               curves_refs: list[ArtifactRef], steps_ref: ArtifactRef, quanta_ref: ArtifactRef, *,
+                               fit_cfg: FitConfig, report_cfg: ReportConfig, store: str,
+                               key_prefix: str = "sparse-parity") -> ArtifactRef:
     st = Store(store)
     runs, fits, em = st.read_table(runs_ref), st.read_table(fits_ref), st.read_table(emergence_ref)
     curves = [st.read_zarr(r)[0] for r in curves_refs]
-    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg)
-    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs],
+    rep = build_report(runs, fits, em, curves, fit_cfg, report_cfg, st.read_table(steps_ref), st.read_table(quanta_ref))
+    return publish(rep, st, key_prefix, inputs=[runs_ref, fits_ref, emergence_ref, *curves_refs, steps_ref, quanta_ref],
                    params={"report": report_cfg.model_dump(), "fit": fit_cfg.model_dump()})
 
 
@@ -239,7 +322,7 @@ def sweep_report(fits: pd.DataFrame, cfg: ReportConfig, fit_cfg: FitConfig) -> R
                                                              for r in checks["rule"].unique()))
     rep.table("theory_checks", checks)
     if cfg.plots:
-        fig, ax = subplots(figsize=(5.5, 4))
+        fig, ax = subplots()
         a = np.linspace(max(0.01, fits.alpha.min() * 0.8), fits.alpha.max() * 1.1, 100)
         ax.plot(a, a, "C0-", lw=1, alpha=0.6, label="theory alpha_N = alpha")
         ax.plot(a, a / (a + 1), "C1-", lw=1, alpha=0.6, label="theory alpha_S, alpha_D = alpha/(alpha+1)")

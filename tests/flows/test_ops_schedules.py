@@ -61,13 +61,12 @@ def _scheduled_runs(api: str, timeout: float, logs: list[Path]) -> list:
 
 
 def _task_states(api: str, flow_run_id) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        trs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        return sorted(tr.state.name for tr in trs)
+    from flows.running import final_task_states
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        return sorted(state for _, state in final_task_states(flow_run_id))
 
 
 def _check_two_runs(api: str, runs: list, store: Path) -> None:

@@ -31,8 +31,9 @@ def planted() -> tuple[np.ndarray, dict[str, int]]:
 
 
 def test_classification_on_planted_curves():
+    """The log-log statistic (ours, `poly_statistic = "loglog"`) on planted power laws."""
     loss, row = planted()
-    out = classify_curves(loss, N)
+    out = classify_curves(loss, N, poly_statistic="loglog")
     cls = out["cls"]
     assert cls[row["mono_at_2"]] == MONOGENIC and out["drop_model"][row["mono_at_2"]] == 2
     assert cls[row["mono_at_5"]] == MONOGENIC and out["drop_model"][row["mono_at_5"]] == 5
@@ -44,10 +45,28 @@ def test_classification_on_planted_curves():
         assert cls[row[name]] == NONE, name
     assert out["drop_model"][row["poly_steep"]] == -1 and np.isnan(out["slope"][row["nan_row"]])
     # thresholds are parameters: a looser polygenic slope admits the shallow curve, a laxer low threshold the drop
-    assert classify_curves(loss, N, poly_slope=-0.05)["cls"][row["shallow"]] == POLYGENIC
-    assert classify_curves(loss, N, mono_low=0.6)["cls"][row["drop_not_low_enough"]] == MONOGENIC
+    assert classify_curves(loss, N, poly_slope=-0.05, poly_statistic="loglog")["cls"][row["shallow"]] == POLYGENIC
+    assert classify_curves(loss, N, mono_low=0.6, poly_statistic="loglog")["cls"][row["drop_not_low_enough"]] == \
+        MONOGENIC
     fr = class_fractions(cls, n_valid=len(loss) - 1, n_models=len(N))
     assert fr["monogenic_fraction"] == pytest.approx(3 / 10) and fr["polygenic_fraction"] == pytest.approx(2 / 10)
+
+
+def test_the_paper_statistic_regresses_nats_on_ln_n_and_calls_other_tokens_polygenic():
+    """The paper code's statistic (the default): LinearRegression of the loss in nats on ln N, slope < -0.3 and
+    R^2 > 0.98. A curve falling 0.5 nats per e-fold of N is polygenic there and not a power law; a steep power law
+    at low loss (0.5 -> 0.04 nats) falls too few nats to count, though its log-log slope is -0.5."""
+    lin = 6.0 - 0.5 * np.log(N / N[0])                      # straight in (ln N, nats), slope -0.5
+    low_power = 0.5 * (N / N[0]) ** -0.5                     # straight in (ln N, ln L), slope -0.5
+    loss = np.array([lin, low_power], dtype=np.float32)
+    paper = classify_curves(loss, N)                        # default: poly_statistic="paper"
+    loglog = classify_curves(loss, N, poly_statistic="loglog")
+    assert paper["cls"].tolist() == [POLYGENIC, NONE]
+    assert paper["slope"][0] == pytest.approx(-0.5, abs=1e-5) and paper["r2"][0] == pytest.approx(1.0, abs=1e-6)
+    assert loglog["cls"][1] == POLYGENIC and loglog["slope"][1] == pytest.approx(-0.5, abs=1e-5)
+    assert loglog["slope"][0] > paper["slope"][0]           # the same curve, another slope
+    with pytest.raises(ValueError, match="poly_statistic"):
+        classify_curves(loss, N, poly_statistic="log")
 
 
 def test_classification_edge_cases():
@@ -85,12 +104,12 @@ def test_scaling_table_and_report_without_tokenizer_calls():
         def decode(self, ids, **kw):
             return "".join(chr(97 + i % 26) for i in ids)
 
-    classes = classify_curves(loss, N)
+    classes = classify_curves(loss, N, poly_statistic="loglog")
     ids = np.arange(len(loss), dtype=np.int32)
     offsets = np.array([0, len(loss)])
     fit = fit_alpha_n(N, table.mean_loss.to_numpy(), AnalysisConfig(bootstrap=10))
     rep, fr = build_lm_report(table, fit, loss, classes, {"n_valid": int(ok.sum())}, Tok(), ids, offsets,
-                              AnalysisConfig(n_examples=2), ReportConfig(dpi=30))
+                              AnalysisConfig(n_examples=2, poly_statistic="loglog"), ReportConfig(dpi=30))
     md = rep.markdown(embed=False)
     assert "alpha_N" in md and "monogenic_examples" in rep.tables and "polygenic_examples" in rep.tables
     mono = rep.tables["monogenic_examples"]

@@ -4,19 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fault_helpers import task_states
 from schemas.config import load_config
 from schemas.lm import LMConfig
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
-    """task run name -> state name, for one flow run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    return {tr.name: tr.state.name for tr in runs if tr.state is not None}
+    """task run name -> final state name, for one flow run."""
+    return task_states(flow_run_id)
 
 
 def _run(cfg, store_root):
@@ -59,7 +54,17 @@ def test_tiny_flow_end_to_end_and_adding_a_model_computes_only_its_column(projec
 
     arts = out2["artifacts"]
     assert {"documents", "texts", "tokenizer", "eval_tokens", "train_tokens", "token_losses", "scaling", "fits",
-            "token_classes", "report"} <= set(arts)
+            "token_classes", "loss_distribution", "transitions", "alpha_n_resampled", "report"} <= set(arts)
+    # both polygenic statistics counted on the same tokens; the paper's is the one used
+    assert res["poly_statistic"] == "paper" and set(res["classes_by_statistic"]) == {"paper", "loglog"}
+    n_scored = res["n_tokens_scored"]
+    assert res["polygenic_fraction"] == pytest.approx(res["classes_by_statistic"]["paper"]["polygenic"] / n_scored)
+    # alpha_N by log-log OLS, its document-resampled interval around the estimate of the same data
+    lo, hi = res["alpha_N_ci_documents"]
+    resampled = store.read_table(arts["alpha_n_resampled"])
+    assert lo <= resampled.value.iloc[0] <= hi and set(res["stay_learned_fraction"]) == set(res["models"][:-1])
+    dist, _ = store.read_zarr(arts["loss_distribution"])
+    assert dist["mean_loss_bits"] == pytest.approx([res["mean_loss"][m] / np.log(2) for m in res["models"]])
     arrays, attrs = store.read_zarr(arts["token_losses"])
     toks, _ = store.read_zarr(arts["eval_tokens"])
     assert arrays["loss"].shape == (toks["ids"].shape[0], 4) and attrs["models"] == res["models"]
@@ -77,6 +82,7 @@ def test_tiny_flow_end_to_end_and_adding_a_model_computes_only_its_column(projec
     assert model_meta(mdir)["n_params_nonembed"] == res["n_params_nonembed"][3]
     report = store.local_dir(arts["report"])
     assert (report / "report.md").read_text().count("alpha_N") >= 1 and (report / "mean_loss_vs_n.png").exists()
+    assert (report / "loss_distribution_paper_axes.png").exists()
     del model
 
 

@@ -28,6 +28,12 @@ def test_bpe_round_trip_and_save_load(tokenizer, tmp_path):
     assert again.eos_token == "<|endoftext|>" and again.pad_token == "<|pad|>"
 
 
+def test_tokens_arrays_truncate_each_document_first_as_the_paper_does():
+    arr = tokens_arrays([[5, 6, 7, 8], [1, 2], [3, 4, 9]], [0, 1, 2], max_tokens=5, max_doc_tokens=3)
+    assert arr["ids"].tolist() == [5, 6, 7, 1, 2] and arr["offsets"].tolist() == [0, 3, 5]
+    assert arr["doc_id"].tolist() == [0, 1]
+
+
 def test_tokens_arrays_offsets_and_cap():
     arr = tokens_arrays([[5, 6, 7], [], [8, 9], [1, 2, 3, 4]], [10, 11, 12, 13])
     assert arr["ids"].dtype == np.int32 and arr["ids"].tolist() == [5, 6, 7, 8, 9, 1, 2, 3, 4]

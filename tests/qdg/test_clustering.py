@@ -105,6 +105,61 @@ def test_knn_affinity_equals_the_dense_top_k_neighbours(planted):
     assert ((got.toarray() > 0).sum(axis=1) >= k).all()
 
 
+def test_knn_from_the_dense_similarity_equals_the_blockwise_graph_and_brute_force(planted):
+    """For small n the kNN graph read from a dense `qdg.similarity` is the blockwise one (angular), and the binary
+    weighting is its 0/1 pattern: both equal a brute-force union of each row's k nearest."""
+    from tasks.qdg.knn import knn_from_similarity_to_store
+
+    store, refs, truth, cfg = planted
+    k = 9
+    sim = similarity_matrix_to_store(store, refs, cfg)
+    c = np.asarray(store.read_zarr(sim)[0]["c"], dtype=np.float64)
+    brute = np.zeros_like(c)
+    for i in range(len(c)):  # plain loops: row i's k largest cosines, itself first
+        order = sorted(range(len(c)), key=lambda j: (j != i, -c[i, j], j))[:k]
+        brute[i, order] = 1.0 - np.arccos(np.clip(c[i, order], -1, 1)) / np.pi
+    brute = np.maximum(brute, brute.T)
+
+    def dense(ref):
+        a = store.read_zarr(ref)[0]
+        return sp.csr_array((a["data"], a["indices"], a["indptr"]), shape=c.shape).toarray()
+
+    angular = dense(knn_from_similarity_to_store(store, sim, k, "angular", block_rows=50))
+    np.testing.assert_allclose(angular, brute, atol=1e-6)
+    np.testing.assert_allclose(angular, dense(knn_affinity_to_store(store, refs, k, cfg)), atol=1e-6)
+    binary = dense(knn_from_similarity_to_store(store, sim, k, "binary"))
+    assert np.array_equal(binary, (brute > 0).astype(np.float32))
+    labels = cluster_labels_to_store(store, knn_from_similarity_to_store(store, sim, 12, "binary"), 4, 0,
+                                     SpectralOptions())
+    assert labels_ari(store.read_table(labels), _truth_table(truth)) > 0.99
+
+
+def test_leiden_finds_planted_communities_without_k(store):
+    from schemas.qdg_transform import GraphOptions
+    from tasks.qdg.communities import community_labels_to_store, leiden_labels
+    from tasks.qdg.knn import knn_graph, top_k_rows
+
+    g, truth = planted_gradients([120, 80, 60, 40, 20], dim=64, noise=1.0, seed=3)
+    cos, cols = top_k_rows(g @ g.T, 16)
+    a = knn_graph(cos, cols, "binary")
+    labels = leiden_labels(a, seed=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert labels.max() + 1 == 5 and adjusted_rand_score(truth, labels) > 0.99
+    assert np.array_equal(labels, leiden_labels(a, seed=0))  # seeded: the same partition
+    noise = np.random.default_rng(0).standard_normal((320, 64)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    chance = leiden_labels(knn_graph(*top_k_rows(noise @ noise.T, 16), "binary"), seed=0)
+    assert abs(adjusted_rand_score(truth, chance)) < 0.05  # no structure: communities unrelated to the truth
+    with pytest.raises(ValueError, match="sparse kNN"):
+        leiden_labels(np.ones((4, 4)), seed=0)
+    from tasks.qdg.knn import write_knn_affinity
+
+    ref = write_knn_affinity(store, a, np.arange(len(truth)), 64, 16, "binary", [], {})
+    table = store.read_table(community_labels_to_store(store, ref, 0, GraphOptions()))
+    assert (table.k == 5).all() and labels_ari(table, _truth_table(truth)) > 0.99
+
+
 def test_knn_graph_symmetrises_as_a_union():
     cos = np.array([[1.0, 0.5], [1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
     cols = np.array([[0, 1], [1, 2], [2, 1]])  # 1 is among 0's nearest, not 0 among 1's: still an edge

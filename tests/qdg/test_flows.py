@@ -62,7 +62,15 @@ def test_qdg_after_lm_losses_reuses_it_and_reruns_only_what_a_change_touches(pro
         assert 0.0 <= res["stability_ari"][k] <= 1.0
     lo, hi = res["envelope_slope_ci"]
     assert lo <= res["envelope_slope"] <= hi < 0
-    assert res["consistent"] in ("yes", "no") and "interval" in res["consistent_rule"]
+    # three-valued: a tiny null (3 draws) can never make a slope distinguishable from chance
+    assert res["consistent"] == "indeterminate" and "null" in res["consistent_rule"]
+    assert res["consistent_paper_rule"] in ("yes", "no") and "interval" in res["consistent_rule"]
+    env_null = res["null"]["gradient"]["envelope_slope"]
+    assert env_null["measured"] == pytest.approx(res["envelope_slope"])
+    for kind in ("gaussian", "permuted"):
+        lo, hi = env_null[kind]["range"]
+        assert env_null[kind]["draws"] == 3 and lo <= env_null[kind]["mean"] <= hi < 0
+        assert env_null[kind]["distinguishable"] == "no" and env_null[kind]["p"] >= 0.25
     # the labels partition the selection; the ranked sizes are the Zipf table's
     labels = store.read_table(arts["labels_k8_s0"])
     selection = store.read_table(arts["selection"])
@@ -82,9 +90,18 @@ def test_qdg_after_lm_losses_reuses_it_and_reruns_only_what_a_change_touches(pro
     states, state = _run(QDG, _qdg_tiny(project_root, "clustering.n_clusters=[4, 6, 8, 16]"), store_root)
     ran = {k for k, v in states.items() if v == "Completed"}
     assert {k for k in ran if k.startswith("qdg-cluster")} == {"qdg-cluster-k6-s0", "qdg-cluster-k6-s1"}, ran
-    assert {k.rsplit("-", 1)[0] for k in ran if not k.startswith("qdg-cluster")} == {
+    assert {k.rsplit("-", 1)[0] for k in ran if not k.startswith(("qdg-cluster", "qdg-null"))} == {
         "qdg-stability", "qdg-zipf", "qdg-report"}, ran
     assert "6" in state.result()["results"]["per_k"]
+
+    # 3a. more null draws: only the new draws, the null's summary and the report
+    states, state = _run(QDG, _qdg_tiny(project_root, "clustering.n_clusters=[4, 6, 8, 16]", "null.draws=4"),
+                         store_root)
+    ran = {k for k, v in states.items() if v == "Completed"}
+    assert {k for k in ran if k.startswith("qdg-null")} == {"qdg-null-gradient-gaussian-3",
+                                                            "qdg-null-gradient-permuted-3", "qdg-null"}, ran
+    assert {k.rsplit("-", 1)[0] for k in ran if not k.startswith("qdg-null")} == {"qdg-report"}, ran
+    assert state.result()["results"]["null"]["gradient"]["envelope_slope"]["gaussian"]["draws"] == 4
 
     # 3b. full vs JL-projected gradients: the projected blocks, their affinity and clusterings, and the comparison
     states, state = _run(QDG, _qdg_tiny(project_root, "clustering.compare_projection_dims=2000"), store_root)

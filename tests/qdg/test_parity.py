@@ -98,10 +98,10 @@ def test_parity_gradients_equal_per_sample_autograd(store, modular):
     raw, loss = parity_gradients(mlp, N_TASKS, task, bits, label, names, include_control_weights=True, chunk=7)
     x = encode(task, bits, N_TASKS)
     for i in range(len(task)):
-        li = F.cross_entropy(mlp(x[i:i + 1]), label[i:i + 1])
+        li = F.cross_entropy(mlp(x[i:i + 1]).double(), label[i:i + 1])  # the loss in float64, as the task's
         ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(li, list(mlp.parameters()))])
-        torch.testing.assert_close(raw[i], ref, rtol=1e-4, atol=1e-5)  # float32, gradients up to ~20
-        torch.testing.assert_close(loss[i], li.detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(raw[i], ref, rtol=1e-4, atol=1e-5)  # float32 parameters, gradients up to ~20
+        torch.testing.assert_close(loss[i], li.detach().float(), rtol=1e-4, atol=1e-6)
     without, _ = parity_gradients(mlp, N_TASKS, task, bits, label, names, include_control_weights=False)
     h = mlp[0].weight.shape[0]
     assert without.shape[1] == raw.shape[1] - h * N_TASKS  # the control-bit columns are out

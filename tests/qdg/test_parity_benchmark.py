@@ -84,12 +84,69 @@ def test_group_lasso_shrinks_the_unit_norms_and_keeps_what_is_learned(spec):
         GroupLassoConfig(lam=0)
 
 
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_the_modular_control_is_built_for_any_k_and_its_clusters_are_the_subtasks(k):
+    from tasks.qdg.parity_representations import parity_representation
+    from tasks.qdg.parity import parity_parameter_names
+    from schemas.qdg import GradientConfig
+
+    sp = make_spec(TaskConfig(n_tasks=6, n_bits=16, k=k, seed=0))
+    learned = [0, 1, 3, 4]
+    arrays = modular_mlp(sp, learned)
+    assert arrays["w1"].shape[0] == (k + 1) * len(learned)
+    mlp = mlp_from_arrays(arrays)
+    loss = subtask_loss_bits(mlp, sp, 200)
+    assert (loss[learned] < 1e-3).all() and (loss[[2, 5]] > 0.5).all()  # exactly the learned subtasks
+    task, bits, label = sample_subtasks(sp, np.array(learned), 40, 0)
+    t, b, y = (torch.as_tensor(v) for v in (task, bits, label))
+    raw, _ = parity_representation(mlp, 6, t, b, y, "abs_gradient", parity_parameter_names(GradientConfig()), False)
+    v = (raw / raw.norm(dim=1, keepdim=True)).double().numpy()
+    labels = baseline_labels(v, len(learned), [0], SpectralOptions())
+    assert seed_mean_ari(task, labels) == 1.0
+
+
 def test_best_row_is_a_parameter_space_representation_of_a_trained_model():
     df = pd.DataFrame({"regime": ["study", "study", "modular", "long", "study"],
                        "representation": ["gradient", "activations", "abs_gradient", "ablation", "control_bits"],
+                       "transform": ["none"] * 5, "affinity": ["dense"] * 5, "clusterer": ["spectral"] * 5,
                        "kind": ["representation"] * 4 + ["baseline"], "ari": [0.2, 0.9, 1.0, 0.5, 1.0],
-                       "ari_lo": [0.1, 0.8, 1.0, 0.4, 1.0], "ari_hi": [0.3, 0.95, 1.0, 0.6, 1.0]})
-    assert best_row(df) == {"representation": "ablation", "regime": "long", "ari": 0.5, "ari_ci": [0.4, 0.6]}
+                       "ari_lo": [0.1, 0.8, 1.0, 0.4, 1.0], "ari_hi": [0.3, 0.95, 1.0, 0.6, 1.0],
+                       "ari_min": [0.2, 0.9, 1.0, 0.5, 1.0], "n_models": [1] * 5})
+    assert best_row(df) == {"representation": "ablation", "regime": "long", "transform": "none", "affinity": "dense",
+                            "clusterer": "spectral", "ari": 0.5, "ari_ci": [0.4, 0.6], "ari_min": 0.5, "n_models": 1}
+    # with means over training seeds, the best mean wins over a single lucky model
+    mean = df.iloc[[0]].assign(kind="mean", ari=0.3, ari_lo=0.1, ari_hi=0.5, ari_min=0.2, n_models=3,
+                               transform="abs^0.25", affinity="knn")
+    best = best_row(pd.concat([df, mean], ignore_index=True))
+    assert (best["transform"], best["affinity"], best["ari"], best["n_models"]) == ("abs^0.25", "knn", 0.3, 3)
+
+
+def test_mean_rows_give_a_t_interval_over_training_seeds():
+    from tasks.qdg.benchmark import COLUMNS, mean_rows, t_interval
+
+    lo, hi = t_interval(np.array([0.9, 0.95, 1.0]), 0.95)
+    assert lo == pytest.approx(0.95 - 4.302653 * 0.05 / np.sqrt(3), abs=1e-5) and hi > 1.0  # t(2) = 4.30
+    assert np.isnan(t_interval(np.array([0.9]), 0.95)[0])
+    base = {c: 0.5 for c in COLUMNS} | {"regime": "long", "representation": "abs_gradient", "transform": "none",
+                                        "affinity": "knn", "clusterer": "spectral", "kind": "representation",
+                                        "k": 10, "n_samples": 500, "n_subtasks": 10, "n_models": 1, "units_used": 9}
+    df = pd.DataFrame([base | {"training_seed": s, "ari": a, "ari_min": a} for s, a in ((0, 0.9), (1, 1.0))]
+                      + [base | {"training_seed": 0, "regime": "study"}])  # one seed only: no mean row
+    m = mean_rows(df, 0.95)
+    assert len(m) == 1 and m.iloc[0].ari == pytest.approx(0.95) and m.iloc[0].ari_min == 0.9
+    assert m.iloc[0].n_models == 2 and m.iloc[0].training_seed == -1 and m.iloc[0].kind == "mean"
+
+
+def test_knn_purity_counts_neighbours_of_the_same_subtask():
+    from tasks.qdg.benchmark import knn_purity
+
+    truth = np.repeat(np.arange(3), 20)
+    v = np.eye(3)[truth] + 0.01 * np.random.default_rng(0).standard_normal((60, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert knn_purity(v @ v.T, truth, 15) == 1.0
+    mixed = np.random.default_rng(1).standard_normal((60, 50))
+    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+    assert 0.15 < knn_purity(mixed @ mixed.T, truth, 15) < 0.5  # chance: 19/59 = 0.32
 
 
 def _tiny(project_root, *overrides) -> QDGSparseParityConfig:
@@ -131,6 +188,32 @@ def test_adding_a_representation_computes_only_its_stages(project_root, store_ro
                               return_state=True).state_details.flow_run_id)
     ran = {k.rsplit("-", 1)[0] if not k.startswith("qdg-cluster") else k for k, v in states.items() if v != "Cached"}
     assert ran == {"qdg-cluster-k3-s0", "qdg-cluster-k3-s1", "qdg-ground-truth", "qdg-sparse-parity-report"}, ran
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_transform_and_the_knn_graph_in_the_benchmark_are_cached_stages(project_root, store_root, store):
+    """A transform, the kNN graph and Leiden on a tiny run: each (transform, affinity, clusterer) is a row with its
+    purity and k-NN purity, the modular control is perfect under every one, and a rerun is all Cached."""
+    from flows.qdg_sparse_parity import FLOW
+
+    over = ["representations=['abs_gradient']", "regimes=['study', 'modular']", "model.unlearned_control=false",
+            "transforms=[{}, {power=0.25, normalise='module'}]", "affinities=['dense', 'knn']",
+            "clusterers=['spectral', 'leiden']", "clustering.knn_neighbors=11", "clustering.knn_weighting='binary'",
+            "clustering.seeds=[0]"]
+    state = FLOW(config=_tiny(project_root, *over), store=store_root, return_state=True)
+    res = state.result(raise_on_failure=True)["results"]
+    rows = pd.DataFrame(res["benchmark"])
+    reps = rows[rows.kind == "representation"]
+    assert set(zip(reps["transform"], reps.affinity, reps.clusterer)) == {
+        (t, a, c) for t in ("none", "abs^0.25+module-norm") for a, c in
+        (("dense", "spectral"), ("knn", "spectral"), ("knn", "leiden"))}
+    assert reps.knn_purity.between(0, 1).all() and reps.purity_mean.between(0, 1).all()
+    modular = reps[reps.regime == "modular"]
+    assert (modular.ari == 1.0).all() and (modular.knn_purity == 1.0).all()
+    assert res["best"]["regime"] == "study" and {"transform", "affinity", "clusterer"} <= set(res["best"])
+    states = task_states(FLOW(config=_tiny(project_root, *over), store=store_root,
+                              return_state=True).state_details.flow_run_id)
+    assert {k for k, v in states.items() if v != "Cached"} == set()
 
 
 def test_bad_representation_and_regime_settings_fail_at_load(project_root):

@@ -18,7 +18,8 @@ def _run(cfg, store_root):
 
 
 def _cfg(project_root, *overrides) -> QDGConfig:
-    return load_config(QDGConfig, project_root / "configs" / "qdg" / "tiny.toml", list(overrides))
+    """The tiny qdg config without its null (tests/qdg/test_flows.py and test_null.py test the null)."""
+    return load_config(QDGConfig, project_root / "configs" / "qdg" / "tiny.toml", ["null.draws=0", *overrides])
 
 
 def _ran(states: dict[str, str]) -> set[str]:
@@ -51,8 +52,8 @@ def test_each_representation_is_its_own_cached_stage(project_root, store_root, s
         f"{p}{b}" for p in mine[:3] for b in ("0-50", "50-100", "100-120")} | {
         f"{p}k{k}-s{s}" for p in mine[3:] for k in (4, 8) for s in (0, 1)}, ran
     assert {k for k in ran if not k.startswith((*mine, "qdg-report"))} == {
-        *(f"qdg-{t}-{r}" for t in ("similarity", "stability", "zipf") for r in ("abs_gradient", "attribution",
-                                                                                "ablation")),
+        *(f"qdg-{t}-{r}" for t in ("similarity", "stability", "size-exponent", "zipf")
+          for r in ("abs_gradient", "attribution", "ablation")),
         "qdg-representation-ari"}, ran
     assert len([k for k in ran if k.startswith("qdg-report")]) == 1, ran
 
@@ -123,3 +124,38 @@ def test_the_default_is_every_representation_that_applies(project_root):
                                              "attribution"]
     assert bare.primary_representation() == "abs_gradient"
     assert QDGConfig(lm=cfg.lm, ablation_first_order=True).chosen_representations()[-1] == "ablation"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_transform_and_the_knn_graph_on_a_language_model_are_cached_stages(project_root, store_root, store):
+    """config.transform on the parameter-space representations (read from the stored unit rows) and a 0/1 kNN graph
+    at a small n: every module's block of a transformed row has the same norm, |g|^p makes gradient and
+    abs_gradient the same rows, the graph is binary, and a rerun is all Cached."""
+    import numpy as np
+
+    from tasks.qdg.transforms import block_groups
+
+    overrides = ["representations=['gradient', 'abs_gradient']", "transform={power=0.25, normalise='module'}",
+                 "clustering.method='knn'", "clustering.knn_neighbors=10", "clustering.knn_weighting='binary'",
+                 "clustering.n_clusters=[4]", "clustering.seeds=[0]"]
+    states, state = _run(_cfg(project_root, *overrides), store_root)
+    arts = state.result(raise_on_failure=True)["artifacts"]
+    for r in ("gradient", "abs_gradient"):
+        assert {k for k in states if k.startswith(f"qdg-{r}-abs^0.25")} == {
+            f"qdg-{r}-abs^0.25+module-norm-{b}" for b in ("0-50", "50-100", "100-120")}, states
+        assert f"qdg-knn-affinity-{r}" in states
+    assert not any(k.startswith("qdg-similarity") for k in states)
+    arrays, attrs = store.read_zarr(arts["abs_gradient_block_0"])
+    assert attrs["transform"] == "abs^0.25+module-norm" and attrs["representation"] == "abs_gradient"
+    g = np.asarray(arrays["g"], dtype=np.float64)
+    groups = block_groups(attrs["parameters"], attrs["parameter_sizes"], "module")
+    norms = np.stack([np.sqrt(sum((g[:, a:b] ** 2).sum(1) for a, b in grp)) for grp in groups], axis=1)
+    assert len(groups) > 2 and np.allclose(norms, 1 / np.sqrt(len(groups)), atol=1e-4)  # every module alike
+    assert (g >= 0).all()
+    np.testing.assert_allclose(g, store.read_zarr(arts["gradient_block_0"])[0]["g"], atol=1e-6)
+    knn = store.read_zarr(arts["affinity_abs_gradient"])[0]
+    assert set(np.unique(knn["data"]).tolist()) == {1.0}
+
+    states, state = _run(_cfg(project_root, *overrides), store_root)
+    state.result(raise_on_failure=True)
+    assert _ran(states) == set(), _ran(states)

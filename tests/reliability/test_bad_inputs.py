@@ -30,6 +30,8 @@ class Case:
     skip_if_cuda: bool = False
     # the flow module whose preflight finds it (None: config validation); either way before anything is written
     preflight_of: str | None = None
+    # none of these is in the message (e.g. the bad value shown twice)
+    absent: tuple[str, ...] = ()
 
 
 def _cuda() -> bool:
@@ -77,10 +79,34 @@ CASES = [
     # files
     Case("config-missing", lambda p: ["run", "sparse-parity", "--config", p.tmp / "nope.toml"],
          ["config file not found", "nope.toml"]),
-    Case("config-is-a-directory", lambda p: ["run", "sparse-parity", "--config", p.tmp], ["config file not found"]),
+    Case("config-is-a-directory", lambda p: ["run", "sparse-parity", "--config", p.tmp],
+         lambda p: [f"config file {p.tmp} is a directory"]),
     Case("config-bad-toml", lambda p: ["run", "sparse-parity", "--config", p.bad_toml],
          ["bad.toml", "not valid TOML"]),
     Case("unknown-study", lambda p: ["run", "sparse-parityy"], ["unknown study 'sparse-parityy'"]),
+    # files that break the parser (issue 22, 7): one line naming the file (or the --set), before the server starts
+    Case("config-latin1-byte", lambda p: ["run", "sparse-parity", "--config", p.latin1],
+         lambda p: [f"config file {p.latin1} is not UTF-8 text (byte 0xe9 on line 2)"]),
+    Case("config-10mb-string", lambda p: ["run", "sparse-parity", "--config", p.huge],
+         lambda p: [f"config file {p.huge} is 10,000,0", "at most 1,048,576 bytes"]),
+    Case("config-deep-array", lambda p: ["run", "sparse-parity", "--config", p.deep],
+         lambda p: [f"config file {p.deep}: arrays or tables nested too deeply"]),
+    Case("set-deep-array", lambda p: [*SP, "--set", "grid.widths=" + "[" * 100_000 + "]" * 100_000],
+         ["--set grid.widths=...", "nested too deeply"]),
+    Case("set-string-past-prefect-parameters", lambda p: [*SP, "--set", "report.title='" + "x" * 600_000 + "'"],
+         ["as a flow run's parameters", "at most 516,096", "report.title"]),
+    Case("include-latin1-byte", lambda p: ["run", "qdg", "--config", p.includes_latin1],
+         lambda p: [f"lm_config: config file {p.latin1} is not UTF-8 text"]),
+    # a bool is never a number (issue 22, 1)
+    Case("qdg-jl-dims-true", lambda p: [*QDG, "--set", "gradients.projection_dims=true"],
+         ["gradients.projection_dims", "a bool (true / false) is not a number", "(got True)"]),
+    Case("width-bool-in-list", lambda p: [*SP, "--set", "grid.widths=[8, true]"],
+         ["grid.widths", "a bool (true / false) is not a number"]),
+    Case("memory-limit-bool", lambda p: [*QDG, "--set", "similarity.memory_limit=false"],
+         ["similarity.memory_limit", "not a number"]),
+    # the value appears once, not "(got 0) (got 0)"
+    Case("value-shown-once", lambda p: [*QDG, "--set", "gradients.projection_dims=0"], ["(got 0)"],
+         absent=("(got 0) (got 0)",)),
     Case("several-studies-one-config", lambda p: ["run", "sparse-parity", "lm-losses", "--config", SP_TINY],
          ["--config and --set apply to one study"]),
     # the QDG studies
@@ -112,6 +138,42 @@ CASES = [
          ["clustering.compare_projection_dims = 60,000 does not reduce"], preflight_of="flows.qdg"),
     Case("qdg-sp-projection-not-reducing", lambda p: [*QDG_SP, "--set", "gradients.projection_dims=5000"],
          ["gradients.projection_dims = 5,000 does not reduce the gradient dimension"],
+         preflight_of="flows.qdg_sparse_parity"),
+    # a projection too small for its JL bound to mean anything (issue 22, 1): the floor of tasks.qdg.jl_floor
+    Case("qdg-jl-dims-one", lambda p: [*QDG, "--set", "gradients.projection_dims=1"],
+         ["gradients.projection_dims = 1 is below the JL floor for 120 selected tokens: 1,266 dims"],
+         preflight_of="flows.qdg"),
+    Case("qdg-compare-dims-below-floor", lambda p: [*QDG, "--set", "clustering.compare_projection_dims=1000"],
+         ["clustering.compare_projection_dims = 1,000 is below the JL floor"], preflight_of="flows.qdg"),
+    Case("qdg-sp-jl-dims-one", lambda p: [*QDG_SP, "--set", "gradients.projection_dims=1"],
+         ["gradients.projection_dims = 1 is below the JL floor for 160 samples"],
+         preflight_of="flows.qdg_sparse_parity"),
+    # values that passed validation, then crashed after upstream work (issue 22, 3 and 4)
+    Case("qdg-sp-long-steps-huge", lambda p: [*QDG_SP, "--set", "long.steps=9007199254740991"],
+         ["long.steps", "less than or equal to 10000000"]),
+    Case("sp-grid-steps-huge", lambda p: [*SP, "--set", "grid.steps=9007199254740991"],
+         ["grid.steps", "less than or equal to 10000000"]),
+    Case("qdg-sp-group-lasso-steps-huge", lambda p: [*QDG_SP, "--set", "group_lasso.steps=9007199254740991"],
+         ["group_lasso.steps", "less than or equal to 10000000"]),
+    Case("qdg-sp-group-lasso-lambda-huge", lambda p: [*QDG_SP, "--set", "group_lasso.lam=1e308"],
+         ["group_lasso.lam", "less than or equal to 1"]),
+    Case("qdg-sp-long-weight-decay-huge", lambda p: [*QDG_SP, "--set", "long.weight_decay=1e308"],
+         ["long.weight_decay", "less than or equal to 10"]),
+    Case("qdg-sp-long-weight-decay-wipes", lambda p: [*QDG_SP, "--set", "regimes=['study', 'long']", "--set",
+                                                      "long.weight_decay=5", "--set", "sparse_parity.grid.lr=0.5"],
+         ["long.weight_decay must be below 1 / sparse_parity.grid.lr = 2 (got 5"]),
+    Case("qdg-sp-samples-beyond-memory", lambda p: [*QDG_SP, "--set", "model.samples_per_subtask=9007199254740991"],
+         ["model.samples_per_subtask: their dense similarity and spectral clustering need", "this machine has"],
+         preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-sp-samples-moderate-beyond-memory", lambda p: [*QDG_SP, "--set", "model.samples_per_subtask=2000000"],
+         ["model.samples_per_subtask", "2,000,000 x 8 = 16,000,000"], preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-sp-random-dims-beyond-memory", lambda p: [*QDG_SP, "--set", "benchmark.random_dims=9007199254740991"],
+         ["benchmark.random_dims: the random baseline's", "this machine has"],
+         preflight_of="flows.qdg_sparse_parity"),
+    # more clusters than samples: an error naming the field, not a silent drop (issue 22, 5)
+    Case("qdg-sp-k-beyond-samples", lambda p: [*QDG_SP, "--set", "clustering.n_clusters=[1000]"],
+         ["clustering.n_clusters: k = 1,000 is not below the most samples there can be",
+          "model.samples_per_subtask x sparse_parity.task.n_tasks = 20 x 8 = 160"],
          preflight_of="flows.qdg_sparse_parity"),
     Case("qdg-lm-config-missing", lambda p: ["run", "qdg", "--config", p.tmp / "qdg.toml"],
          ["lm_config: config file not found"]),
@@ -149,6 +211,21 @@ CASES = [
          ["no quanta store at", "typo"]),
     Case("store-is-a-file", lambda p: [*SP, "--store", p.csv], lambda p: [f"store {p.csv} is a file"]),
     Case("store-under-a-file", lambda p: [*SP, "--store", p.csv / "store"], lambda p: [f"is under {p.csv}, a file"]),
+    # store paths that cannot be a store (issue 22, 2 and 6)
+    Case("store-empty", lambda p: [*SP, "--store", ""], ["store path '' is empty"]),
+    Case("store-whitespace", lambda p: [*SP, "--store", "  "], ["store path '  ' is empty"]),
+    Case("store-symlink-loop", lambda p: [*SP, "--store", p.loop], lambda p: [f"store {p.loop} is a symlink loop"]),
+    Case("store-under-symlink-loop", lambda p: [*SP, "--store", p.loop / "store"],
+         ["a symlink loop on its path"]),
+    Case("store-dangling-symlink", lambda p: [*SP, "--store", p.dangling],
+         lambda p: [f"store {p.dangling} is a dangling symlink"]),
+    Case("store-in-proc", lambda p: [*SP, "--store", "/proc/quanta-store"],
+         ["store /proc/quanta-store cannot hold a store: no directory can be created in /proc"]),
+    Case("store-path-too-long", lambda p: [*SP, "--store", p.tmp.joinpath(*["d" * 200] * 25)],
+         ["-byte path", "limit of 4,096 bytes per path"]),
+    Case("ls-symlink-loop", lambda p: ["store", "ls", "--store", p.loop], ["is a symlink loop"]),
+    Case("gc-symlink-loop", lambda p: ["store", "gc", "--keep-last", "1", "--store", p.loop], ["is a symlink loop"]),
+    Case("verify-symlink-loop", lambda p: ["store", "verify", "--store", p.loop], ["is a symlink loop"]),
     Case("ls-store-is-a-file", lambda p: ["store", "ls", "--store", p.csv], lambda p: [f"store {p.csv} is a file"]),
     Case("gc-store-is-a-file", lambda p: ["store", "gc", "--keep-last", "1", "--store", p.csv],
          lambda p: [f"store {p.csv} is a file"]),
@@ -172,9 +249,10 @@ CASES = [
          ["group_lasso.lam must be > 0"]),
     Case("qdg-sp-unknown-regime", lambda p: [*QDG_SP, "--set", "regimes=['study', 'longer']"],
          ["regimes.1", "longer"]),
-    Case("qdg-sp-modular-not-k3", lambda p: [*QDG_SP, "--set", "regimes=['study', 'modular']", "--set",
-                                             "sparse_parity.task.k=4"],
-         ["regimes", "'modular'", "k = 3"], preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-sp-transform-keeps-nothing", lambda p: [*QDG_SP, "--set", "transforms=[{keep=['3.weight']}]"],
+         ["transforms.0.keep", "matches none"], preflight_of="flows.qdg_sparse_parity"),
+    Case("qdg-sp-leiden-without-knn", lambda p: [*QDG_SP, "--set", "clusterers=['leiden']"],
+         ["clusterers", "add 'knn' to affinities"]),
     # qdg representations: a name that is none, and ablation on a language model without asking for the estimate
     Case("qdg-unknown-representation", lambda p: [*QDG, "--set", "representations=['gradient', 'gradients']"],
          ["representations.1", "'abs_gradient'"]),
@@ -209,6 +287,19 @@ def places(tmp_path_factory) -> SimpleNamespace:
     csv.write_text("n,loss\n10,1.0\n20,0.8\n40,0.7\n80,0.65\n")
     bad_csv = tmp / "bad.csv"
     bad_csv.write_text("n,loss\n10,1.0\n20,oops\n40,0.7\n80,0.65\n")
+    latin1 = tmp / "latin1.toml"
+    latin1.write_bytes(b"[report]\ntitle = 'caf\xe9'\n")  # Latin-1 for "cafe" with an acute e
+    includes_latin1 = tmp / "includes-latin1.toml"
+    includes_latin1.write_text('lm_config = "latin1.toml"\n')
+    huge = tmp / "huge.toml"
+    huge.write_text("[report]\ntitle = '" + "x" * 10_000_000 + "'\n")
+    deep = tmp / "deep.toml"
+    deep.write_text("[grid]\nwidths = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    loop = tmp / "loop-a"
+    loop.symlink_to(tmp / "loop-b")
+    (tmp / "loop-b").symlink_to(loop)
+    dangling = tmp / "dangling"
+    dangling.symlink_to(tmp / "no-such-target")
     real_store = tmp / "real-store"
     import pandas as pd
 
@@ -217,7 +308,8 @@ def places(tmp_path_factory) -> SimpleNamespace:
         "step": [1], "mean_loss": [1.0], "subtasks_learned": [0]}))
     return SimpleNamespace(tmp=tmp, empty=empty, non_utf8=non_utf8, too_short=too_short, bad_toml=bad_toml, csv=csv,
                            bad_csv=bad_csv, real_store=real_store, self_include=self_include, cycle_a=cycle_a,
-                           cycle_b=cycle_b)
+                           cycle_b=cycle_b, latin1=latin1, includes_latin1=includes_latin1, huge=huge, deep=deep,
+                           loop=loop, dangling=dangling)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -237,10 +329,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, places, quanta, p
     message = got.err[got.err.index(errors[0]):]
     assert message.strip() == errors[0].strip(), f"more than one line: {message!r}"
     for needle in case.says(places) if callable(case.says) else case.says:
-        assert needle in message, f"{needle!r} not in {message!r}"
+        assert needle in message, f"{needle!r} not in {message!r}"[:3000]
+    for needle in case.absent:
+        assert needle not in message, message
     assert "Traceback" not in got.text, got.text[-3000:]
     assert not store.exists(), f"{argv} wrote to the store: {list(store.rglob('*'))[:5]}"
     assert not (places.tmp / "typo").exists()
     assert sorted(os.listdir(places.real_store)) == before
     assert places.csv.read_bytes() == csv_before
     assert not Path("nosuchproto:").exists()
+    assert not Path("_lineage").exists() and not Path("_tmp").exists()  # `--store ''`: not the working directory
+    assert not (places.dangling.exists() or Path("/proc/quanta-store").exists())

@@ -2,6 +2,7 @@
 the middle of a write and in the middle of the training grid (no debris trusted or left, no lock or server left)."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -165,3 +166,20 @@ def test_one_truncated_lineage_record_is_named_and_the_rest_still_shown(quanta, 
     assert got.rc == 0, got.text
     assert str(record) in got.err and "unreadable" in got.err
     assert child.content_hash[:12] in got.out and "Traceback" not in got.text
+
+
+def test_an_artifact_damaged_again_after_a_heal_is_warned_about_once(prefect_server, quanta, tmp_path, caplog):
+    """Each heal moves a task's cache key to a successor; damage after a heal makes both records stale, and the run
+    says so once, not once per record (issue 22, 9: the cache warning printed 2-3 times)."""
+    store = tmp_path / "store"
+    base = quanta(*RUN, "--store", store)
+    assert base.rc == 0, base.text[-3000:]
+    fits = base.json["artifacts"]["fits"]["uri"]
+    for _ in range(2):
+        os.remove(fits)
+        caplog.clear()  # the run log's records (the terminal's copy depends on what earlier tests did to stderr)
+        with caplog.at_level(logging.WARNING, logger="prefect"):
+            again = quanta(*RUN, "--store", store)
+        assert again.rc == 0, again.text[-3000:]
+    warned = [r.getMessage() for r in caplog.records if "not trusting its cached result" in r.getMessage()]
+    assert len(warned) == 1 and "fit-exponents" in warned[0] and "1 earlier recomputation" in warned[0], warned

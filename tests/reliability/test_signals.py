@@ -54,6 +54,43 @@ def test_a_signal_stops_busy_threads_and_children_with_one_line(sig):
     assert not alive
 
 
+STARTING = """
+import subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from flows.interrupts import stop_on_signals
+
+with stop_on_signals():
+    # like a Dask worker still starting: plain Python, which prints a KeyboardInterrupt traceback on SIGINT
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; print('ready', flush=True); time.sleep(600)"],
+                             stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print(child.pid, flush=True)
+    while True:
+        time.sleep(1)
+"""
+
+
+def test_repeated_ctrl_c_to_the_group_prints_one_line_and_no_traceback():
+    """Ctrl-C reaches the whole process group, children included, and an impatient user presses it again: the one
+    `error:` line, no KeyboardInterrupt traceback from a child (issue 22, 9), every child stopped, exit 130."""
+    proc = subprocess.Popen([sys.executable, "-c", STARTING, str(ROOT)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = psutil.Process(int(proc.stdout.readline()))
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive
+    assert rc == 128 + signal.SIGINT, (rc, err)
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: stopped by SIGINT"), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
 @pytest.mark.skipif(os.environ.get("QUANTA_SLOW_TESTS") != "1", reason="slow: QUANTA_SLOW_TESTS=1 (make test-slow)")
 @pytest.mark.parametrize("sig,to_group", [(signal.SIGTERM, True), (signal.SIGINT, False)], ids=["term-group", "int"])
 def test_a_signal_mid_task_stops_the_run_in_seconds_and_the_rerun_resumes(sig, to_group, tmp_path):

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from fault_helpers import task_states
 from flows.run_artifacts import result_path
 from flows.running import run_study
 from schemas.config import load_config
@@ -36,6 +37,9 @@ def _published(st: Store) -> dict[str, dict]:
 
 
 def _train_shard_runs(client, flow_run_id=None, since=None) -> list:
+    """The train-shard runs of a flow that is still running in another process, read live (polled until one
+    completes, to kill the run there): not the final states of a finished run, which tests read through
+    flows.running.final_task_runs."""
     from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, TaskRunFilter,
                                                 TaskRunFilterName, TaskRunFilterStartTime)
 
@@ -43,14 +47,7 @@ def _train_shard_runs(client, flow_run_id=None, since=None) -> list:
     if since is not None:
         flt.start_time = TaskRunFilterStartTime(after_=since)
     frf = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None
-    return client.read_task_runs(task_run_filter=flt, flow_run_filter=frf)
-
-
-def _task_states(client, flow_run_id) -> dict[str, str]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
+    return client.read_task_runs(task_run_filter=flt, flow_run_filter=frf)  # live read of a running flow
 
 
 def test_killed_run_resumes_only_unfinished_shards(prefect_server, tmp_path):
@@ -123,8 +120,7 @@ def test_killed_run_resumes_only_unfinished_shards(prefect_server, tmp_path):
     t2 = time.monotonic()
     out = run_study("sparse-parity", load_config(SparseParityConfig, TINY, OVERRIDES), st.url)
     observed["rerun_s"] = round(time.monotonic() - t2, 1)
-    with get_client(sync_client=True) as client:
-        states = _task_states(client, out["flow_run_id"])
+    states = task_states(out["flow_run_id"])
     shards = {name: s for name, s in states.items() if name.startswith("train-shard")}
     assert sorted(shards.values()) == ["Cached", "Completed", "Completed"], states
     assert states[next(n for n in states if n.startswith("sparse-parity-spec"))] == "Cached", states

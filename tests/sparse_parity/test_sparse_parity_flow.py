@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fault_helpers import task_states
 from flows.running import run_study
 from schemas.config import load_config
 from schemas.sparse_parity import FitConfig, SparseParityConfig
@@ -20,15 +21,6 @@ TINY = ROOT / "configs/sparse_parity/tiny.toml"
 
 def _cfg(*overrides):
     return load_config(SparseParityConfig, TINY, list(overrides))
-
-
-def _task_states_by_name(flow_run_id) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as c:
-        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
 
 
 def _by_task(states: dict[str, str]) -> dict[str, set[str]]:
@@ -82,7 +74,7 @@ def test_rerun_same_config_is_all_cached(first_run):
 def test_changing_fit_reruns_only_fit_and_report(first_run):
     store, _ = first_run
     out = run_study("sparse-parity", _cfg("grid.seeds=[0, 1]", "fit.bootstrap=20", "fit.offset=false"), store)
-    states = _by_task(_task_states_by_name(out["flow_run_id"]))
+    states = _by_task(task_states(out["flow_run_id"]))
     assert states.pop("fit-exponents") == {"Completed"}
     assert states.pop("sparse-parity-report") == {"Completed"}
     assert all(s == {"Cached"} for s in states.values()), states
@@ -91,7 +83,7 @@ def test_changing_fit_reruns_only_fit_and_report(first_run):
 def test_changing_threshold_keeps_training_cached(first_run):
     store, _ = first_run
     out = run_study("sparse-parity", _cfg("grid.seeds=[0, 1]", "grid.learned_threshold_bits=0.2"), store)
-    states = _by_task(_task_states_by_name(out["flow_run_id"]))
+    states = _by_task(task_states(out["flow_run_id"]))
     assert states["train-shard"] == {"Cached"} and states["sparse-parity-spec"] == {"Cached"}
     assert states["runs-table"] == {"Completed"} and states["emergence-table"] == {"Completed"}
 
@@ -99,7 +91,7 @@ def test_changing_threshold_keeps_training_cached(first_run):
 def test_adding_a_seed_trains_only_the_new_shard(first_run):
     store, _ = first_run
     out = run_study("sparse-parity", _cfg("grid.seeds=[0, 1, 2]"), store)
-    states = _task_states_by_name(out["flow_run_id"])
+    states = task_states(out["flow_run_id"])
     shards = {k: v for k, v in states.items() if k.startswith("train-shard")}
     assert sorted(shards.values()) == ["Cached", "Cached", "Completed"]
     assert shards["train-shard-[(-1, 2)]"] == "Completed"
@@ -184,10 +176,10 @@ def test_data_grid_adding_one_D_trains_only_that_D(prefect_server, tmp_path):
     d_rows = runs[runs.data_size > 0]
     assert set(d_rows.width) == {32} and set(d_rows.seed) == {0, 1} and set(d_rows.data_size) == {50, 200, 800}
     out2 = run_study("sparse-parity", _cfg(*base, "data_grid.data_sizes=[50, 200, 800, 3200]"), store)
-    shards = {k: v for k, v in _task_states_by_name(out2["flow_run_id"]).items() if k.startswith("train-shard")}
+    shards = {k: v for k, v in task_states(out2["flow_run_id"]).items() if k.startswith("train-shard")}
     assert shards.pop("train-shard-[(3200, 0), (3200, 1)]") == "Completed"
     assert set(shards.values()) == {"Cached"} and len(shards) == 4
-    assert set(_by_task(_task_states_by_name(out2["flow_run_id"]))["sparse-parity-train-set"]) == {"Cached", "Completed"}
+    assert set(_by_task(task_states(out2["flow_run_id"]))["sparse-parity-train-set"]) == {"Cached", "Completed"}
 
 
 def test_theory_checks_compare_alpha_D_with_alpha_N_over_alpha_N_plus_1():
@@ -212,13 +204,9 @@ def test_a_deleted_artifact_is_recomputed_not_trusted(prefect_server, tmp_path):
     first = run_study("sparse-parity", cfg, store)
     shutil.rmtree(first["artifacts"]["curves_0"]["uri"])  # e.g. a user cleaning up the store
     second = run_study("sparse-parity", cfg, store)
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as c:
-        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[second["flow_run_id"]])))
-    shard_states = sorted(r.state.name for r in runs if r.name.startswith("train-shard"))
-    states = {r.name: r.state.name for r in runs if not r.name.startswith("train-shard")}
+    runs = task_states(second["flow_run_id"])
+    shard_states = sorted(s for name, s in runs.items() if name.startswith("train-shard"))
+    states = {name: s for name, s in runs.items() if not name.startswith("train-shard")}
     assert shard_states == ["Completed"]  # the stale cache record is passed over: one recomputation, no stale hit
     assert Path(second["artifacts"]["curves_0"]["uri"]).exists()
     # deterministic training: the same content, so everything downstream stays cached and valid

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fault_helpers import task_states
 from schemas import ConfigError
 from tasks.devices import DeviceError
 from schemas.config import load_config
@@ -71,9 +72,6 @@ def test_divergence_names_the_models_and_the_learning_rate(spec):
 
 
 def test_a_diverging_shard_fails_and_nothing_is_stored(prefect_server, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     from flows.sparse_parity import sparse_parity_flow
     from storage import Store
 
@@ -83,10 +81,8 @@ def test_a_diverging_shard_fails_and_nothing_is_stored(prefect_server, tmp_path)
     assert state.is_failed()
     with pytest.raises(TrainingDiverged, match="lr = 1e\\+06"):
         state.result()
-    with get_client(sync_client=True) as c:
-        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
-            any_=[state.state_details.flow_run_id])))
-    assert [r.state.name for r in runs if r.name.startswith("train-shard")] == ["Failed"]
+    states = task_states(state.state_details.flow_run_id)
+    assert [s for name, s in states.items() if name.startswith("train-shard")] == ["Failed"]
     assert [r["kind"] for r in Store(store).lineage_index()] == ["sparse_parity.spec"]  # no curves
 
 

@@ -11,8 +11,9 @@ import pytest
 from schemas.sparse_parity import FitConfig, ReportConfig
 from storage import Store
 from tasks.sparse_parity.analysis import (emergence_table, final_rows, fit_exponents, runs_table, scaling_data,
-                                          study_results)
+                                          step_test, study_results)
 from tasks.sparse_parity.report import build_report
+from tasks.sparse_parity.quanta import quanta_table
 from tasks.sparse_parity.train import n_params
 
 WIDTHS = (10, 20, 40, 80, 160)
@@ -67,6 +68,8 @@ def test_report_and_results_keep_the_width_grid(curves, tmp_path):
     refs = {"runs": st.write_table("sparse_parity.runs", runs),
             "fits": st.write_table("sparse_parity.fits", fits, params=cfg.model_dump()),
             "emergence": st.write_table("sparse_parity.emergence", em),
+            "step_test": st.write_table("sparse_parity.step_test", step_test(runs)),
+            "quanta": st.write_table("sparse_parity.quanta", quanta_table(runs)),
             "report": SimpleNamespace(uri=str(tmp_path / "report"))}
     res = study_results(st, refs, 0.4)
     assert sorted(map(int, res["final_loss_by_width"])) == sorted(WIDTHS)
@@ -74,4 +77,6 @@ def test_report_and_results_keep_the_width_grid(curves, tmp_path):
     for w, v in res["final_loss_by_width"].items():
         assert v == pytest.approx(expected[int(w)])
     assert "inside the measured 95% interval" in res["consistent_rule"]
+    # the step test and the quanta counts read the same final rows: every width of the width grid
+    assert res["step_test"][0]["n_points"] == len(WIDTHS)
     json.dumps(res, allow_nan=False)

@@ -383,15 +383,19 @@ def test_verify_store_finds_damage_and_repair_quarantines_it(store):
     with open(os.path.join(report_ref.uri, "report.md"), "a") as f:
         f.write("tampered\n")  # a directory artifact
     with open(os.path.join(store.root, "_lineage", f"{fits_like.content_hash}.json"), "r+") as f:
-        f.truncate(10)  # an unreadable record: its artifact becomes an incomplete one
+        f.truncate(10)  # an unreadable record: reported once, with its artifact (not also as a write never finished)
     report = verify_store(store)
     assert not report.ok and report.checked == 3
     by_what = sorted((f.what, f.kind or "") for f in report.bad)
-    assert by_what == [("artifact", "report"), ("artifact", "sparse_parity.runs"), ("incomplete", "sparse_parity.runs"),
-                       ("record", "")], report.bad
+    assert by_what == [("artifact", "report"), ("artifact", "sparse_parity.runs"), ("record", "sparse_parity.runs")], \
+        report.bad
+    (record,) = [f for f in report.bad if f.what == "record"]
+    assert record.content_hash == fits_like.content_hash and "unreadable" in record.problem
+    assert "never finished" not in " ".join(f.line() for f in report.bad)
     assert all(f.quarantined_to is None for f in report.bad)
     repaired = verify_store(store, repair=True)
-    assert len(repaired.bad) == 4 and all(f.quarantined_to for f in repaired.bad)
+    assert len(repaired.bad) == 3 and all(f.quarantined_to for f in repaired.bad)
+    assert not os.path.exists(fits_like.uri)  # quarantined with its record: nothing left half-known
     assert os.path.isdir(os.path.join(store.root, QUARANTINE_DIR))
     assert "missing" in ref_problem(runs) and "missing" in ref_problem(report_ref)  # the next run recomputes them
     assert ref_problem(spec) is None
