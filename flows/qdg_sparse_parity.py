@@ -89,20 +89,27 @@ def cluster_samples(samples, model, *, align: bool, control_weights: bool, confi
     labels = [cluster_labels(sim, k=k, seed=seed, spectral=spectral, store=store) for k, seed in pairs]
     truth = [lab for lab, (k, _) in zip(labels, pairs) if k == k_true]
     out = {"blocks": blocks, "similarity": sim, "labels": labels, "truth": truth, "by_affinity": {}}
-    if not benchmark:
-        return out
+    if benchmark:
+        out["by_affinity"] = affinity_labels(sim, truth, n=n, k_true=k_true, config=config, store=store)
+    return out
+
+
+def affinity_labels(sim, truth: list, *, n: int, k_true: int, config: QDGSparseParityConfig, store: str) -> dict:
+    """(affinity, clusterer) -> the labels of each clustering of the benchmark: `truth` (dense spectral at the true
+    k, already computed) and, from the kNN graph read from `sim`, spectral at the true k and Leiden."""
+    cl, spectral, out = config.clustering, config.clustering.spectral(), {}
     knn = (knn_from_similarity(sim, neighbors=min(cl.knn_neighbors, n), weighting=cl.knn_weighting, store=store)
            if "knn" in config.affinities else None)
     for affinity in config.affinities:
         source = sim if affinity == "dense" else knn
         for clusterer in config.clusterers:
             if clusterer == "spectral":
-                out["by_affinity"][(affinity, clusterer)] = (
+                out[(affinity, clusterer)] = (
                     truth if affinity == "dense" else
                     [cluster_labels.with_options(task_run_name=f"qdg-cluster-knn-k{k_true}-s{seed}")(
                         source, k=k_true, seed=seed, spectral=spectral, store=store) for seed in cl.seeds])
             elif affinity == "knn":
-                out["by_affinity"][(affinity, clusterer)] = [
+                out[(affinity, clusterer)] = [
                     community_labels(source, seed=cl.seeds[0], graph=cl.graph(), store=store)]
     return out
 
@@ -141,26 +148,41 @@ def regime_models(spec, *, plan: dict, config: QDGSparseParityConfig, store: str
     return models
 
 
-def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: str, plan: dict) -> dict:
+def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: str, plan: dict,
+                   first: dict) -> dict:
     """(regime, training seed, representation, transform label) -> {model, samples, run, control_samples,
     control_run}. Each training seed has its own samples (model.seed_samples + the seed); the control (unlearned
-    subtasks) is clustered for the looked-into model's seed only."""
+    subtasks) is clustered for the looked-into model's seed only. The headline model's samples and its configured
+    gradient's runs are the ground-truth run's (`first`), not requested again."""
     align, weights = variants(config)[0]
     out = {}
+
+    def extended(run: dict, samples) -> dict:
+        n = int(Store(store).open_zarr(samples, validate=False, verify_hash=False)["task"].shape[0])
+        k_true = len(Store(store).open_zarr(samples, validate=False, verify_hash=False).attrs["subtasks"])
+        return {**run, "by_affinity": affinity_labels(run["similarity"], run["truth"], n=n, k_true=k_true,
+                                                      config=config, store=store)}
+
     for (regime, seed), model in models.items():
+        headline = regime == config.regimes[0] and seed == plan["seed"]
         cfg = config.model if seed == plan["seed"] else config.model.model_copy(
             update={"seed_samples": config.model.seed_samples + seed})
-        learned = parity_samples(model, spec, cfg=cfg, control=False, store=store)
+        learned = first["learned"] if headline else parity_samples(model, spec, cfg=cfg, control=False, store=store)
         control = None
         if config.model.unlearned_control and regime != "modular" and seed == plan["seed"]:
-            control = parity_samples(model, spec, cfg=cfg, control=True, store=store)
+            control = first["control"] if headline else parity_samples(model, spec, cfg=cfg, control=True,
+                                                                       store=store)
         for rep in config.representations:
             for transform in representation_transforms(rep, config):
-                run = cluster_samples(learned, model, align=align, control_weights=weights, config=config,
-                                      store=store, representation=rep, transform=transform, benchmark=True)
-                crun = (cluster_samples(control, model, align=align, control_weights=weights, config=config,
-                                        store=store, representation=rep, transform=transform, benchmark=True)
-                        if control is not None else None)
+                if headline and rep == "gradient" and transform.is_identity():
+                    run = extended(first["run"], learned)
+                    crun = extended(first["control_run"], control) if control is not None else None
+                else:
+                    run = cluster_samples(learned, model, align=align, control_weights=weights, config=config,
+                                          store=store, representation=rep, transform=transform, benchmark=True)
+                    crun = (cluster_samples(control, model, align=align, control_weights=weights, config=config,
+                                            store=store, representation=rep, transform=transform, benchmark=True)
+                            if control is not None else None)
                 out[(regime, seed, rep, transform.label())] = {"model": model, "samples": learned, "run": run,
                                                                "control_samples": control, "control_run": crun}
     return out
@@ -232,7 +254,9 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
     table = ground_truth(variants=[v for v, _ in keys], samples_kind=[s for _, s in keys],
                          samples=[runs[k][0] for k in keys],
                          labels=[runs[k][1]["labels"] for k in keys], store=store)
-    bench_runs = benchmark_runs(models, spec, config=config, store=store, plan=plan)
+    first = {"learned": learned, "control": control, "run": runs[(head, "learned")][1],
+             "control_run": runs[(head, "control")][1] if control is not None else None}
+    bench_runs = benchmark_runs(models, spec, config=config, store=store, plan=plan, first=first)
     bench = benchmark_table(bench_runs, config=config, store=store)
     frequency = frequency_stage(bench_runs, config=config, store=store)
     sims = {variant_name(*v): runs[(variant_name(*v), "learned")][1]["similarity"] for v in main}

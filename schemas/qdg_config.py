@@ -2,7 +2,6 @@
 re-exports these names."""
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
@@ -10,7 +9,7 @@ from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_val
 from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import MAX_TRAINING_STEPS, StrictModel, include_section, positive_distinct
 from schemas.lm import LMConfig
-from schemas.qdg_transform import Affinity, Clusterer, GraphOptions, Transform
+from schemas.qdg_transform import Affinity, Clusterer, GraphOptions, Transform, check_regexes
 from schemas.sparse_parity import SparseParityConfig
 
 # parameters QDG leaves out by default: embeddings, the unembedding and layer norms (paper), by module type; see
@@ -69,12 +68,7 @@ class GradientConfig(StrictModel):
     @field_validator("include", "exclude")
     @classmethod
     def _regexes(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"not a regular expression: {pattern!r} ({e})") from None
-        return v
+        return check_regexes(v)
 
     @field_validator("projection_dims")
     @classmethod
