@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["benchmarks.bench_training", "benchmarks.bench_token_losses", "benchmarks.bench_fit",
+BENCHES = ["benchmarks.bench_training", "benchmarks.bench_mkl_cbwr", "benchmarks.bench_token_losses", "benchmarks.bench_fit",
            "benchmarks.bench_qdg_gradients", "benchmarks.bench_qdg_similarity", "benchmarks.bench_qdg_clustering"]
 BEGIN, END = "<!-- latest make bench: begin -->", "<!-- latest make bench: end -->"
 

@@ -39,6 +39,7 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "alpha-sweep": "0 4 * * 6",  # 04:00 on Saturdays (the longest demo)
     "qdg": "30 3 * * *",  # 03:30, after lm-losses: its lm tasks come back Cached
     "qdg-sparse-parity": "0 5 * * 0",  # 05:00 on Sundays
+    "qdg-calibration": "0 6 * * 0",  # 06:00 on Sundays (about 50 min; only changed code or config recompute)
 }
 FALLBACK_SCHEDULE = "0 5 * * *"  # a study added to STUDIES without an entry above
 DEFAULT_TIMEZONE = "UTC"

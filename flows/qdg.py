@@ -34,6 +34,7 @@ from tasks.qdg.lm_representations import (abs_gradient_block, representation_agr
 from tasks.qdg.report import qdg_report, qdg_results
 from tasks.qdg.selection import select_tokens, selection_label
 from tasks.qdg.similarity import similarity_matrix
+from tasks.qdg.size_exponent import qdg_size_exponent
 from tasks.qdg.zipf import zipf_analysis
 
 
@@ -166,8 +167,12 @@ def cluster_representation(blocks: list, *, representation: str, config: QDGConf
     stability = (clustering_stability.with_options(task_run_name=f"qdg-stability-{representation}")(
                      list(labels.values()), store=store) if len(cl.seeds) > 1 else None)
     first = [labels[(k, cl.seeds[0])] for k in cl.n_clusters]
+    k_over = max(cl.n_clusters)  # the calibrated estimator over-clusters at the largest k, then merges
+    headline = qdg_size_exponent.with_options(task_run_name=f"qdg-size-exponent-{representation}")(
+        affinity, labels[(k_over, cl.seeds[0])], k_over=k_over, spectral=cl.spectral(), seed=cl.seeds[0],
+        store=store)
     zipf = zipf_analysis.with_options(task_run_name=f"qdg-zipf-{representation}")(
-        first, fits, cfg=config.zipf, store=store)
+        first, fits, headline, cfg=config.zipf, store=store)
     return {"affinity": affinity, "labels": labels, "stability": stability, "first": first, "zipf": zipf}
 
 

@@ -31,8 +31,10 @@ def calibration_pipeline(config: QDGCalibrationConfig, store: str) -> dict:
 
 @flow(name="qdg-calibration", log_prints=True)
 def qdg_calibration_flow(config: QDGCalibrationConfig, store: str | None = None) -> dict:
-    """Planted clusters with sizes ∝ rank^-e through QDG's clustering stage: does each size-exponent estimator
-    recover e, and do its intervals cover it?"""
+    """Size-exponent estimators on planted clusters of known exponent: bias, spread and interval coverage.
+
+    Planted clusters with sizes ∝ rank^-e go through QDG's affinity and clustering stage: does each estimator recover
+    e, and do its intervals cover it?"""
     store = Store(store).url
     refs = calibration_pipeline(config, store)
     artifacts = {"summary": refs["summary"], "report": refs["report"]}

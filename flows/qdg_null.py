@@ -17,8 +17,8 @@ def null_stage(blocks: dict[str, list], zipf: dict[str, ArtifactRef], stability:
     reps = list(blocks)
     draws = {r: [null_draw.with_options(task_run_name=f"qdg-null-{r}-{kind}-{d}")(
                      blocks[r], kind=kind, draw=d, method=method, neighbors=cl.knn_neighbors,
-                     n_clusters=cl.n_clusters, seeds=cl.seeds[:2], spectral=cl.spectral(), zipf=zcfg,
-                     null_seed=ncfg.seed, store=store)
+                     weighting=cl.knn_weighting, n_clusters=cl.n_clusters, seeds=cl.seeds[:2],
+                     spectral=cl.spectral(), zipf=zcfg, null_seed=ncfg.seed, store=store)
                  for kind in ncfg.kinds for d in range(ncfg.draws)] for r in reps}
     labels = [agreement_labels[r] for r in reps] if agreement_labels and len(reps) > 1 else None
     return null_summary.with_options(task_run_name="qdg-null")(

@@ -31,6 +31,7 @@ from tasks.qdg.benchmark import benchmark_records, best_row, parity_benchmark
 from tasks.qdg.clustering import cluster_labels
 from tasks.qdg.communities import community_labels
 from tasks.qdg.dask_cluster import check_local_cluster
+from tasks.qdg.frequency import frequency_exponents, frequency_results
 from tasks.qdg.gradient_dims import check_projection, parity_gradient_dim
 from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.ground_truth import ground_truth, ground_truth_report, ground_truth_results
@@ -88,20 +89,27 @@ def cluster_samples(samples, model, *, align: bool, control_weights: bool, confi
     labels = [cluster_labels(sim, k=k, seed=seed, spectral=spectral, store=store) for k, seed in pairs]
     truth = [lab for lab, (k, _) in zip(labels, pairs) if k == k_true]
     out = {"blocks": blocks, "similarity": sim, "labels": labels, "truth": truth, "by_affinity": {}}
-    if not benchmark:
-        return out
+    if benchmark:
+        out["by_affinity"] = affinity_labels(sim, truth, n=n, k_true=k_true, config=config, store=store)
+    return out
+
+
+def affinity_labels(sim, truth: list, *, n: int, k_true: int, config: QDGSparseParityConfig, store: str) -> dict:
+    """(affinity, clusterer) -> the labels of each clustering of the benchmark: `truth` (dense spectral at the true
+    k, already computed) and, from the kNN graph read from `sim`, spectral at the true k and Leiden."""
+    cl, spectral, out = config.clustering, config.clustering.spectral(), {}
     knn = (knn_from_similarity(sim, neighbors=min(cl.knn_neighbors, n), weighting=cl.knn_weighting, store=store)
            if "knn" in config.affinities else None)
     for affinity in config.affinities:
         source = sim if affinity == "dense" else knn
         for clusterer in config.clusterers:
             if clusterer == "spectral":
-                out["by_affinity"][(affinity, clusterer)] = (
+                out[(affinity, clusterer)] = (
                     truth if affinity == "dense" else
                     [cluster_labels.with_options(task_run_name=f"qdg-cluster-knn-k{k_true}-s{seed}")(
                         source, k=k_true, seed=seed, spectral=spectral, store=store) for seed in cl.seeds])
             elif affinity == "knn":
-                out["by_affinity"][(affinity, clusterer)] = [
+                out[(affinity, clusterer)] = [
                     community_labels(source, seed=cl.seeds[0], graph=cl.graph(), store=store)]
     return out
 
@@ -140,26 +148,41 @@ def regime_models(spec, *, plan: dict, config: QDGSparseParityConfig, store: str
     return models
 
 
-def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: str, plan: dict) -> dict:
+def benchmark_runs(models: dict, spec, *, config: QDGSparseParityConfig, store: str, plan: dict,
+                   first: dict) -> dict:
     """(regime, training seed, representation, transform label) -> {model, samples, run, control_samples,
     control_run}. Each training seed has its own samples (model.seed_samples + the seed); the control (unlearned
-    subtasks) is clustered for the looked-into model's seed only."""
+    subtasks) is clustered for the looked-into model's seed only. The headline model's samples and its configured
+    gradient's runs are the ground-truth run's (`first`), not requested again."""
     align, weights = variants(config)[0]
     out = {}
+
+    def extended(run: dict, samples) -> dict:
+        n = int(Store(store).open_zarr(samples, validate=False, verify_hash=False)["task"].shape[0])
+        k_true = len(Store(store).open_zarr(samples, validate=False, verify_hash=False).attrs["subtasks"])
+        return {**run, "by_affinity": affinity_labels(run["similarity"], run["truth"], n=n, k_true=k_true,
+                                                      config=config, store=store)}
+
     for (regime, seed), model in models.items():
+        headline = regime == config.regimes[0] and seed == plan["seed"]
         cfg = config.model if seed == plan["seed"] else config.model.model_copy(
             update={"seed_samples": config.model.seed_samples + seed})
-        learned = parity_samples(model, spec, cfg=cfg, control=False, store=store)
+        learned = first["learned"] if headline else parity_samples(model, spec, cfg=cfg, control=False, store=store)
         control = None
         if config.model.unlearned_control and regime != "modular" and seed == plan["seed"]:
-            control = parity_samples(model, spec, cfg=cfg, control=True, store=store)
+            control = first["control"] if headline else parity_samples(model, spec, cfg=cfg, control=True,
+                                                                       store=store)
         for rep in config.representations:
             for transform in representation_transforms(rep, config):
-                run = cluster_samples(learned, model, align=align, control_weights=weights, config=config,
-                                      store=store, representation=rep, transform=transform, benchmark=True)
-                crun = (cluster_samples(control, model, align=align, control_weights=weights, config=config,
-                                        store=store, representation=rep, transform=transform, benchmark=True)
-                        if control is not None else None)
+                if headline and rep == "gradient" and transform.is_identity():
+                    run = extended(first["run"], learned)
+                    crun = extended(first["control_run"], control) if control is not None else None
+                else:
+                    run = cluster_samples(learned, model, align=align, control_weights=weights, config=config,
+                                          store=store, representation=rep, transform=transform, benchmark=True)
+                    crun = (cluster_samples(control, model, align=align, control_weights=weights, config=config,
+                                            store=store, representation=rep, transform=transform, benchmark=True)
+                            if control is not None else None)
                 out[(regime, seed, rep, transform.label())] = {"model": model, "samples": learned, "run": run,
                                                                "control_samples": control, "control_run": crun}
     return out
@@ -231,13 +254,28 @@ def qdg_sparse_parity_pipeline(config: QDGSparseParityConfig, store: str,
     table = ground_truth(variants=[v for v, _ in keys], samples_kind=[s for _, s in keys],
                          samples=[runs[k][0] for k in keys],
                          labels=[runs[k][1]["labels"] for k in keys], store=store)
-    bench_runs = benchmark_runs(models, spec, config=config, store=store, plan=plan)
+    first = {"learned": learned, "control": control, "run": runs[(head, "learned")][1],
+             "control_run": runs[(head, "control")][1] if control is not None else None}
+    bench_runs = benchmark_runs(models, spec, config=config, store=store, plan=plan, first=first)
     bench = benchmark_table(bench_runs, config=config, store=store)
+    frequency = frequency_stage(bench_runs, config=config, store=store)
     sims = {variant_name(*v): runs[(variant_name(*v), "learned")][1]["similarity"] for v in main}
     report = ground_truth_report(table, model, sims, learned, rcfg=config.report, store=store, key_prefix=key_prefix,
                                  benchmark=bench)
     return {"spec": spec, "model": model, "models": models, "runs": runs, "bench_runs": bench_runs,
-            "ground_truth": table, "benchmark": bench, "report": report}
+            "ground_truth": table, "benchmark": bench, "report": report, "frequency": frequency}
+
+
+def frequency_stage(bench_runs: dict, *, config: QDGSparseParityConfig, store: str) -> list:
+    """With model.sampling = "frequency": every benchmark run's size exponents against the known one (one cached
+    `qdg-frequency` task per run, dense affinity, clustering at the true k, first seed); else none."""
+    if config.model.sampling != "frequency":
+        return []
+    return [frequency_exponents.with_options(task_run_name=f"qdg-frequency-{regime}-s{seed}-{rep}-{label}")(
+                e["samples"], e["run"]["similarity"], e["run"]["truth"][0], regime=f"{regime}-s{seed}",
+                representation=f"{rep}:{label}", spectral=config.clustering.spectral(), seed=config.clustering.seeds[0],
+                level=config.benchmark.level, store=store)
+            for (regime, seed, rep, label), e in bench_runs.items()]
 
 
 @flow(name="qdg-sparse-parity", log_prints=True)
@@ -254,6 +292,7 @@ def qdg_sparse_parity_flow(config: QDGSparseParityConfig, store: str | None = No
     for (regime, seed), ref in refs["models"].items():
         artifacts[f"model_{regime}_s{seed}"] = ref
     artifacts["benchmark"] = refs["benchmark"]
+    artifacts.update({f"frequency_{i}": r for i, r in enumerate(refs["frequency"])})
     for (regime, seed, rep, label), e in refs["bench_runs"].items():
         artifacts[f"similarity_{regime}_s{seed}_{rep}_{label}"] = e["run"]["similarity"]
     return {"artifacts": artifacts, "results": results(Store(store), refs, config)}
@@ -266,7 +305,8 @@ def results(st: Store, refs: dict, config: QDGSparseParityConfig) -> dict:
     bench = st.read_table(refs["benchmark"])
     out.update(benchmark=benchmark_records(bench), best=best_row(bench), regimes=list(config.regimes),
                representations=list(config.representations), transforms=[t.label() for t in config.transforms],
-               affinities=list(config.affinities), clusterers=list(config.clusterers))
+               affinities=list(config.affinities), clusterers=list(config.clusterers),
+               frequency=frequency_results([st.read_table(r) for r in refs.get("frequency", [])]))
     return jsonable(out)
 
 

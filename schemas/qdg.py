@@ -420,6 +420,27 @@ class NullTable(StrictTable):
     draws: Series[int] = pa.Field(ge=0)
 
 
+class FrequencyTable(StrictTable):
+    """Size exponents of one frequency-sampled qdg-sparse-parity run against the known one (tasks/qdg/frequency.py)."""
+
+    regime: Series[str]
+    representation: Series[str]
+    estimator: Series[str] = pa.Field(isin=["merged_finite_zipf", "rank_slope", "powerlaw_mle", "true_labels"])
+    measured: Series[float] = pa.Field(nullable=True)
+    ci_lo: Series[float] = pa.Field(nullable=True)
+    ci_hi: Series[float] = pa.Field(nullable=True)
+    k: Series[int] = pa.Field(ge=0)
+    note: Series[str]
+    true_exponent: Series[float] = pa.Field(gt=0)
+    covers: Series[bool]
+    n: Series[int] = pa.Field(ge=2)
+    level: Series[float] = pa.Field(gt=0, lt=1)
+
+
+FREQUENCY = register("qdg.frequency", "parquet", 1, FrequencyTable,
+                     "size exponents of frequency-sampled subtasks against the true one")
+
+
 NULL = register("qdg.null", "parquet", 1, NullTable, "measured QDG statistics beside their nulls")
 
 __all__ = ["QDGConfig", "QDGSparseParityConfig", "SelectionConfig", "GradientConfig", "SimilarityConfig",

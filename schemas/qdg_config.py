@@ -2,7 +2,6 @@
 re-exports these names."""
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
@@ -10,7 +9,7 @@ from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_val
 from schemas.config import ReportConfig as BaseReportConfig
 from schemas.config import MAX_TRAINING_STEPS, StrictModel, include_section, positive_distinct
 from schemas.lm import LMConfig
-from schemas.qdg_transform import Affinity, Clusterer, GraphOptions, Transform
+from schemas.qdg_transform import Affinity, Clusterer, GraphOptions, Transform, check_regexes
 from schemas.sparse_parity import SparseParityConfig
 
 # parameters QDG leaves out by default: embeddings, the unembedding and layer norms (paper), by module type; see
@@ -69,12 +68,7 @@ class GradientConfig(StrictModel):
     @field_validator("include", "exclude")
     @classmethod
     def _regexes(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"not a regular expression: {pattern!r} ({e})") from None
-        return v
+        return check_regexes(v)
 
     @field_validator("projection_dims")
     @classmethod
@@ -336,6 +330,12 @@ class ParityModelConfig(StrictModel):
     unlearned_control: bool = Field(True, description="also cluster samples of subtasks the model has not learned "
                                     "(a control: expect a low ARI)")
     seed_samples: int = Field(0, ge=0)
+    sampling: Literal["equal", "frequency"] = Field(
+        "equal", description="equal: samples_per_subtask of every learned subtask (the ARI benchmark); frequency: "
+        "samples drawn from the task's own distribution restricted to the learned subtasks (subtask i with "
+        "probability ~ i^-(alpha+1)) until the rarest has min_per_subtask, so cluster sizes have a known exponent")
+    min_per_subtask: int = Field(10, ge=2, le=10000, description="frequency sampling: draw until the rarest learned "
+                                 "subtask has this many samples")
 
 
 # How the looked-into parity MLP was trained (qdg-sparse-parity's benchmark; each regime is its own cached model):

@@ -22,6 +22,16 @@ Affinity = Literal["dense", "knn"]
 Clusterer = Literal["spectral", "leiden"]
 
 
+def check_regexes(patterns: list[str]) -> list[str]:
+    """Validator body: every entry compiles as a regular expression (the message names the bad one)."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {pattern!r} ({e})") from None
+    return patterns
+
+
 class Transform(StrictModel):
     """A transform of a parameter-space representation's raw rows (gradient, abs_gradient, logit_gradient), applied
     in this order: `keep` (select parameter blocks), then `power` or `support` (element-wise), then `normalise`
@@ -44,12 +54,7 @@ class Transform(StrictModel):
     @field_validator("keep")
     @classmethod
     def _regexes(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"not a regular expression: {pattern!r} ({e})") from None
-        return v
+        return check_regexes(v)
 
     @model_validator(mode="after")
     def _one_elementwise(self):

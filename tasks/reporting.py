@@ -303,9 +303,7 @@ def lineage_markdown(graph: LineageGraph, report_ref: ArtifactRef) -> str:
         f"The report `{report_ref.uri}` and every artifact it was computed from (green: written by this flow run; "
         "blue: reused from an earlier run's cache). `quanta lineage <hash>` shows any of them in full; "
         "`quanta lineage <flow run id> --format mermaid` draws a whole run.", "",
-        "By kind:", "", "```mermaid", by_kind_chart(graph), "```", "",
-        f"Artifact by artifact ({len(graph.nodes)}):", "", "```mermaid", graph.to_mermaid(), "```", "",
-        markdown_table(rows), ""])
+        "```mermaid", graph.to_mermaid(), "```", "", markdown_table(rows), ""])
 
 
 def _current_flow_run_id() -> str | None:

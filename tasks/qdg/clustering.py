@@ -138,7 +138,10 @@ def read_affinity(st: Store, ref: ArtifactRef):
     if ref.kind == "qdg.similarity":
         return affinity_from_cosine(group["c"], np.empty(group["c"].shape, dtype=np.float32)), rows
     n = rows.size
-    a = sp.csr_array((group["data"][...], group["indices"][...], group["indptr"][...]), shape=(n, n))
+    indices, indptr = np.asarray(group["indices"][...]), np.asarray(group["indptr"][...])
+    if indptr[-1] < np.iinfo(np.int32).max:  # scikit-learn's dense fallback of the spectral embedding (n < 5 k + 1)
+        indices, indptr = indices.astype(np.int32), indptr.astype(np.int32)  # refuses int64 indices
+    a = sp.csr_array((group["data"][...], indices, indptr), shape=(n, n))
     return a, rows
 
 

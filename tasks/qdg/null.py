@@ -32,7 +32,8 @@ from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.progress import run_logger
 from tasks.qdg.clustering import affinity_from_cosine, labels_ari, spectral_labels
-from tasks.qdg.knn import knn_graph
+from tasks.qdg.knn import knn_graph, top_k_rows
+from tasks.qdg.size_exponent import size_exponent, size_exponent_table
 from tasks.qdg.zipf import cluster_sizes, zipf_table
 
 NULL_KINDS = ("gaussian", "permuted")
@@ -68,36 +69,35 @@ def permute_columns(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.take_along_axis(g, order, axis=0)
 
 
-def null_affinity(rows: np.ndarray, method: str, neighbors: int):
+def null_affinity(rows: np.ndarray, method: str, neighbors: int, weighting: str = "angular"):
     """The affinity QDG would cluster for these rows: dense A = 1 - arccos(C)/pi (float32, diagonal 1), or the
-    symmetrised kNN graph (`tasks.qdg.knn.knn_graph`) of each row's `neighbors` largest cosines (itself first)."""
+    symmetrised kNN graph of each row's `neighbors` largest cosines, itself first (`tasks.qdg.knn.top_k_rows` and
+    `knn_graph`, the kNN stage's own selection and weighting)."""
     n = rows.shape[0]
     if method == "dense":
         c = rows @ rows.T
         np.fill_diagonal(c, 1.0)
         return affinity_from_cosine(c, np.empty((n, n), dtype=np.float32))
     k = min(neighbors, n)
-    cos, cols = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
-    for i in range(0, n, 1024):
-        c = rows[i:i + 1024] @ rows.T
-        c[np.arange(c.shape[0]), np.arange(i, i + c.shape[0])] = 2.0  # itself first
-        part = np.argpartition(-c, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(c, part, axis=1), axis=1, kind="stable")
-        cols[i:i + 1024] = np.take_along_axis(part, order, axis=1)
-        cos[i:i + 1024] = np.minimum(np.take_along_axis(c, cols[i:i + 1024], axis=1), 1.0)
-    return knn_graph(cos, cols)
+    parts = [top_k_rows(rows[i:i + 1024] @ rows.T, k, first_row=i) for i in range(0, n, 1024)]
+    return knn_graph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), weighting)
 
 
 # ------------------------------------------------------------------------------------------- statistics
 def clustering_statistics(affinity, n_clusters: Sequence[int], seeds: Sequence[int], spectral: SpectralOptions,
                           zcfg: ZipfConfig, alpha_n=None) -> dict[str, float]:
     """The QDG statistics of one affinity, computed as the pipeline computes them: spectral clustering for every
-    (k, seed), the Zipf table of the first seed's sizes (MLE without bootstrap), and the ARI between the first two
-    seeds per k. Keys: envelope_slope, slope_k{k}, exponent_mle_k{k}, stability_k{k}."""
+    (k, seed), the calibrated headline exponent (tasks.qdg.size_exponent, over-clustered at the largest k), the Zipf
+    table of the first seed's sizes (MLE without bootstrap), and the ARI between the first two seeds per k. Keys:
+    envelope_slope, headline_exponent, slope_k{k}, exponent_mle_k{k}, stability_k{k}."""
     n = affinity.shape[0]
     labels = {(k, s): spectral_labels(affinity.copy(), k, s, spectral) for k in n_clusters for s in seeds[:2]}
     sizes = {k: cluster_sizes(labels[(k, seeds[0])], k) for k in n_clusters}
-    table = zipf_table(sizes, n, alpha_n, zcfg.model_copy(update={"bootstrap": 0}))
+    k_over = max(n_clusters)
+    fit = size_exponent(affinity, n_clusters=[k_over], spectral=spectral, seed=seeds[0],
+                        labels=labels[(k_over, seeds[0])])
+    table = zipf_table(sizes, n, alpha_n, zcfg.model_copy(update={"bootstrap": 0}),
+                       size_exponent_table(fit, n))
     return statistics_of(table, {k: _ari(labels[(k, seeds[0])], labels[(k, seeds[1])])
                                  for k in n_clusters} if len(seeds) > 1 else {})
 
@@ -108,6 +108,9 @@ def statistics_of(zipf: pd.DataFrame, stability_by_k: Mapping[int, float]) -> di
     env = zipf[zipf.scope == "envelope"]
     if len(env):
         out["envelope_slope"] = float(env.slope.iloc[0])
+    head = zipf[zipf.scope == "headline"]
+    if len(head):  # stored as the slope -e of the calibrated exponent e
+        out["headline_exponent"] = -float(head.slope.iloc[0])
     for r in zipf[zipf.scope == "k"].itertuples():
         out[f"slope_k{r.k}"] = float(r.slope)
         out[f"exponent_mle_k{r.k}"] = float(r.exponent_mle)
@@ -132,7 +135,8 @@ def read_rows(st: Store, blocks: Sequence[ArtifactRef]) -> np.ndarray:
 
 
 def null_draw_to_store(st: Store, blocks: Sequence[ArtifactRef], kind: str, draw: int, *, method: str,
-                       neighbors: int, n_clusters: Sequence[int], seeds: Sequence[int], spectral: SpectralOptions,
+                       neighbors: int, weighting: str = "angular", n_clusters: Sequence[int], seeds: Sequence[int],
+                       spectral: SpectralOptions,
                        zcfg: ZipfConfig, null_seed: int) -> ArtifactRef:
     """One null draw without Prefect -> `qdg.null_draw` (statistic, value)."""
     if kind == "permuted":
@@ -144,26 +148,29 @@ def null_draw_to_store(st: Store, blocks: Sequence[ArtifactRef], kind: str, draw
         dim = int(group["g"].shape[1])
         n = sum(int(st.open_zarr(b, validate=False, verify_hash=False)["g"].shape[0]) for b in blocks)
     rows = null_rows(g, n, dim, kind, draw_seed(null_seed, kind, draw))
-    stats = clustering_statistics(null_affinity(rows, method, neighbors), n_clusters, seeds, spectral, zcfg)
+    stats = clustering_statistics(null_affinity(rows, method, neighbors, weighting), n_clusters, seeds, spectral,
+                                  zcfg)
     run_logger().info("null %s draw %d: n = %d, dim = %d -> envelope slope %.3f", kind, draw, n, dim,
                       stats.get("envelope_slope", np.nan))
     table = pd.DataFrame({"statistic": list(stats), "value": np.array(list(stats.values()), dtype=np.float64)})
     return st.write_table("qdg.null_draw", table, inputs=list(blocks),
                           params={"kind": kind, "draw": draw, "method": method, "neighbors": neighbors,
+                                  "weighting": weighting,
                                   "n_clusters": list(n_clusters), "seeds": list(seeds[:2]),
                                   "spectral": spectral.model_dump(mode="json"), "zipf": zcfg.model_dump(mode="json"),
                                   "null_seed": null_seed, "n": n, "dim": dim})
 
 
 @quanta_task(name="qdg-null-draw")
-def null_draw(blocks: list[ArtifactRef], *, kind: str, draw: int, method: str, neighbors: int, n_clusters: list[int],
-              seeds: list[int], spectral: SpectralOptions, zipf: ZipfConfig, null_seed: int,
+def null_draw(blocks: list[ArtifactRef], *, kind: str, draw: int, method: str, neighbors: int, weighting: str,
+              n_clusters: list[int], seeds: list[int], spectral: SpectralOptions, zipf: ZipfConfig, null_seed: int,
               store: str) -> ArtifactRef:
     """One draw of a null (`kind`: gaussian or permuted) for the representation whose blocks are given: the same
     affinity, clusterings and Zipf fits -> `qdg.null_draw`. Cached per draw: it takes the draw's index and the
     null's seed, never `null.draws`, so adding draws computes only the new ones."""
     return null_draw_to_store(Store(store), blocks, kind, draw, method=method, neighbors=neighbors,
-                              n_clusters=n_clusters, seeds=seeds, spectral=spectral, zcfg=zipf, null_seed=null_seed)
+                              weighting=weighting, n_clusters=n_clusters, seeds=seeds, spectral=spectral, zcfg=zipf,
+                              null_seed=null_seed)
 
 
 # -------------------------------------------------------------------------------------------- the summary
@@ -260,10 +267,10 @@ def verdict(consistent: str, null: pd.DataFrame | None, representation: str,
             statistic: str = "envelope_slope") -> tuple[str, str]:
     """The three-valued `consistent` of a statistic and why: `indeterminate` when it is not distinguishable from
     every null kind (inside the range chance gives: no claim either way), else the paper's rule's yes / no
-    (`consistent`, from the Zipf table); n/a stays n/a. Without a null (null.draws = 0) the verdict is
-    `indeterminate` too: nothing says the number is more than chance."""
+    (`consistent`, from the Zipf table); a statistic that cannot be compared (n/a) is indeterminate too, and so is
+    every verdict without a null (null.draws = 0): nothing says the number is more than chance."""
     if consistent == "n/a":
-        return "n/a", "no slope or no alpha_N to compare"
+        return "indeterminate", f"the {statistic} has no finite interval, or there is no alpha_N to compare it with"
     if null is None or null.empty:
         return "indeterminate", "no null was drawn (null.draws = 0): nothing says this slope is more than chance"
     rows = null[(null.representation == representation) & (null.statistic == statistic)]

@@ -138,12 +138,35 @@ def chosen_subtasks(loss_bits: np.ndarray, threshold: float, control: bool) -> n
     return unlearned[:len(learned)]
 
 
-def sample_subtasks(spec: SparseParitySpec, subtasks: np.ndarray, per_subtask: int,
+def frequency_counts(probs: np.ndarray, subtasks: np.ndarray, min_per_subtask: int, seed: int) -> np.ndarray:
+    """Samples per subtask when they are drawn one by one from the task's own distribution restricted to `subtasks`
+    (p_i / sum of theirs), until the rarest has `min_per_subtask`: (len(subtasks),) int64 counts, in `subtasks`
+    order. The stopping rule is exact (the draw sequence is cut at the first sample that completes the rarest)."""
+    p = np.asarray(probs, dtype=np.float64)[np.asarray(subtasks)]
+    p = p / p.sum()
+    rng = np.random.default_rng([int(seed), 0xF7E9])
+    counts = np.zeros(len(p), dtype=np.int64)
+    batch = int(np.ceil(min_per_subtask / p.min()))
+    while counts.min() < min_per_subtask:
+        draws = rng.choice(len(p), size=batch, p=p)
+        # where each subtask reaches min_per_subtask in this batch (or never): the sequence stops at the latest
+        reach = []
+        for c in range(len(p)):
+            need = min_per_subtask - counts[c]
+            at = np.flatnonzero(draws == c)
+            reach.append(-1 if need <= 0 else (int(at[need - 1]) if at.size >= need else None))
+        stop = None if any(r is None for r in reach) else max(reach) + 1
+        counts += np.bincount(draws[:stop] if stop is not None else draws, minlength=len(p))
+    return counts
+
+
+def sample_subtasks(spec: SparseParitySpec, subtasks: np.ndarray, per_subtask,
                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`per_subtask` fresh samples of each subtask, grouped by subtask: task (n,) int64, bits (n, n_bits) uint8,
-    label (n,) int64. Seeded (the study's Sampler with its own generator)."""
+    """`per_subtask` fresh samples of each subtask (an int, or one count per subtask), grouped by subtask: task (n,)
+    int64, bits (n, n_bits) uint8, label (n,) int64. Seeded (the study's Sampler with its own generator)."""
     sampler = Sampler(spec, seed=seed)
-    parts = [sampler.sample(per_subtask, task=int(t)) for t in subtasks]
+    counts = np.broadcast_to(np.asarray(per_subtask, dtype=np.int64), (len(subtasks),))
+    parts = [sampler.sample(int(c), task=int(t)) for t, c in zip(subtasks, counts)]
     task = torch.cat([p[0] for p in parts]).numpy().astype(np.int64)
     bits = torch.cat([p[1] for p in parts]).numpy().astype(np.uint8)
     label = torch.cat([p[2] for p in parts]).numpy().astype(np.int64)
@@ -162,10 +185,15 @@ def parity_samples(model: ArtifactRef, spec: ArtifactRef, *, cfg: ParityModelCon
         raise ParityModelError(f"model {model.short} has {len(loss_bits)} subtasks, the spec {sp.n_tasks}")
     subtasks = chosen_subtasks(loss_bits, cfg.learned_threshold_bits, control)
     # the control's samples come from their own stream, so adding the control never changes the learned samples
-    task, bits, label = sample_subtasks(sp, subtasks, cfg.samples_per_subtask, cfg.seed_samples * 2 + int(control))
+    per_subtask = cfg.samples_per_subtask
+    if cfg.sampling == "frequency" and not control:  # the control keeps equal samples: it is about the ARI
+        per_subtask = frequency_counts(sp.probs, subtasks, cfg.min_per_subtask, cfg.seed_samples)
+    task, bits, label = sample_subtasks(sp, subtasks, per_subtask, cfg.seed_samples * 2 + int(control))
     learned = loss_bits[task] < cfg.learned_threshold_bits
     attrs = {"n_tasks": sp.n_tasks, "n_bits": sp.n_bits, "control": control, "subtasks": subtasks.tolist(),
-             "learned_threshold_bits": cfg.learned_threshold_bits, "samples_per_subtask": cfg.samples_per_subtask}
+             "learned_threshold_bits": cfg.learned_threshold_bits, "samples_per_subtask": cfg.samples_per_subtask,
+             "sampling": "equal" if control else cfg.sampling, "probs": sp.probs.tolist(),
+             "counts": np.broadcast_to(np.asarray(per_subtask), (len(subtasks),)).astype(int).tolist()}
     return st.write_zarr("qdg.parity_samples", {"task": task, "bits": bits, "label": label, "learned": learned},
                          attrs, inputs=[model, spec], params={**cfg.model_dump(), "control": control})
 

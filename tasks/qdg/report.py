@@ -14,7 +14,7 @@ from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.lm.tokenizer import decode, load_tokenizer, token_context
 from tasks.qdg.null import null_results, null_shown, verdict
-from tasks.qdg.zipf import size_envelope, sizes_from_labels
+from tasks.qdg.zipf import headline_exponent, size_envelope, sizes_from_labels
 from tasks.reporting import Report, inline_code, publish, subplots
 
 CONSISTENT_RULE = ("consistent iff the rank-frequency slope's confidence interval (OLS t-interval) overlaps the "
@@ -262,7 +262,7 @@ def build_qdg_report(st: Store, selection: ArtifactRef, tokens: ArtifactRef, tok
     rep = Report(rcfg.title, dpi=rcfg.dpi)
     env = zdf[zdf.scope == "envelope"].iloc[0]
     ndf = st.read_table(null) if null is not None else None
-    verdict_, why = verdict(env.consistent, ndf, primary)
+    verdict_, why = headline_verdict(zdf, ndf, primary)
     rep.text(f"**consistent: {verdict_}** — {why}.")
     rep.text(
         f"{n} tokens (selected by model `{selected_by}`); headline representation **{primary}**: {WHAT[primary]}, "
@@ -351,6 +351,17 @@ def qdg_report(selection: ArtifactRef, tokens: ArtifactRef, tokenizer: ArtifactR
 
 
 # ---------------------------------------------------------------------------------------------- results
+def headline_verdict(zdf: pd.DataFrame, ndf: pd.DataFrame | None, representation: str) -> tuple[str, str]:
+    """`consistent` of the study: on the calibrated headline exponent when the Zipf table has one (against its
+    null), else on the paper's envelope slope."""
+    head = zdf[zdf.scope == "headline"]
+    if len(head):
+        value, why = verdict(head.consistent.iloc[0], ndf, representation, "headline_exponent")
+        return value, f"headline exponent ({head.note.iloc[0].split(';')[0]}): {why}"
+    env = zdf[zdf.scope == "envelope"].iloc[0]
+    return verdict(env.consistent, ndf, representation)
+
+
 def _f(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
@@ -395,7 +406,7 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         agreement = [{"k": int(r.k), "a": r.a, "b": r.b, "ari": float(r.ari)}
                      for r in st.read_table(refs["agreement"]).itertuples()]
     primary = refs.get("primary", "gradient")
-    verdict_, why = verdict(env.consistent, ndf, primary)
+    verdict_, why = headline_verdict(zdf, ndf, primary)
     res = {
         "representation": primary,
         "n_tokens": int(env.n_tokens),
@@ -417,6 +428,7 @@ def qdg_results(st: Store, refs: dict, zcfg: ZipfConfig) -> dict:
         "consistent_rule": "indeterminate when the envelope slope is inside the range of any null; else the "
                            "paper's rule: " + CONSISTENT_RULE,
         "null": null_results(ndf),
+        "headline_exponent": headline_exponent(zdf),
         "stability_ari": stability,
         "projection_ari": projection,
         "representations": reps,

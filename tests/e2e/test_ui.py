@@ -117,6 +117,23 @@ def _shown_plots(browser, want: int, path: Path, timeout: float = 90) -> tuple[l
         time.sleep(0.5)
 
 
+DRAWN_CHARTS_JS = ("[...document.querySelectorAll('svg[id^=\"mermaid\"]')].filter(s => "
+                   "s.getBoundingClientRect().width > 100 && s.querySelectorAll('g.node').length >= 2).length")
+
+
+def _drawn_charts(browser, want: int, path: Path, timeout: float = 120) -> None:
+    """Wait until all `want` Mermaid charts of the page are drawn (the UI draws them one after another and can
+    swap the markdown back to its placeholder meanwhile), then take the screenshot while they still are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        browser.wait_for(f"{DRAWN_CHARTS_JS} >= {want}", max(1.0, deadline - time.monotonic()))
+        time.sleep(1)  # let the layout settle before the screenshot
+        browser.screenshot(path)
+        if browser.evaluate(DRAWN_CHARTS_JS) >= want:
+            return
+        assert time.monotonic() < deadline, f"{path.name}: the page's {want} charts did not stay drawn"
+
+
 # the report page's Mermaid charts as drawn: nodes, and a node label's size on the screen (its font size in the
 # chart's units x the chart's scale: a wide chart is shrunk to the column)
 MERMAID_JS = """[...document.querySelectorAll('svg[id^="mermaid"]')].map(s => {
@@ -224,10 +241,7 @@ def test_each_study_report_renders_in_the_prefect_ui(tmp_path):
                     assert img["shown_width"] > 50 and img["shown_height"] > 50, f"{study}: not laid out: {img}"
                 assert _non_blank(shot) > 50, f"{study}: the screenshot is blank"
                 _check_plots_legible(study, images, _png_dpi(report.data))
-                browser.wait_for("[...document.querySelectorAll('svg[id^=\"mermaid\"]')].filter(s => "
-                                 "s.querySelectorAll('g.node').length >= 2).length", 120)
-                time.sleep(1)  # let the layout settle before the screenshot
-                browser.screenshot(SHOTS / f"{study}-report.png")
+                _drawn_charts(browser, report.data.count("```mermaid"), SHOTS / f"{study}-report.png")
                 lineage_chart = _check_lineage_chart(study, browser.evaluate(MERMAID_JS))
                 text = browser.evaluate("document.body.innerText")
                 examples = _check_cluster_examples(report_dirs[study], text) if study == "qdg" else 0
@@ -237,13 +251,13 @@ def test_each_study_report_renders_in_the_prefect_ui(tmp_path):
 
                 lineage = _latest(api, f"{study}-lineage")
                 browser.open(f"{ui}/artifacts/artifact/{lineage.id}")
-                # Mermaid draws into an <svg id="mermaid-..."> once rendered (a grey placeholder before that)
+                # Mermaid draws into an <svg id="mermaid-..."> once rendered (a grey placeholder before that): the
+                # lineage by kind and the full graph, which names the report
+                _drawn_charts(browser, lineage.data.count("```mermaid"), SHOTS / f"{study}-lineage.png")
                 drawn = browser.wait_for(
                     "[...document.querySelectorAll('svg[id^=\"mermaid\"]')].filter(s => "
                     "s.getBoundingClientRect().width > 100 && s.querySelectorAll('g.node').length >= 3"
                     " && s.textContent.includes('report')).length", 120)
-                time.sleep(1)  # let the layout settle before the screenshot
-                browser.screenshot(SHOTS / f"{study}-lineage.png")
                 seen[study] = {"title": title, "plots": len(images), "mermaid_svgs": drawn,
                                "report_kib": round(len(report.data.encode()) / 1024, 1),
                                "lineage_kib": round(len(lineage.data.encode()) / 1024, 1),

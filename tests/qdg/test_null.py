@@ -91,7 +91,7 @@ def test_compare_with_null_p_values_and_the_draw_count_that_a_p_value_needs():
 
 def test_no_null_is_never_a_claim():
     assert verdict("yes", None, "r")[0] == "indeterminate"
-    assert verdict("n/a", None, "r")[0] == "n/a"
+    assert verdict("n/a", None, "r")[0] == "indeterminate"
 
 
 def test_null_draws_are_reproducible_bit_for_bit(store):

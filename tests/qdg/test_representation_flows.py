@@ -52,8 +52,8 @@ def test_each_representation_is_its_own_cached_stage(project_root, store_root, s
         f"{p}{b}" for p in mine[:3] for b in ("0-50", "50-100", "100-120")} | {
         f"{p}k{k}-s{s}" for p in mine[3:] for k in (4, 8) for s in (0, 1)}, ran
     assert {k for k in ran if not k.startswith((*mine, "qdg-report"))} == {
-        *(f"qdg-{t}-{r}" for t in ("similarity", "stability", "zipf") for r in ("abs_gradient", "attribution",
-                                                                                "ablation")),
+        *(f"qdg-{t}-{r}" for t in ("similarity", "stability", "size-exponent", "zipf")
+          for r in ("abs_gradient", "attribution", "ablation")),
         "qdg-representation-ari"}, ran
     assert len([k for k in ran if k.startswith("qdg-report")]) == 1, ran
 
