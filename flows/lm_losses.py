@@ -16,6 +16,7 @@ from tasks.devices import resolve_device
 from tasks.lm.corpus import CorpusError, build_corpus, corpus_fingerprint, corpus_files
 from tasks.lm.decomposition import decompose
 from tasks.lm.distributions import loss_distributions
+from tasks.lm.dynamics import assemble_checkpoint_losses, checkpoint_plan, training_dynamics
 from tasks.lm.losses import assemble_token_losses, token_loss_column
 from tasks.lm.model_source import ModelSource
 from tasks.lm.report import lm_report, study_results
@@ -40,7 +41,9 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
     if suite.kind == "trained":
         train_tokens = tokenize_split(docs, texts, tokenizer, split="train", max_tokens=None, store=store)
         for size in suite.sizes:  # one after another: each size uses every core
-            model = train_model(train_tokens, tokenizer, size=size, params=train_params(suite), store=store)
+            ckpts = tuple(suite.checkpoint_steps) if size.label == suite.dynamics_name() else ()
+            model = train_model(train_tokens, tokenizer, size=size, params=train_params(suite), store=store,
+                                checkpoint_steps=ckpts)
             models.append(model)
             columns.append(token_loss_column(eval_tokens, label=size.label, model=ModelSource.trained(model),
                                              **scoring))
@@ -51,12 +54,37 @@ def lm_losses_pipeline(config: LMConfig, store: str, key_prefix: str = "lm-losse
     losses = assemble_token_losses(columns, store=store)
     parts = decompose(losses, cfg=config.analysis, store=store)
     dists = loss_distributions(losses, eval_tokens, cfg=config.analysis, store=store)
-    report = lm_report(parts, losses, eval_tokens, tokenizer, dists, cfg=config.analysis, rcfg=config.report,
-                       store=store, key_prefix=key_prefix)
+    dynamics = dynamics_pipeline(config, eval_tokens, models, columns, scoring, store)
+    report = lm_report(parts, losses, eval_tokens, tokenizer, dists, dynamics, cfg=config.analysis,
+                       rcfg=config.report, store=store, key_prefix=key_prefix)
     return {"documents": docs, "texts": texts, "tokenizer": tokenizer, "eval_tokens": eval_tokens,
             "train_tokens": train_tokens, "models": models, "loss_columns": columns, "token_losses": losses,
             "scaling": parts["scaling"], "fits": parts["fits"], "token_classes": parts["classes"], **dists,
-            "report": report}
+            **(dynamics or {}), "report": report}
+
+
+def dynamics_pipeline(config: LMConfig, eval_tokens, models: list, columns: list, scoring: dict,
+                      store: str) -> dict | None:
+    """Training dynamics: the dynamics model's checkpoints, each scored by its own cached task (a trained
+    checkpoint read from its lm.model's checkpoints/, a pretrained one by `from_pretrained(name, revision=...)`),
+    stacked by step and analysed. None when the suite has no checkpoints."""
+    suite = config.suite
+    name = suite.dynamics_name()
+    if name is None:
+        return None
+    cols, steps = [], []
+    for revision, step in checkpoint_plan(suite):
+        if suite.kind == "trained":
+            source = ModelSource.trained(models[[s.label for s in suite.sizes].index(name)], revision)
+        else:
+            source = ModelSource.pretrained(name, revision)
+        cols.append(token_loss_column(eval_tokens, label=f"{name}@{revision}", model=source, **scoring))
+        steps.append(step)
+    if suite.kind == "trained":  # the final model is the last checkpoint
+        cols.append(columns[[s.label for s in suite.sizes].index(name)])
+        steps.append(suite.steps)
+    stacked = assemble_checkpoint_losses(cols, steps=steps, model=name, store=scoring["store"])
+    return {"checkpoint_losses": stacked, **training_dynamics(stacked, cfg=config.analysis, store=store)}
 
 
 @flow(name="lm-losses", log_prints=True)

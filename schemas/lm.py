@@ -25,6 +25,11 @@ MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1
 
 
 # ----------------------------------------------------------------------------------------------- config
+def revision_step(revision: str) -> int | None:
+    """The training step a checkpoint revision names ('step1000' -> 1000), else None."""
+    return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else None
+
+
 class CorpusConfig(StrictModel):
     """Where the documents come from.
 
@@ -113,6 +118,13 @@ class SuiteConfig(StrictModel):
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     seed: int = Field(0, ge=0, description="trained: init seed and data-order seed (same order for every size)")
+    # training dynamics (paper Figure 11): one model's checkpoints, each scored as its own cached task
+    checkpoint_steps: list[int] = Field([], description="trained: steps at which dynamics_model is saved during "
+                                        "training (each < steps; the final model is the last checkpoint)")
+    revisions: list[str] = Field([], description="pretrained: hub revisions of dynamics_model to score, each "
+                                 "'step<N>' (Pythia: step1000 ... step143000)")
+    dynamics_model: str | None = Field(None, description="the model whose checkpoints are scored: a size label "
+                                       "(trained) or a name of `models` (pretrained); None = the largest / last")
     # both
     context_length: int = Field(128, description="window length for training and for per-token losses")
     eval_batch_size: int = Field(16, ge=1, description="windows per forward pass when collecting losses")
@@ -138,7 +150,35 @@ class SuiteConfig(StrictModel):
                 raise ValueError("suite.models must not be empty for a pretrained suite")
             if len(set(self.models)) != len(self.models):
                 raise ValueError("suite.models must be distinct")
+        self._check_dynamics()
         return self
+
+    def _check_dynamics(self) -> None:
+        trained = self.kind == "trained"
+        if trained and self.revisions:
+            raise ValueError("suite.revisions are a pretrained suite's checkpoints; a trained suite saves its own: "
+                             "use suite.checkpoint_steps")
+        if not trained and self.checkpoint_steps:
+            raise ValueError("suite.checkpoint_steps are saved while training; a pretrained suite's checkpoints are "
+                             "suite.revisions")
+        steps = self.checkpoint_steps
+        if steps and (steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] >= self.steps):
+            raise ValueError(f"suite.checkpoint_steps must be increasing, distinct, >= 1 and < suite.steps = "
+                             f"{self.steps} (got {steps})")
+        bad = [r for r in self.revisions if revision_step(r) is None]
+        if bad or len(set(self.revisions)) != len(self.revisions):
+            raise ValueError(f"suite.revisions must be distinct, each 'step<N>' (got {bad or self.revisions})")
+        names = [s.label for s in self.sizes] if trained else list(self.models)
+        if self.dynamics_model is not None and self.dynamics_model not in names:
+            raise ValueError(f"suite.dynamics_model {self.dynamics_model!r} is not a model of the suite {names}")
+
+    def dynamics_name(self) -> str | None:
+        """The model whose checkpoints are scored, or None without checkpoints."""
+        if not (self.checkpoint_steps or self.revisions):
+            return None
+        if self.dynamics_model is not None:
+            return self.dynamics_model
+        return self.sizes[-1].label if self.kind == "trained" else self.models[-1]
 
 
 class AnalysisConfig(StrictModel):
@@ -262,14 +302,24 @@ LOSS_COLUMN = register(
 )
 
 
-def _losses_checks(arrays, attrs):
-    names = list(attrs["models"])
-    if len(names) != arrays["loss"].shape[1]:
-        return "attrs.models", f"must name the {arrays['loss'].shape[1]} model columns", len(names)
-    ne = np.asarray(arrays["n_params_nonembed"][...])
-    if ne.size > 1 and (np.diff(ne) < 0).any():
-        return "n_params_nonembed", "models must be ordered by non-embedding parameters", ne.tolist()
+def _column_checks(arrays, attrs, names_attr: str, order_array: str, strict: bool, order_message: str):
+    """A tokens x columns loss array: `attrs[names_attr]` names every column, `order_array` orders them (strictly
+    increasing, or non-decreasing)."""
+    n_cols = arrays["loss"].shape[1]
+    names = list(attrs[names_attr])
+    if len(names) != n_cols:
+        return f"attrs.{names_attr}", f"must name the {n_cols} columns", len(names)
+    order = np.asarray(arrays[order_array][...])
+    if order.shape[0] != n_cols:
+        return order_array, f"must have one entry per column ({n_cols})", int(order.shape[0])
+    if order.size > 1 and ((np.diff(order) <= 0) if strict else (np.diff(order) < 0)).any():
+        return order_array, order_message, order.tolist()
     return None
+
+
+def _losses_checks(arrays, attrs):
+    return _column_checks(arrays, attrs, "models", "n_params_nonembed", False,
+                          "models must be ordered by non-embedding parameters")
 
 
 TOKEN_LOSSES = register(
@@ -383,6 +433,51 @@ TRANSITIONS = register("lm.transitions", "parquet", 1, TransitionsTable,
                        "tokens learned at one size and kept at the next; loss changes between adjacent sizes")
 ALPHA_N_RESAMPLED = register("lm.alpha_n_resampled", "parquet", 1, LMFitsTable,
                              "alpha_N (log-log OLS) with intervals from resampling documents, and models too")
+
+def _checkpoint_losses_checks(arrays, attrs):
+    return _column_checks(arrays, attrs, "checkpoints", "step", True, "checkpoints must be ordered by increasing step")
+
+
+CHECKPOINT_LOSSES = register(
+    "lm.checkpoint_losses", "zarr", 1,
+    GroupSpec(
+        arrays={
+            "loss": ArraySpec("float32", ("token", "checkpoint"), (finite_or_nan(), in_range(0.0))),
+            "step": ArraySpec("int64", ("checkpoint",), (in_range(1),), whole=True),
+        },
+        required_attrs=("model", "checkpoints", "tokens"),
+        group_checks=(_checkpoint_losses_checks,),
+    ),
+    "per-token losses (nats) of one model over its training checkpoints, tokens x checkpoints by step",
+)
+
+
+class DynamicsTable(StrictTable):
+    """Mean loss of one model at each of its checkpoints (paper Figure 11, left)."""
+
+    checkpoint: Series[str]
+    step: Series[int] = pa.Field(ge=1)
+    mean_loss: Series[float] = pa.Field(ge=0, description="nats, over the tokens every checkpoint predicts")
+    median_loss: Series[float] = pa.Field(ge=0)
+    learned_fraction: Series[float] = pa.Field(ge=0, le=1, description="tokens below learned_bits here")
+    n_tokens: Series[int] = pa.Field(ge=0)
+
+
+DYNAMICS = register("lm.dynamics", "parquet", 1, DynamicsTable, "mean loss per training checkpoint")
+DYNAMICS_FIT = register("lm.dynamics_fit", "parquet", 1, LMFitsTable,
+                        "alpha_S: log-log OLS of mean loss vs step over the checkpoints")
+TOKEN_DYNAMICS = register(
+    "lm.token_dynamics", "zarr", 1,
+    GroupSpec(
+        arrays={
+            "learned_step": ArraySpec("float64", ("token",), (finite_or_nan(), in_range(0.0))),
+            "cls": ArraySpec("int8", ("token",), (in_range(0, 2),)),
+        },
+        required_attrs=("learned_bits", "n_valid", "counts"),
+    ),
+    "per token: the step from which its loss stays below learned_bits (NaN: never), and its learning curve's class "
+    "(1 one sharp drop, 2 gradual, 0 neither)",
+)
 
 __all__ = ["LMConfig", "CorpusConfig", "TokenizerConfig", "SuiteConfig", "ModelSize", "AnalysisConfig",
            "ReportConfig", "SPECIAL_TOKENS", "MIN_VOCAB"]

@@ -42,11 +42,10 @@ class TaskConfig(StrictModel):
         # alpha = 0 in this project's convention would be p_i ~ 1/i, not uniform: the control is its own setting
         freq = info.data.get("frequencies", "zipf")
         if freq == "uniform" and v != 0:
-            raise ValueError(f"alpha must be 0 with frequencies = 'uniform' (uniform frequencies have no power law; "
-                             f"got alpha = {v})")
+            raise ValueError("alpha must be 0 with frequencies = 'uniform' (uniform frequencies have no power law)")
         if freq == "zipf" and v <= 0:
-            raise ValueError(f"alpha must be > 0 for Zipf frequencies (got {v}); for uniform frequencies set "
-                             "frequencies = 'uniform' and alpha = 0")
+            raise ValueError("alpha must be > 0 for Zipf frequencies; for uniform frequencies set frequencies = "
+                             "'uniform' and alpha = 0")
         return v
 
 

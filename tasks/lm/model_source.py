@@ -25,6 +25,8 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+CHECKPOINTS_DIR = "checkpoints"  # inside a trained lm.model: checkpoints/step<N>/, each a save_pretrained dir
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,9 +60,10 @@ def model_fingerprint(name_or_path: str, revision: str | None) -> str:
 
 
 class ModelSource(BaseModel):
-    """A trained `lm.model` artifact (`ref`) or a pretrained model (`name` at `revision`, keyed by `fingerprint`):
-    exactly one of `ref` and `name`. Build one with `ModelSource.trained(ref)` or `ModelSource.pretrained(name,
-    revision)` (which fingerprints a local directory's files)."""
+    """A trained `lm.model` artifact (`ref`, optionally at a checkpoint `revision` it saved while training:
+    `checkpoints/<revision>/` inside it) or a pretrained model (`name` at `revision`, keyed by `fingerprint`):
+    exactly one of `ref` and `name`. Build one with `ModelSource.trained(ref[, revision])` or
+    `ModelSource.pretrained(name, revision)` (which fingerprints a local directory's files)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,16 +76,16 @@ class ModelSource(BaseModel):
     def _one_source(self) -> "ModelSource":
         if (self.ref is None) == (self.name is None):
             raise ValueError("a ModelSource is a trained lm.model ref or a pretrained name: give exactly one")
-        if self.ref is not None and (self.revision is not None or self.fingerprint is not None):
-            raise ValueError("a trained ModelSource is its lm.model ref alone (no revision or fingerprint)")
+        if self.ref is not None and self.fingerprint is not None:
+            raise ValueError("a trained ModelSource is its lm.model ref (and a checkpoint revision), no fingerprint")
         if self.name is not None and not self.fingerprint:
             raise ValueError(f"the pretrained ModelSource {self.name!r} needs its fingerprint "
                              "(use ModelSource.pretrained)")
         return self
 
     @classmethod
-    def trained(cls, ref: ArtifactRef) -> "ModelSource":
-        return cls(ref=ref)
+    def trained(cls, ref: ArtifactRef, revision: str | None = None) -> "ModelSource":
+        return cls(ref=ref, revision=revision)
 
     @classmethod
     def pretrained(cls, name: str, revision: str | None = None) -> "ModelSource":
@@ -96,7 +99,9 @@ class ModelSource(BaseModel):
     @property
     def identity(self) -> str:
         """The model's content: the lm.model's content hash, or the pretrained model's fingerprint."""
-        return self.ref.content_hash if self.ref is not None else str(self.fingerprint)
+        if self.ref is not None:
+            return self.ref.content_hash + (f"@{self.revision}" if self.revision else "")
+        return str(self.fingerprint)
 
     def params(self) -> dict:
         """How the model is named in an artifact's recorded parameters."""
@@ -107,5 +112,12 @@ class ModelSource(BaseModel):
         (its metadata's name), a pretrained model's its name."""
         if self.ref is not None:
             path = st.local_dir(self.ref)
-            return load_causal_lm(path, dtype=dtype, device=device), model_meta(path).get("name", self.ref.short)
+            label = model_meta(path).get("name", self.ref.short)
+            if self.revision is not None:
+                ckpt = path / CHECKPOINTS_DIR / self.revision
+                if not ckpt.is_dir():
+                    raise ValueError(f"model {label} has no checkpoint {self.revision!r} (it saved "
+                                     f"{sorted(p.name for p in (path / CHECKPOINTS_DIR).glob('*'))})")
+                return load_causal_lm(ckpt, dtype=dtype, device=device), f"{label}@{self.revision}"
+            return load_causal_lm(path, dtype=dtype, device=device), label
         return load_causal_lm(self.name, revision=self.revision, dtype=dtype, device=device), self.name

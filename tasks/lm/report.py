@@ -99,9 +99,41 @@ def distribution_sections(rep: Report, extra: dict, loss: np.ndarray, names: lis
     rep.table("alpha_n_resampled", resampled)
 
 
+def dynamics_section(rep: Report, dyn: dict, plots: bool) -> None:
+    """Training dynamics (paper Figure 11): mean loss vs step with alpha_S, p(L) over training, learning steps."""
+    table, fit, tok, attrs = dyn["dynamics"], dyn["fit"], dyn["token_dynamics"], dyn["attrs"]
+    n, c = int(attrs["n_valid"]), attrs["counts"]
+    ci = f"[{fit['ci_lo']:.3g}, {fit['ci_hi']:.3g}]" if np.isfinite(fit["ci_lo"]) else "n/a"
+    rep.text(f"## Training dynamics\n\nOne model over {len(table)} checkpoints: **alpha_S = {fit['value']:.3g}** "
+             f"(CI {ci}; log-log OLS of mean loss on step{'; ' + fit['note'] if fit['note'] else ''}). Of {n} tokens, "
+             f"{c['learned']} end learned (< {attrs['learned_bits']} bits from some checkpoint on); learning curves "
+             f"with one sharp drop: {c['sharp']}, gradual: {c['gradual']}.")
+    rep.table("dynamics", table)
+    if not plots:
+        return
+    fig, axes = subplots(1, 3, shape="row")
+    axes[0].loglog(table.step, table.mean_loss, "o-", ms=3)
+    if np.isfinite(fit["value"]):
+        axes[0].loglog(table.step, fit["A"] * table.step.to_numpy(float) ** -fit["value"], "k--", lw=1,
+                       label=f"alpha_S = {fit['value']:.3g}")
+        axes[0].legend(fontsize=7)
+    axes[0].set(xlabel="step", ylabel="mean loss (nats)", title="mean loss dynamics")
+    dist = dyn["distribution"]
+    centres = (dist["bin_edges_bits"][:-1] + dist["bin_edges_bits"][1:]) / 2
+    cmap = colormaps["plasma"]
+    for j in range(len(table)):
+        axes[1].plot(centres, dist["density"][j], color=cmap(j / max(1, len(table) - 1)), lw=0.8)
+    axes[1].set(xscale="log", xlabel="test cross-entropy L (bits)", ylabel="p(L)", title="p(L) over training")
+    steps = tok["learned_step"][np.isfinite(tok["learned_step"])]
+    if steps.size:
+        axes[2].hist(steps, bins=np.unique(np.concatenate([table.step.to_numpy(float), [0.0]])))
+    axes[2].set(xlabel="step from which the token stays learned", ylabel="tokens", title="per-token learning step")
+    rep.figure("training_dynamics", fig)
+
+
 def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes: dict, cls_attrs: dict, tokenizer,
                     ids: np.ndarray, offsets: np.ndarray, cfg: AnalysisConfig, rcfg: ReportConfig,
-                    corpus_note: str = "", extra: dict | None = None) -> tuple[Report, dict]:
+                    corpus_note: str = "", extra: dict | None = None, dyn: dict | None = None) -> tuple[Report, dict]:
     names = scaling.model.tolist()
     ne = scaling.n_params_nonembed.to_numpy(dtype=float)
     n_valid = int(cls_attrs["n_valid"])
@@ -155,6 +187,8 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
         rep.figure("example_curves", fig)
     if extra is not None:
         distribution_sections(rep, extra, loss[ok], names, cfg, rcfg.plots)
+    if dyn is not None:
+        dynamics_section(rep, dyn, rcfg.plots)
     for which, name in ((MONOGENIC, "monogenic_examples"), (POLYGENIC, "polygenic_examples")):
         idx = pick_examples(classes["cls"], which, cfg.n_examples, cfg.seed)
         if len(idx):
@@ -167,7 +201,8 @@ def build_lm_report(scaling: pd.DataFrame, fit: dict, loss: np.ndarray, classes:
 
 @quanta_task(name="lm-report")
 def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, tokens: ArtifactRef,
-              tokenizer: ArtifactRef, distributions: dict[str, ArtifactRef], *, cfg: AnalysisConfig,
+              tokenizer: ArtifactRef, distributions: dict[str, ArtifactRef],
+              dynamics: dict[str, ArtifactRef] | None = None, *, cfg: AnalysisConfig,
               rcfg: ReportConfig, store: str, key_prefix: str = "lm-losses") -> ArtifactRef:
     """The study's report (markdown with plots, tables) in the store and as keyed Prefect artifacts."""
     st = Store(store)
@@ -180,10 +215,16 @@ def lm_report(decomposition: dict[str, ArtifactRef], token_losses: ArtifactRef, 
     extra = {"loss_distribution": st.read_zarr(distributions["loss_distribution"])[0],
              "transitions": st.read_table(distributions["transitions"]),
              "alpha_n_resampled": st.read_table(distributions["alpha_n_resampled"])}
+    dyn = None
+    if dynamics is not None:
+        tok_arrays, tok_attrs = st.read_zarr(dynamics["token_dynamics"])
+        dyn = {"dynamics": st.read_table(dynamics["dynamics"]),
+               "fit": st.read_table(dynamics["dynamics_fit"]).iloc[0].to_dict(), "token_dynamics": tok_arrays,
+               "attrs": tok_attrs, "distribution": st.read_zarr(dynamics["dynamics_distribution"])[0]}
     rep, _ = build_lm_report(scaling, fit, larr["loss"], classes, cls_attrs, tok, tarr["ids"], tarr["offsets"],
-                             cfg, rcfg, extra=extra)
+                             cfg, rcfg, extra=extra, dyn=dyn)
     return publish(rep, st, key_prefix, inputs=[*decomposition.values(), token_losses, tokens, tokenizer,
-                                                *distributions.values()],
+                                                *distributions.values(), *(dynamics or {}).values()],
                    params={"analysis": cfg.model_dump(mode="json")})
 
 
@@ -223,4 +264,12 @@ def study_results(st: Store, refs: dict) -> dict:
         "stay_learned_fraction": {r.model: float(r.stay_fraction) for r in trans.itertuples() if r.next_model},
         "report_dir": refs["report"].uri,
     }
+    if refs.get("dynamics") is not None:  # training dynamics: the checkpoints' alpha_S and learning curves
+        dfit = st.read_table(refs["dynamics_fit"]).iloc[0]
+        counts = dict(st.open_zarr(refs["token_dynamics"]).attrs["counts"])
+        dyn = st.read_table(refs["dynamics"])
+        res.update({"alpha_S": float(dfit.value), "alpha_S_ci": [float(dfit.ci_lo), float(dfit.ci_hi)],
+                    "dynamics_steps": [int(v) for v in dyn.step],
+                    "dynamics_mean_loss": [float(v) for v in dyn.mean_loss],
+                    "dynamics_counts": counts})
     return jsonable(res)

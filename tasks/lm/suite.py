@@ -21,7 +21,7 @@ from schemas.lm import ModelSize
 from storage import ArtifactRef, Store
 from tasks.caching import quanta_task
 from tasks.devices import resolve_device
-from tasks.lm.model_source import quiet_transformers
+from tasks.lm.model_source import CHECKPOINTS_DIR, quiet_transformers
 from tasks.lm.tokenizer import load_tokenizer
 from tasks.progress import Progress
 
@@ -93,11 +93,14 @@ _INIT_LOCK = threading.Lock()
 
 def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_length: int, steps: int,
              batch_size: int, lr: float, warmup_steps: int, weight_decay: float, seed: int,
-             device: str | torch.device = "cpu", eos_token_id: int = 0, log_every: int = 25, progress=None):
+             device: str | torch.device = "cpu", eos_token_id: int = 0, log_every: int = 25, progress=None,
+             checkpoint_steps: tuple[int, ...] = (), checkpoints: dict | None = None):
     """Train one GPT-NeoX of `size` from scratch on windows of `stream` (nanoGPT-style loop: AdamW, warmup +
     cosine, grad clip 1). Returns (model on CPU in eval mode, [(step, train loss)]); `progress(step, loss)` is called
-    every `log_every` steps. Raises TrainingDivergedError, naming the model and `lr`, as soon as a logged step finds
-    that some loss so far was NaN or infinite (checked on the device every step, read back only when logging)."""
+    every `log_every` steps. With `checkpoint_steps`, a CPU copy of the weights after each of those optimizer steps
+    goes into `checkpoints` ({step: state_dict}). Raises TrainingDivergedError, naming the model and `lr`, as soon
+    as a logged step finds that some loss so far was NaN or infinite (checked on the device every step, read back
+    only when logging)."""
     from transformers import GPTNeoXForCausalLM
 
     quiet_transformers()
@@ -125,6 +128,8 @@ def train_lm(size: ModelSize, stream: np.ndarray, vocab_size: int, *, context_le
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if checkpoints is not None and step + 1 in checkpoint_steps:
+            checkpoints[step + 1] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if step % log_every == 0 or step == steps - 1:
             history.append((step, float(loss.item())))
             if bool(diverged):
@@ -144,9 +149,11 @@ def train_params(suite) -> dict:
 
 @quanta_task(name="lm-train-model", task_run_name="lm-train-{size.label}")
 def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, *, size: ModelSize, params: dict,
-                store: str) -> ArtifactRef:
+                store: str, checkpoint_steps: tuple[int, ...] = ()) -> ArtifactRef:
     """Train one size on the train split; store it as an `lm.model` dir (save_pretrained: config.json +
-    model.safetensors, plus the tokenizer and quanta_model.json with parameter counts and the loss curve)."""
+    model.safetensors, plus the tokenizer and quanta_model.json with parameter counts and the loss curve), with
+    the weights after each of `checkpoint_steps` as `checkpoints/step<N>/` (the training-dynamics analysis; only
+    the suite's dynamics model is given any, so the other sizes keep their cache keys)."""
     st = Store(store)
     arrays, attrs = st.read_zarr(train_tokens)
     tok_dir = st.local_dir(tokenizer)
@@ -160,7 +167,8 @@ def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, *, size: Mode
         size, stream, int(attrs["vocab_size"]), context_length=params["context_length"], steps=params["steps"],
         batch_size=params["batch_size"], lr=params["lr"], warmup_steps=params["warmup_steps"],
         weight_decay=params["weight_decay"], seed=params["seed"], device=device, eos_token_id=eos,
-        progress=lambda step, loss: progress.update(step + 1 - progress.n, loss=f"{loss:.3f}"))
+        progress=lambda step, loss: progress.update(step + 1 - progress.n, loss=f"{loss:.3f}"),
+        checkpoint_steps=tuple(checkpoint_steps), checkpoints=(saved := {}))
     progress.close()
     seconds = time.time() - t0
     n_all, n_ne = param_counts(model)
@@ -175,6 +183,13 @@ def train_model(train_tokens: ArtifactRef, tokenizer: ArtifactRef, *, size: Mode
         tok.save_pretrained(str(p))
         (p / "quanta_model.json").write_text(json.dumps(meta, indent=2))
         (p / "generation_config.json").unlink(missing_ok=True)  # carries a timestamp-free default; not needed
+        final = {k: v.clone() for k, v in model.state_dict().items()}
+        for step, state in sorted(saved.items()):
+            model.load_state_dict(state)
+            model.save_pretrained(str(p / CHECKPOINTS_DIR / f"step{step}"), safe_serialization=True)
+            (p / CHECKPOINTS_DIR / f"step{step}" / "generation_config.json").unlink(missing_ok=True)
+        model.load_state_dict(final)
 
     return st.write_dir("lm.model", build, inputs=[train_tokens, tokenizer],
-                        params={"size": size.model_dump(mode="json"), **params, "seconds": round(seconds, 2)})
+                        params={"size": size.model_dump(mode="json"), **params, "seconds": round(seconds, 2),
+                                "checkpoint_steps": list(checkpoint_steps)})

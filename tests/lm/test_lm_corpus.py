@@ -93,6 +93,8 @@ def test_split_is_seeded_and_by_document(tmp_path):
     assert (split_documents(2, 0.01, 0) == "eval").sum() == 1  # at least one of each
     with pytest.raises(CorpusError, match="at least 2 documents"):
         split_documents(1, 0.5, 0)
+    # a pretrained suite scoring a corpus as the paper does: every document, one alone included
+    assert (split_documents(7, 1.0, 0) == "eval").all() and split_documents(1, 1.0, 0).tolist() == ["eval"]
     d = _files(tmp_path, {f"{i}.txt": f"doc {i}".encode() for i in range(10)})
     cfg = CorpusConfig(kind="files", path=str(d), eval_fraction=0.3)
     meta, texts = documents_frames(cfg, read_corpus(cfg)[0])

@@ -139,8 +139,11 @@ def test_a_model_source_is_one_trained_or_one_pretrained_model(tmp_path):
     assert trained.inputs == [ref] and trained.identity == ref.content_hash and trained.params()["model_name"] is None
     hub = ModelSource.pretrained("EleutherAI/pythia-70m", "step143000")
     assert hub.inputs == [] and hub.identity == "hub:EleutherAI/pythia-70m@step143000"
-    for bad in ({}, {"ref": ref, "name": "m", "fingerprint": "f"}, {"ref": ref, "revision": "r"},
-                {"name": "m"}):  # neither, both, a trained model with a revision, a name without its fingerprint
+    # a trained model at a checkpoint it saved is its own model (another identity, another cache key)
+    ckpt = ModelSource.trained(ref, "step10")
+    assert ckpt.identity == ref.content_hash + "@step10" and hash_objects(ckpt) != hash_objects(trained)
+    for bad in ({}, {"ref": ref, "name": "m", "fingerprint": "f"}, {"ref": ref, "fingerprint": "f"},
+                {"name": "m"}):  # neither, both, a trained model with a fingerprint, a name without its fingerprint
         with pytest.raises(ValidationError, match="ModelSource"):
             ModelSource(**bad)
     # a task input: the cache key hashes it, and a different revision is a different key
