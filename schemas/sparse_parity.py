@@ -245,11 +245,9 @@ class RunsTable(StrictTable):
 RUNS = register("sparse_parity.runs", "parquet", 1, RunsTable, "runs table: model x logged step")
 
 
-class FitsTable(StrictTable):
-    """One row per fitted exponent, beside its theory value."""
+class EstimateTable(StrictTable):
+    """The columns of a fitted quantity beside its theory value (FitsTable, QuantaTable add what they estimate)."""
 
-    quantity: Series[str] = pa.Field(isin=["alpha_N", "alpha_S", "alpha_D"])
-    alpha: Series[float] = pa.Field(ge=0, description="the task's alpha (0 = uniform frequencies: no power law)")
     value: Series[float] = pa.Field(nullable=True)
     ci_lo: Series[float] = pa.Field(nullable=True)
     ci_hi: Series[float] = pa.Field(nullable=True)
@@ -258,6 +256,13 @@ class FitsTable(StrictTable):
     n_points: Series[int] = pa.Field(ge=0)
     method: Series[str]
     note: Series[str]
+
+
+class FitsTable(EstimateTable):
+    """One row per fitted exponent, beside its theory value."""
+
+    quantity: Series[str] = pa.Field(isin=["alpha_N", "alpha_S", "alpha_D"])
+    alpha: Series[float] = pa.Field(ge=0, description="the task's alpha (0 = uniform frequencies: no power law)")
 
 
 FITS = register("sparse_parity.fits", "parquet", 1, FitsTable, "fitted exponents with CIs and theory values")
@@ -301,20 +306,12 @@ STEP_TEST = register("sparse_parity.step_test", "parquet", 1, StepTestTable,
                      "one step or a power law: the largest drop of final loss between adjacent sizes")
 
 
-class QuantaTable(StrictTable):
+class QuantaTable(EstimateTable):
     """Counting quanta, per alpha: slope of subtasks learned vs N (theory 1: n = N/C), C = parameters per learned
     subtask, slope of subtasks learned vs D at early stopping (paper Figure 9; theory 1/(alpha+1))."""
 
     alpha: Series[float] = pa.Field(ge=0, description="0 = uniform frequencies")
     quantity: Series[str] = pa.Field(isin=["subtasks_vs_N", "params_per_quantum", "subtasks_vs_D"])
-    value: Series[float] = pa.Field(nullable=True)
-    ci_lo: Series[float] = pa.Field(nullable=True)
-    ci_hi: Series[float] = pa.Field(nullable=True)
-    theory: Series[float] = pa.Field(nullable=True)
-    consistent: Series[pd.BooleanDtype] = pa.Field(nullable=True)
-    n_points: Series[int] = pa.Field(ge=0)
-    method: Series[str]
-    note: Series[str]
 
 
 QUANTA = register("sparse_parity.quanta", "parquet", 1, QuantaTable,
