@@ -7,6 +7,8 @@ gradient path, where clustering must find the subtasks. (Trained tiny models sha
 and do not reach ARI 0.9; what the study measures on trained models is its result, not a test.)"""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -97,16 +99,24 @@ def test_parity_gradients_equal_per_sample_autograd(store, modular):
     names = parity_parameter_names(GradientConfig())
     raw, loss = parity_gradients(mlp, N_TASKS, task, bits, label, names, include_control_weights=True, chunk=7)
     x = encode(task, bits, N_TASKS)
+    # against the exact per-sample gradient (the whole MLP in float64): a wrong gradient is off by O(1) of its norm,
+    # float32 rounding by far less. Measured on an AMD EPYC with MKL_CBWR=AVX2: the task's batched rows 1.9e-4 of
+    # the norm, plain per-sample float32 autograd 2e-5 (MKL's pinned path rounds the batched products more); 1e-3
+    # leaves room for other CPUs and still fails any missing or misplaced term
+    mlp64 = copy.deepcopy(mlp).double()
     for i in range(len(task)):
         li = F.cross_entropy(mlp(x[i:i + 1]).double(), label[i:i + 1])  # the loss in float64, as the task's
-        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(li, list(mlp.parameters()))])
-        torch.testing.assert_close(raw[i], ref, rtol=1e-4, atol=1e-5)  # float32 parameters, gradients up to ~20
-        torch.testing.assert_close(loss[i], li.detach().float(), rtol=1e-4, atol=1e-6)
+        ref32 = torch.cat([g.reshape(-1) for g in torch.autograd.grad(li, list(mlp.parameters()))]).double()
+        l64 = F.cross_entropy(mlp64(x[i:i + 1].double()), label[i:i + 1])
+        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(l64, list(mlp64.parameters()))])
+        for v in (raw[i].double(), ref32):
+            assert torch.linalg.norm(v - ref) <= 1e-3 * torch.linalg.norm(ref)
+        torch.testing.assert_close(loss[i].double(), l64.detach(), rtol=1e-3, atol=1e-6)
     without, _ = parity_gradients(mlp, N_TASKS, task, bits, label, names, include_control_weights=False)
     h = mlp[0].weight.shape[0]
     assert without.shape[1] == raw.shape[1] - h * N_TASKS  # the control-bit columns are out
     torch.testing.assert_close(without[:, :h * N_BITS], raw[:, :h * (N_TASKS + N_BITS)].reshape(-1, h, N_TASKS + N_BITS)
-                               [:, :, N_TASKS:].reshape(len(task), -1), rtol=1e-4, atol=1e-5)
+                               [:, :, N_TASKS:].reshape(len(task), -1), rtol=1e-3, atol=1e-4)  # float32, as above
     aligned, _ = parity_gradients(mlp, N_TASKS, task, bits, label, names, False, align_label_sign=True)
     torch.testing.assert_close(aligned, without * (2 * label - 1)[:, None].float())
     assert parity_parameter_names(GradientConfig(include=["^0\\."])) == ["0.weight", "0.bias"]
