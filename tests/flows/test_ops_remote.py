@@ -60,7 +60,7 @@ def test_sparse_parity_runs_on_a_memory_store_and_its_lineage_reads_back(prefect
     assert main(["lineage", "report", "--store", url, "--format", "json"]) == 0
     nodes = {n["kind"] for n in json.loads(capsys.readouterr().out)["nodes"]}
     assert nodes == {"report", "sparse_parity.runs", "sparse_parity.fits", "sparse_parity.emergence",
-                     "sparse_parity.curves", "sparse_parity.spec"}
+                     "sparse_parity.step_test", "sparse_parity.quanta", "sparse_parity.curves", "sparse_parity.spec"}
 
 
 def _ref(art: dict, url: str):
