@@ -31,7 +31,7 @@ from tasks.qdg.jl_floor import check_jl_floor
 from tasks.qdg.knn import knn_affinity
 from tasks.qdg.lm_representations import (abs_gradient_block, representation_agreement, transformed_block,
                                           unit_representation, units_block)
-from tasks.qdg.report import qdg_report, qdg_results
+from tasks.qdg.report import qdg_report, qdg_results, shown_k
 from tasks.qdg.selection import select_tokens, selection_label
 from tasks.qdg.similarity import similarity_matrix
 from tasks.qdg.size_exponent import qdg_size_exponent
@@ -77,7 +77,7 @@ def qdg_pipeline(config: QDGConfig, store: str, key_prefix: str = "qdg") -> dict
         plabels = [cluster_labels.with_options(task_run_name=f"qdg-cluster-{tag(primary)}jl{d}-k{k}-s{seed}")(
             paffinity, k=k, seed=seed, spectral=cl.spectral(), store=store) for k in cl.n_clusters]
         projection = projection_agreement(per[primary]["first"], plabels, projection_dims=d, store=store)
-    k_shown = config.report.k_shown or cl.n_clusters[-1]
+    k_shown = shown_k(cl.n_clusters, config.report)  # the report's k: the agreement's null is at it
     nulled = config.null.representations or reps
     null = null_stage({r: blocks[r] for r in nulled}, {r: per[r]["zipf"] for r in nulled},
                       {r: per[r]["stability"] for r in nulled},

@@ -143,10 +143,9 @@ def null_draw_to_store(st: Store, blocks: Sequence[ArtifactRef], kind: str, draw
         g = read_rows(st, blocks)
         n, dim = g.shape
     else:
-        g = None
-        group = st.open_zarr(blocks[0], validate=False, verify_hash=False)
-        dim = int(group["g"].shape[1])
-        n = sum(int(st.open_zarr(b, validate=False, verify_hash=False)["g"].shape[0]) for b in blocks)
+        g = None  # only the shape: the blocks' metadata, once each
+        shapes = [st.open_zarr(b, validate=False, verify_hash=False)["g"].shape for b in blocks]
+        n, dim = sum(int(s[0]) for s in shapes), int(shapes[0][1])
     rows = null_rows(g, n, dim, kind, draw_seed(null_seed, kind, draw))
     stats = clustering_statistics(null_affinity(rows, method, neighbors, weighting), n_clusters, seeds, spectral,
                                   zcfg)
